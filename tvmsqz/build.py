@@ -1,0 +1,154 @@
+"""Relax IR -> passes -> tuned schedules -> executable -> artifact on disk.
+
+`prepare` is shared by tuning and compiling: the workloads MetaSchedule tunes must be exactly
+the ones the compiler later looks up, so both go through the same function with the same target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .backends import get_backend
+from .database import load_database
+from .errors import TvmsqzError
+from .frontend import InputSpec
+from .targets import TargetSpec
+
+
+@dataclass
+class BuildReport:
+    """What the compiler did: which kernels exist and which ran with a tuned schedule."""
+
+    kernels: list[str] = field(default_factory=list)
+    tuned: list[str] = field(default_factory=list)
+    untuned: list[str] = field(default_factory=list)
+    database: str | None = None
+    fused: bool = True
+    seconds: float = 0.0
+
+
+def prepare(mod, spec: TargetSpec, *, fuse: bool = True):
+    """High-level Relax -> fused, legalized Relax with one PrimFunc per kernel (tuning input)."""
+    import tvm
+    from tvm import relax
+
+    backend = get_backend(spec)
+    if fuse:
+        from .fuse import fuse_fire
+
+        mod = fuse_fire(mod)
+    with spec.target:
+        seq = tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+            *backend.pre_tuning_passes(spec),
+        ])
+        return seq(mod)
+
+
+def kernel_names(mod) -> list[str]:
+    from tvm import tirx as tir
+
+    return sorted(gv.name_hint for gv, func in mod.functions.items() if isinstance(func, tir.PrimFunc))
+
+
+def _is_scheduled(func) -> bool:
+    return bool(func.attrs and "tir.is_scheduled" in func.attrs and func.attrs["tir.is_scheduled"])
+
+
+def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: BuildReport):
+    """Replace every kernel that has a tuned record by its tuned schedule."""
+    import tvm
+    from tvm import relax
+    from tvm import tirx as tir
+
+    if database_dir is not None:
+        database = load_database(database_dir, spec)
+        with spec.target, database, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        report.database = str(database_dir)
+    for gv, func in mod.functions.items():
+        if isinstance(func, tir.PrimFunc):
+            (report.tuned if _is_scheduled(func) else report.untuned).append(gv.name_hint)
+    report.tuned.sort()
+    report.untuned.sort()
+    return mod
+
+
+def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool = True):
+    """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
+    import tvm
+
+    start = time.perf_counter()
+    backend = get_backend(spec)
+    report = BuildReport(fused=fuse)
+    mod = prepare(mod, spec, fuse=fuse)
+    report.kernels = kernel_names(mod)
+    mod = apply_database(mod, spec, database, report)
+    with spec.target:
+        mod = tvm.transform.Sequential(backend.post_database_passes(spec))(mod)
+        mod = backend.default_schedule(mod, spec)
+    try:
+        with tvm.transform.PassContext(opt_level=3):
+            executable = tvm.compile(mod, target=spec.target)
+    except Exception as exc:
+        raise TvmsqzError(f"compilation for {spec.name} failed: {str(exc).strip().splitlines()[-1]}") from None
+    report.seconds = time.perf_counter() - start
+    return executable, report
+
+
+def check_writable(path: Path) -> None:
+    """Fail before the (slow) compile when the output cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise TvmsqzError(f"output path {path} is a directory; give a file name like model.so")
+    if not parent.is_dir():
+        raise TvmsqzError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise TvmsqzError(f"cannot write {path}: directory {parent} is not writable")
+
+
+def manifest_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".json")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, input_spec: InputSpec,
+                    report: BuildReport, extra: dict | None = None) -> dict:
+    """Write the `.so` and its manifest (what a device needs to check what it got)."""
+    import tvm
+
+    path = Path(path)
+    check_writable(path)
+    get_backend(spec).export(executable, spec, path)
+    manifest = {
+        "format": "tvmsqz-artifact/1",
+        "model": model,
+        "target": spec.to_json(),
+        "input": input_spec.to_json(),
+        "fused": report.fused,
+        "database": report.database,
+        "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
+        "versions": {"tvmsqz": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
+        "artifact": {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)},
+        **(extra or {}),
+    }
+    tmp = manifest_path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, manifest_path(path))
+    return manifest

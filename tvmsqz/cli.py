@@ -1,0 +1,335 @@
+"""The `tvmsqz` command line, in the idiom of tvmc (`--target`, `--trials`, `--rpc-tracker`, `-o`).
+
+Every user mistake surfaces as a `TvmsqzError`: one line on stderr, exit code 2, no traceback
+and no partial artifact. Heavy imports (TVM, torch, ONNX) happen inside the commands so that
+`tvmsqz --help` and the error paths stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TvmsqzError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile, tune and benchmark SqueezeNet-class CNNs with Apache TVM.")
+device_app = typer.Typer(no_args_is_help=True, help="Run or emulate a device for RPC tuning and benchmarks.")
+app.add_typer(device_app, name="device")
+console = Console()
+err_console = Console(stderr=True)
+
+TargetOpt = typer.Option("x86", "--target", "-t", help="Target name from `tvmsqz targets`.")
+DatabaseOpt = typer.Option(None, "--database", help="Tuning database folder (default: schedules/<target>/).")
+NoTuningOpt = typer.Option(False, "--no-tuning", help="Ignore tuning databases: compile untuned kernels.")
+NoFuseOpt = typer.Option(False, "--no-fuse", help="Keep the unfused graph (separate expand convs + concat).")
+InputShapeOpt = typer.Option(None, "--input-shape", help="Input name and shape, e.g. data:1,3,224,224.")
+BatchOpt = typer.Option(1, "--batch", "-b", min=1, help="Batch size for built-in models.")
+TrackerOpt = typer.Option(None, "--rpc-tracker", help="RPC tracker HOST:PORT for remote devices.")
+KeyOpt = typer.Option(None, "--rpc-key", help="RPC device key registered with the tracker.")
+
+
+def _setup_environment() -> None:
+    """Pin every runtime to the same thread count and silence library chatter."""
+    from .quiet import quiet_python_logs
+    from .targets import host_cores
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
+    os.environ.setdefault("OMP_NUM_THREADS", str(host_cores()))
+    quiet_python_logs()
+
+
+def _database_for(spec, database: Optional[Path], no_tuning: bool) -> Optional[Path]:
+    from .database import check_database, default_database
+
+    if no_tuning:
+        return None
+    if database is not None:
+        check_database(database, spec)
+        return database
+    found = default_database(spec)
+    if found is not None:
+        check_database(found, spec)
+    return found
+
+
+def _report_tuning(report) -> None:
+    if report.database is None:
+        err_console.print(f"[dim]tuning: none applied ({len(report.kernels)} kernels untuned)[/dim]")
+        return
+    err_console.print(f"[dim]tuning: {len(report.tuned)}/{len(report.kernels)} kernels tuned from {report.database}[/dim]")
+    if report.untuned:
+        err_console.print(f"[yellow]no tuned record for: {', '.join(report.untuned)}[/yellow]")
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the built-in models."""
+    from .models import list_models
+
+    rows = list_models()
+    if as_json:
+        console.print_json(json.dumps([{
+            "name": m.name, "description": m.description, "input_shape": list(m.input_shape),
+            "preprocess": m.preprocess, "source": m.source, "trained": m.trained} for m in rows]))
+        return
+    table = Table(title="built-in models")
+    for col in ("name", "input", "weights", "description"):
+        table.add_column(col)
+    for m in rows:
+        table.add_row(m.name, "x".join(map(str, m.input_shape)),
+                      "ImageNet-trained" if m.trained else "seeded init", m.description)
+    console.print(table)
+
+
+@app.command("targets")
+def targets_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the targets defined in targets/."""
+    from .targets import list_targets
+
+    rows = list_targets()
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="targets")
+    for col in ("name", "family", "description"):
+        table.add_column(col)
+    for row in rows:
+        desc = row["description"] + (f" -> {row['resolves_to']}" if "resolves_to" in row else "")
+        table.add_row(row["name"], row["family"], desc)
+    console.print(table)
+
+
+@app.command("compile")
+def compile_cmd(
+    model: str = typer.Argument(..., help="Built-in model name, .onnx file or Deep Compression .net file."),
+    target: str = TargetOpt,
+    output: Path = typer.Option(Path("model.so"), "-o", "--output", help="Artifact path (.so)."),
+    input_shape: Optional[str] = InputShapeOpt,
+    batch: int = BatchOpt,
+    database: Optional[Path] = DatabaseOpt,
+    no_tuning: bool = NoTuningOpt,
+    no_fuse: bool = NoFuseOpt,
+) -> None:
+    """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
+    from .build import check_writable
+    from .targets import get_target
+
+    spec = get_target(target)
+    check_writable(output)
+    if spec.family == "vta":
+        from .vta import compile_vta
+
+        manifest = compile_vta(model, output)
+        console.print(f"wrote {output} ({manifest.get('artifact', {}).get('bytes', output.stat().st_size)} bytes, VTA)")
+        return
+    from .build import compile_module, export_artifact
+    from .frontend import load_model
+
+    db = _database_for(spec, database, no_tuning)
+    loaded = load_model(model, batch=batch, input_shape=input_shape)
+    with err_console.status(f"compiling {loaded.name} for {spec.name}"):
+        executable, report = compile_module(loaded.mod, spec, database=db, fuse=not no_fuse)
+        manifest = export_artifact(executable, spec, output, model=loaded.name, input_spec=loaded.input, report=report)
+    _report_tuning(report)
+    console.print(f"wrote {output} ({manifest['artifact']['bytes']} bytes, {spec.name}, "
+                  f"{len(report.kernels)} kernels, {report.seconds:.1f} s) and {output.name}.json")
+
+
+@app.command("run")
+def run_cmd(
+    artifact: Path = typer.Argument(..., help="A .so written by `tvmsqz compile`."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input .npy (default: a seeded random tensor)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the raw output array to this .npy."),
+    top: int = typer.Option(5, "--top", min=1, help="How many classes to print."),
+) -> None:
+    """Run an artifact on this host and print the top classes."""
+    import numpy as np
+
+    from .runtime import Artifact, read_manifest, top_k
+
+    manifest = read_manifest(artifact) if artifact.is_file() else None
+    if manifest and manifest.get("target", {}).get("family") == "vta":
+        from .vta import load_vta
+
+        runner = load_vta(artifact)
+    else:
+        runner = Artifact.load(artifact)
+    if output is not None:
+        from .build import check_writable
+
+        check_writable(output)
+    if input is not None:
+        if not input.is_file():
+            raise TvmsqzError(f"no such file: {input}")
+        try:
+            x = np.load(input)
+        except Exception as exc:
+            raise TvmsqzError(f"cannot read {input} as a .npy array: {exc}") from None
+    else:
+        shape = (manifest or {}).get("input", {}).get("shape")
+        if shape is None:
+            raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
+        x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    y = runner.run(x)
+    if output is not None:
+        np.save(output, y)
+    names = None
+    if y.reshape(y.shape[0], -1).shape[1] == 1000:
+        from .images import class_names
+
+        names = class_names()
+    table = Table(title=f"top-{top} ({artifact.name})")
+    for col in ("rank", "class", "name", "score"):
+        table.add_column(col)
+    for rank, (cls, score) in enumerate(top_k(y, top), 1):
+        table.add_row(str(rank), str(cls), names[cls] if names else "", f"{score:.5g}")
+    console.print(table)
+
+
+@app.command("bench")
+def bench_cmd(
+    model: str = typer.Argument("squeezenet1_1", help="Built-in model name, .onnx/.net file."),
+    target: str = TargetOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    batch: int = BatchOpt,
+    input_shape: Optional[str] = InputShapeOpt,
+    repeat: int = typer.Option(50, "--repeat", min=3, help="Timed runs per runtime."),
+    database: Optional[Path] = DatabaseOpt,
+    no_tuning: bool = NoTuningOpt,
+    no_fuse: bool = NoFuseOpt,
+    no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch comparison."),
+    rpc_tracker: Optional[str] = TrackerOpt,
+    rpc_key: Optional[str] = KeyOpt,
+) -> None:
+    """Latency, memory, accuracy parity and per-kernel profile against ONNX Runtime and PyTorch."""
+    from .bench import print_report, run_bench
+    from .targets import get_target
+
+    spec = get_target(target)
+    if json_out is not None:
+        from .build import check_writable
+
+        check_writable(json_out)
+    if spec.family == "vta":
+        from .vta import bench_vta
+
+        report = bench_vta(model)
+    else:
+        db = _database_for(spec, database, no_tuning)
+        report = run_bench(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=db,
+                           fuse=not no_fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                           log=err_console)
+    print_report(report, console)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        err_console.print(f"[dim]wrote {json_out}[/dim]")
+
+
+@app.command("tune")
+def tune_cmd(
+    model: str = typer.Argument(..., help="Built-in model name, .onnx/.net file."),
+    target: str = TargetOpt,
+    trials: int = typer.Option(64, "--trials", min=1, help="Total measurement trials across all kernels."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: schedules/<target>/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the records already in the database."),
+    batch: int = BatchOpt,
+    input_shape: Optional[str] = InputShapeOpt,
+    no_fuse: bool = NoFuseOpt,
+    rpc_tracker: Optional[str] = TrackerOpt,
+    rpc_key: Optional[str] = KeyOpt,
+) -> None:
+    """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
+    from .targets import get_target
+
+    spec = get_target(target)
+    if spec.family == "vta":
+        from .vta import tune_vta
+
+        out = output or spec.schedules_dir
+        summary = tune_vta(model, trials, out)
+        console.print_json(json.dumps(summary))
+        return
+    from .frontend import load_model
+    from .tune import tune_model
+
+    out = output or spec.schedules_dir
+    if out is None:
+        raise TvmsqzError(f"target {spec.name} has no schedules folder; pass -o DIR")
+    loaded = load_model(model, batch=batch, input_shape=input_shape)
+    summary = tune_model(loaded.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=not no_fuse,
+                         rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
+    console.print(f"database: {out} ({summary['records']} records, {summary['tuned_tasks']}/"
+                  f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s)")
+
+
+@device_app.command("serve")
+def device_serve(
+    tracker: str = typer.Option(..., "--rpc-tracker", help="Tracker HOST:PORT to register with."),
+    key: str = typer.Option(..., "--rpc-key", help="Device key, e.g. rpi4."),
+    host: str = typer.Option("0.0.0.0", "--host"),
+    port: int = typer.Option(9090, "--port"),
+) -> None:
+    """Start the TVM RPC server on this board (runs until Ctrl-C)."""
+    from .device import serve
+
+    serve(tracker=tracker, key=key, host=host, port=port)
+
+
+@device_app.command("emulate")
+def device_emulate(
+    action: str = typer.Argument(..., help="start | stop | status"),
+    count: int = typer.Option(2, "--count", "-n", min=1, help="Emulated aarch64 devices to start."),
+    key: str = typer.Option("arm-emu", "--rpc-key"),
+    tracker_port: int = typer.Option(9190, "--tracker-port"),
+) -> None:
+    """Start/stop emulated aarch64 devices (qemu-user, chroot) behind a local tracker."""
+    from . import device
+
+    if action == "start":
+        info = device.emulate_start(count=count, key=key, tracker_port=tracker_port)
+        console.print(f"[emulated] tracker 127.0.0.1:{info['tracker_port']}, key {key}, {count} device(s). "
+                      "Emulated timings are not ARM performance.")
+    elif action == "stop":
+        device.emulate_stop()
+        console.print("[emulated] stopped")
+    elif action == "status":
+        console.print_json(json.dumps(device.emulate_status()))
+    else:
+        raise TvmsqzError(f"unknown action {action!r}: use start, stop or status")
+
+
+def main() -> None:
+    """Console entry point: turn user errors into one line and an exit code."""
+    _setup_environment()
+    try:
+        app(standalone_mode=False)
+    except TvmsqzError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]error:[/bold red] interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            err_console.print(f"[bold red]error:[/bold red] {exc.format_message()}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            err_console.print("[bold red]error:[/bold red] aborted", highlight=False)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""MetaSchedule databases: find, validate and load them for a target.
+
+A tuning database is MetaSchedule's JSON pair (`database_workload.json`,
+`database_tuning_record.json`) in one folder. Records are keyed by workload; the target they were
+tuned for is checked here (kind, CPU, triple, architecture) so that a database tuned for another
+machine class is refused with a clear message instead of silently producing slow or wrong code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import TvmsqzError
+from .targets import TargetSpec
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+# Target fields that change generated code; core counts only change thread counts.
+_IDENTITY_KEYS = ("kind", "mcpu", "mtriple", "arch", "mattr", "mfloat-abi")
+
+
+def target_identity(config: dict) -> dict:
+    """The part of a target that a schedule depends on."""
+    return {k: config[k] for k in _IDENTITY_KEYS if k in config and config[k] not in (None, "", [])}
+
+
+def has_database(path: Path) -> bool:
+    return (path / WORKLOAD_FILE).is_file() and (path / RECORD_FILE).is_file()
+
+
+def _read_lines(path: Path) -> list:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise TvmsqzError(f"database file {path} is corrupt (line {number} is not JSON)") from None
+    return rows
+
+
+def check_database(path: Path, spec: TargetSpec) -> int:
+    """Validate a database folder against a target; returns the number of tuning records."""
+    if not path.is_dir():
+        raise TvmsqzError(f"no such database folder: {path}")
+    if not has_database(path):
+        raise TvmsqzError(f"{path} is not a tuning database (needs {WORKLOAD_FILE} and {RECORD_FILE})")
+    workloads = _read_lines(path / WORKLOAD_FILE)
+    records = _read_lines(path / RECORD_FILE)
+    want = target_identity(spec.tvm_config or {})
+    for number, rec in enumerate(records, 1):
+        if not (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], int)
+                and isinstance(rec[1], list) and len(rec[1]) >= 3):
+            raise TvmsqzError(f"database file {path / RECORD_FILE} is corrupt (record {number} is malformed)")
+        if not 0 <= rec[0] < len(workloads):
+            raise TvmsqzError(f"database {path} is corrupt (record {number} names a missing workload)")
+        have = target_identity(rec[1][2] if isinstance(rec[1][2], dict) else {})
+        if have != want:
+            raise TvmsqzError(
+                f"database {path} was tuned for target {json.dumps(have)}, not {spec.name} "
+                f"{json.dumps(want)}; pick the matching --target or pass --no-tuning")
+    return len(records)
+
+
+def load_database(path: Path, spec: TargetSpec):
+    """Open a validated database read-only (as a MetaSchedule `Database`)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    check_database(path, spec)
+    try:
+        return ms.database.JSONDatabase(
+            path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
+            allow_missing=False)
+    except Exception as exc:  # TVM raises its own error types for unparsable records
+        raise TvmsqzError(f"database {path} could not be loaded: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def default_database(spec: TargetSpec) -> Path | None:
+    """The shipped database for a target, when one exists."""
+    folder = spec.schedules_dir
+    return folder if folder is not None and has_database(folder) else None

@@ -1,0 +1,148 @@
+"""ONNX -> Relax `IRModule` with static shapes.
+
+Accepts any SqueezeNet-style classifier: opset 9 and newer, with or without shape information,
+weights as initializers or as Constant nodes. The one image input is discovered (initializers
+that are also listed as graph inputs, as old exporters did, are not inputs), or named and shaped
+by the user with `--input-shape data:1,3,224,224`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .errors import TvmsqzError
+from .quiet import quiet_stderr
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The one image input of a model: what a runner must feed."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+
+
+def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """Parse `data:1,3,224,224` (or `1,3,224,224`) into a name and a shape."""
+    name, _, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise TvmsqzError(f"bad --input-shape {text!r}: expected NAME:N,C,H,W, e.g. data:1,3,224,224") from None
+    if len(shape) != 4 or min(shape) <= 0:
+        raise TvmsqzError(f"bad --input-shape {text!r}: expected 4 positive dimensions N,C,H,W")
+    return (name or None), shape
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not initializers."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [inp for inp in model.graph.input if inp.name not in initializers]
+
+
+def _declared_shape(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
+
+
+def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = None,
+                   default_batch: int = 1) -> InputSpec:
+    """Find the image input and give it a fully static 4-D shape."""
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise TvmsqzError(f"expected an image classifier with exactly one input, found {len(inputs)} ({names})")
+    value = inputs[0]
+    elem = value.type.tensor_type.elem_type
+    if elem not in _ONNX_DTYPES:
+        raise TvmsqzError(f"input {value.name!r} has ONNX element type {elem}; only float32/float16 images are supported")
+    declared = _declared_shape(value)
+    if declared is not None and len(declared) != 4:
+        raise TvmsqzError(f"input {value.name!r} has {len(declared)} dimensions; expected a 4-D NCHW image input")
+
+    if input_shape is not None:
+        name, shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else (None, tuple(input_shape))
+        if name is not None and name != value.name:
+            raise TvmsqzError(f"--input-shape names {name!r} but the model's input is {value.name!r}")
+        if declared is not None:
+            for axis, (want, have) in enumerate(zip(shape, declared)):
+                if have is not None and axis > 0 and want != have:
+                    raise TvmsqzError(
+                        f"--input-shape {list(shape)} does not match the model's input {value.name!r} "
+                        f"of shape {[d if d else '?' for d in declared]} (axis {axis})")
+    else:
+        if declared is None or any(d is None for d in declared[1:]):
+            raise TvmsqzError(
+                f"input {value.name!r} has no static shape; pass --input-shape {value.name}:1,3,224,224")
+        shape = (declared[0] or default_batch, *declared[1:])
+    return InputSpec(value.name, tuple(int(d) for d in shape), _ONNX_DTYPES[elem])
+
+
+def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
+    """Import an ONNX classifier as a Relax IRModule whose weights are constants.
+
+    Weights stay constants (not parameters) so the artifact is self-contained and the compiler
+    can prepack them into the layouts tuned kernels want.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    spec = discover_input(model, input_shape)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    try:
+        with quiet_stderr():
+            mod = from_onnx(model, shape_dict={spec.name: spec.shape}, opset=opset or None,
+                            keep_params_in_input=False)
+    except Exception as exc:  # the importer raises many types; all mean "cannot import"
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise TvmsqzError(f"cannot import the ONNX model into TVM: {first}") from None
+    _check_classifier_output(mod)
+    return mod, spec
+
+
+def _check_classifier_output(mod) -> None:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    if not isinstance(ret, relax.TensorType) or ret.ndim not in (2, 4):
+        raise TvmsqzError("the model does not look like an image classifier: expected one (N, classes) output")
+
+
+def random_input(spec: InputSpec, seed: int = 0) -> np.ndarray:
+    """A seeded input in a realistic value range."""
+    return np.random.default_rng(seed).standard_normal(spec.shape).astype(spec.dtype)
+
+
+@dataclass
+class LoadedModel:
+    """A model resolved from the user's MODEL argument, imported and ready to build."""
+
+    name: str
+    onnx: onnx.ModelProto
+    info: object | None  # tvmsqz.models.ModelInfo for built-ins
+    mod: object  # tvm.IRModule
+    input: InputSpec
+
+
+def load_model(source: str, *, batch: int = 1, input_shape: str | None = None) -> LoadedModel:
+    """Resolve a built-in name, an .onnx path or a Deep Compression .net path, and import it."""
+    from .models import load_onnx
+
+    model, info = load_onnx(source, batch=batch)
+    if input_shape is None and batch != 1 and info is None:
+        spec = discover_input(model)
+        input_shape = (batch, *spec.shape[1:])
+    mod, spec = import_onnx(model, input_shape)
+    name = info.name if info is not None else str(source)
+    return LoadedModel(name=name, onnx=model, info=info, mod=mod, input=spec)
