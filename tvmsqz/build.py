@@ -32,6 +32,7 @@ class BuildReport:
     database: str | None = None
     fused: bool = True
     seconds: float = 0.0
+    activation_bytes: int = 0
 
 
 def prepare(mod, spec: TargetSpec, *, fuse: bool = True):
@@ -96,6 +97,7 @@ def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse:
     with spec.target:
         mod = tvm.transform.Sequential(backend.post_database_passes(spec))(mod)
         mod = backend.default_schedule(mod, spec)
+    report.activation_bytes = planned_activation_bytes(mod)
     try:
         with tvm.transform.PassContext(opt_level=3):
             executable = tvm.compile(mod, target=spec.target)
@@ -152,3 +154,31 @@ def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, inp
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, manifest_path(path))
     return manifest
+
+
+def planned_activation_bytes(mod) -> int:
+    """Bytes of intermediate storage after Relax's static memory planning (weights excluded)."""
+    import tvm
+    from tvm import relax
+
+    lowered = tvm.transform.Sequential([
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+    ])(mod)
+    alloc = tvm.ir.Op.get("relax.memory.alloc_storage")
+    total = 0
+
+    @relax.expr_functor.visitor
+    class _Sizes(relax.PyExprVisitor):
+        def visit_call_(self, call) -> None:  # noqa: N802 - TVM visitor naming
+            nonlocal total
+            if call.op.same_as(alloc) and isinstance(call.args[0], relax.ShapeExpr):
+                total += int(call.args[0].values[0])
+            super().visit_call_(call)
+
+    for _, func in lowered.functions.items():
+        if isinstance(func, relax.Function):
+            _Sizes().visit_expr(func)
+    return total

