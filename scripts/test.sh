@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install tvmsqz with its test extras and every system package the tests need, then run the
+# whole test suite. This is the command README gives and the one CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+# System packages (cross compilers, qemu-user, the emulated aarch64 root) for the ARM tests.
+bash scripts/setup_arm.sh
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+exec "$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@"

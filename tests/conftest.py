@@ -1,0 +1,58 @@
+"""Shared fixtures: one compiled artifact per (model, options), reused across test files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m tvmsqz ARGS` as a real subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "tvmsqz", *args], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tvmsqz {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user mistake: non-zero exit, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def compiled(artifacts_dir):
+    """compiled(model, target='x86', fuse=True, database=None) -> Path of a .so, built once."""
+    cache: dict[tuple, Path] = {}
+
+    def build(model: str, target: str = "x86", fuse: bool = True, tuning: bool = False) -> Path:
+        key = (model, target, fuse, tuning)
+        if key not in cache:
+            out = artifacts_dir / f"{model}-{target}-{'fused' if fuse else 'unfused'}-{'tuned' if tuning else 'untuned'}.so"
+            args = ["compile", model, "--target", target, "-o", str(out)]
+            args += [] if fuse else ["--no-fuse"]
+            args += [] if tuning else ["--no-tuning"]
+            run_cli(*args)
+            cache[key] = out
+        return cache[key]
+
+    return build

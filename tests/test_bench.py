@@ -1,0 +1,40 @@
+"""`tvmsqz bench` end to end: the documented JSON keys, with values that hang together."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_bench_json_has_documented_keys_and_consistent_values(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "squeezenet1_1", "--target", "x86", "--repeat", "5", "--no-tuning", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["model"] == "squeezenet1_1" and report["batch"] == 1
+    assert report["target"] in ("x86-avx512", "x86-avx2")
+    lat = report["latency_ms"]
+    for runtime in ("tvm", "onnxruntime", "torch"):
+        stats = lat[runtime]
+        assert 0 < stats["min"] <= stats["median"] <= stats["p90"], stats
+    assert abs(report["ratio_vs_onnxruntime"] - lat["tvm"]["median"] / lat["onnxruntime"]["median"]) < 1e-9
+    mem = report["memory"]
+    for key in ("tvm_peak_rss_bytes", "onnxruntime_peak_rss_bytes", "weight_bytes", "activation_bytes",
+                "artifact_bytes"):
+        assert mem[key] > 0, key
+    assert 4.5e6 < mem["weight_bytes"] < 5.2e6  # SqueezeNet 1.1: 1.235 M float32 parameters
+    assert mem["artifact_bytes"] > mem["weight_bytes"]  # weights live inside the .so
+    par = report["parity"]
+    assert par["reference"] == "onnxruntime" and par["torch"]["reference"] == "torch"
+    assert par["max_rel_diff"] <= 1e-4 and par["top1_agreement"] == 1.0 and 0 <= par["top5_agreement"] <= 1
+    assert par["inputs"] >= 6
+    names = [row["name"] for row in report["profile"]]
+    assert len(names) >= 10 and all(row["time_us"] > 0 and row["calls"] >= 1 for row in report["profile"])
+    assert "concatenate" not in " ".join(names)  # the Fire expand pairs are fused by default
+    assert "TVM/ORT median ratio" in proc.stdout and "parity" in proc.stdout
+
+
+def test_bench_default_needs_no_arguments_but_target_must_exist():
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(run_cli("bench", "--target", "sparc", check=False), "unknown target")
