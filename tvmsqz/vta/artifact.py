@@ -1,0 +1,453 @@
+"""Compile a model for the `vta` target, load the artifact, run and benchmark it.
+
+Artifact = two files:
+  OUTPUT            the host part: a TVM Relax library (`seg<i>` functions) for this CPU
+  OUTPUT.vta.npz    the VTA part: per layer the encoded instruction stream (`insns_<i>`, (N, 2)
+                    uint64 little-endian words = the 16-byte instructions a board's fetch unit
+                    reads) and the constant DRAM image (`dram_<i>`: micro-ops, packed weights,
+                    biases), plus `manifest` (JSON: stages, tensor layouts, quantisation
+                    exponents, DRAM offsets, tilings, MAC counts, hardware config).
+Both are written to temporary files and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tvmsqz.errors import TvmsqzError
+
+from .config import VTAConfig, load_config
+from .graph import Graph, VTAUnit, from_onnx, partition
+from .lower import Branch, ConvLayer, VTAProgram, Tiling, TilingError, default_tiling, lower_conv
+from .quant import HostSegment, quantize_graph
+from .tune import load_db, lookup, tune_layers
+
+FORMAT = "tvmsqz-vta-artifact/1"
+
+
+def sidecar_path(artifact: Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.stem + ".vta.npz") if artifact.suffix else Path(str(artifact) + ".vta.npz")
+
+
+# ---------------------------------------------------------------------------- model loading
+
+def _load_model(source):
+    """-> (onnx.ModelProto, ModelInfo | None, model name | None)."""
+    import onnx
+
+    if isinstance(source, onnx.ModelProto):
+        return source, None, None
+    from tvmsqz.models import load_onnx
+
+    model, info = load_onnx(source)
+    return model, info, (info.name if info is not None else str(source))
+
+
+def _preprocess_for(info, graph: Graph) -> tuple[str, int]:
+    size = graph.input_shape[2]
+    if info is not None:
+        return info.preprocess, size
+    return ("caffe" if size == 227 else "torchvision"), size
+
+
+def default_calibration(convention: str, size: int) -> list:
+    """Calibration inputs from the bundled real photos, mirrored left-right so that the
+    evaluation views (the photos as they are) are not the calibration views."""
+    from tvmsqz.images import preprocess, sample_images
+
+    return [preprocess(np.ascontiguousarray(img[:, ::-1]), convention, size) for _, img in sample_images()]
+
+
+def _calibration(images, convention, size) -> list:
+    if images is None:
+        return default_calibration(convention, size)
+    from tvmsqz.images import preprocess
+
+    out = []
+    for im in images:
+        if isinstance(im, tuple):
+            im = im[1]
+        im = np.asarray(im)
+        if im.ndim == 3 and im.shape[-1] == 3 and im.dtype == np.uint8:
+            im = preprocess(im, convention, size)
+        out.append(np.asarray(im, dtype=np.float32).reshape(1, 3, size, size))
+    return out
+
+
+def shape_layers(graph: Graph) -> list:
+    """ConvLayers with the VTA layers' shapes (zero weights): enough to tune tilings."""
+    layers = []
+    for st in partition(graph):
+        if isinstance(st, VTAUnit):
+            _, c, h, w = graph.shapes[st.input]
+            brs = [Branch(np.zeros(op.attrs["weight"].shape, np.int8), op.attrs["pad"]) for op in st.convs]
+            o = sum(b.weight.shape[0] for b in brs)
+            layers.append(ConvLayer(st.name, c, h, w, brs, np.zeros(o, np.int32), 8,
+                                    st.convs[0].attrs["relu"], st.convs[0].attrs["stride"]))
+    return layers
+
+
+def default_tiling_db() -> Path:
+    """`schedules/vta/tilings.json` (the `vta` target's "schedules" folder): used by
+    `compile_vta` when no database is named and the file exists."""
+    from tvmsqz.paths import SCHEDULES_DIR, TARGETS_DIR
+
+    try:
+        raw = json.loads((TARGETS_DIR / "vta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raw = {}
+    return SCHEDULES_DIR / raw.get("schedules", "vta") / raw.get("tiling_db", "tilings.json")
+
+
+def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None) -> tuple[list, list]:
+    if tiling_db is None and default_tiling_db().is_file():
+        tiling_db = default_tiling_db()
+    db = load_db(tiling_db) if tiling_db is not None else {"records": {}}
+    tilings, sources = [], []
+    for L in layers:
+        t = lookup(db, L, cfg)
+        sources.append("database" if t is not None else "default")
+        tilings.append(t if t is not None else default_tiling(L, cfg))
+    return tilings, sources
+
+
+# ---------------------------------------------------------------------------- compile
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, config=None,
+                tiling_db: Path | None = None, host_target=None) -> dict:
+    """Quantise, partition and lower a model for VTA; write the artifact; return its manifest."""
+    from .host import compile_host, host_target as default_host_target
+
+    t0 = time.time()
+    output = Path(output)
+    cfg = load_config(config)
+    model, info, name = _load_model(onnx_model_or_name)
+    graph = from_onnx(model)
+    convention, size = _preprocess_for(info, graph)
+    qn = quantize_graph(graph, _calibration(calibration_images, convention, size))
+    units = qn.vta_units()
+    layers = [qn.layers[u.output] for u in units]
+    tilings, sources = choose_tilings(layers, cfg, tiling_db)
+    programs = []
+    for L, t in zip(layers, tilings):
+        try:
+            programs.append(lower_conv(L, t, cfg))
+        except TilingError:
+            programs.append(lower_conv(L, default_tiling(L, cfg), cfg))
+    t_lower = time.time()
+    target = host_target or default_host_target()
+    lib = compile_host(qn, target)
+    t_host = time.time()
+
+    stage_list = []
+    vi = 0
+    for st in qn.stages:
+        if isinstance(st, HostSegment):
+            stage_list.append({"kind": "host", "function": f"seg{st.index}", "index": st.index,
+                               "inputs": [list(x) for x in st.inputs], "outputs": [list(x) for x in st.outputs]})
+        else:
+            stage_list.append({"kind": "vta", "layer": vi, "input": st.input, "output": st.output})
+            vi += 1
+    macs_off, macs_total = qn.macs()
+    layer_meta = []
+    for i, (u, L, p, src) in enumerate(zip(units, layers, programs, sources)):
+        layer_meta.append({
+            "index": i, "name": L.name, "input": u.input, "output": u.output,
+            "convs": [op.name for op in u.convs], "in_channels": L.in_channels, "out_channels": L.out_channels,
+            "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "inp_offset": p.inp_offset,
+            "out_offset": p.out_offset, "dram_size": p.dram_size, "macs": p.macs, "tiling": p.tiling.to_json(),
+            "tiling_source": src, "shift": L.shift, "relu": L.relu, "weight_exponent": qn.wexp[u.output],
+            "instructions": int(len(p.insns)), "uops": p.meta["uops"],
+        })
+    manifest = {
+        "format": FORMAT,
+        "model": name,
+        "input": {"name": graph.input_name, "shape": list(graph.input_shape), "preprocess": convention},
+        "output": graph.output_name,
+        "config": cfg.to_json(),
+        "host_target": str(target),
+        "stages": stage_list,
+        "layers": layer_meta,
+        "tensors": {t: {"shape": list(graph.shapes[t]), "exponent": qn.qexp.get(t)} for t in graph.shapes},
+        "quantization": {"scheme": "int8, power-of-two scales, per-tensor", "calibration_images": qn.calibration["images"]},
+        "macs_offloaded": int(macs_off),
+        "macs_total": int(macs_total),
+        "mac_offload_share": macs_off / macs_total if macs_total else 0.0,
+        "note": "VTA part runs on tvmsqz's behavioural simulator; no FPGA board has run it",
+    }
+    arrays = {"manifest": np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)}
+    for i, p in enumerate(programs):
+        arrays[f"insns_{i}"] = p.insns
+        arrays[f"dram_{i}"] = p.dram_const
+    if name is None:
+        arrays["fp32_onnx"] = np.frombuffer(model.SerializeToString(), dtype=np.uint8)
+
+    def write_npz(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    from tvmsqz.quiet import quiet_stderr
+
+    _atomic_write(sidecar_path(output), write_npz)
+
+    def write_lib(tmp):
+        with quiet_stderr():
+            lib.export_library(tmp)
+
+    _atomic_write(output, write_lib)
+    t_end = time.time()
+    return {
+        **{k: manifest[k] for k in ("format", "model", "macs_offloaded", "macs_total", "mac_offload_share", "note")},
+        "artifact": str(output), "sidecar": str(sidecar_path(output)),
+        "vta_layers": len(programs), "host_segments": len(qn.host_segments()),
+        "instructions": int(sum(len(p.insns) for p in programs)),
+        "tilings": {L.name: {"tiling": t.to_json(), "source": s} for L, t, s in zip(layers, tilings, sources)},
+        "seconds": {"quantize_and_lower": round(t_lower - t0, 2), "host_compile": round(t_host - t_lower, 2),
+                    "total": round(t_end - t0, 2)},
+    }
+
+
+# ---------------------------------------------------------------------------- load / run
+
+class VTAModel:
+    """A loaded VTA artifact: host library + VTA programs run on the simulator."""
+
+    def __init__(self, manifest: dict, programs: list, host, fp32_onnx: bytes | None = None):
+        self.manifest = manifest
+        self.cfg = VTAConfig.from_json(manifest["config"])
+        self.programs = programs
+        self.host = host
+        self.fp32_onnx = fp32_onnx
+        self._drams = [p.new_dram() for p in programs]
+        self.last_stats: dict = {}
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.manifest["input"]["shape"])
+
+    def run(self, x: np.ndarray, record: dict | None = None) -> np.ndarray:
+        """Run host segments (TVM) and VTA layers (simulator); `record`, if given, receives
+        every stage's output tensors (packed int8 for VTA-side tensors)."""
+        m = self.manifest
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape != self.input_shape:
+            raise TvmsqzError(f"input shape {x.shape} does not match the model's {self.input_shape}")
+        env = {m["input"]["name"]: x}
+        per_layer = []
+        host_s = sim_s = 0.0
+        for st in m["stages"]:
+            t0 = time.time()
+            if st["kind"] == "host":
+                outs = self.host.call(st["function"], [env[t] for t, _ in st["inputs"]], len(st["outputs"]))
+                for (t, _), v in zip(st["outputs"], outs):
+                    env[t] = v
+                    if record is not None:
+                        record[t] = v
+                host_s += time.time() - t0
+            else:
+                i = st["layer"]
+                p = self.programs[i]
+                out, stats = p.run(env[st["input"]], self.cfg, self._drams[i])
+                env[st["output"]] = out
+                if record is not None:
+                    record[st["output"]] = out
+                dt = time.time() - t0
+                sim_s += dt
+                s = stats.as_dict()
+                per_layer.append({"name": p.name, "cycles": s["cycles"], "dram_bytes": s["dram_bytes"],
+                                  "macs": p.macs, "macs_per_cycle": round(p.macs / max(1, s["cycles"]), 2),
+                                  "instructions": s["instructions"], "gemm_uop_iters": s["gemm_uop_iters"],
+                                  "alu_uop_iters": s["alu_uop_iters"], "tiling": p.tiling.to_json(),
+                                  "queue_busy_cycles": s["queue_busy_cycles"], "sim_seconds": round(dt, 4)})
+        cycles = sum(L["cycles"] for L in per_layer)
+        self.last_stats = {
+            "cycles": cycles,
+            "simulated_ms": cycles / (self.cfg.cycles.clock_mhz * 1e3),
+            "dram_bytes": sum(L["dram_bytes"] for L in per_layer),
+            "macs_offloaded": m["macs_offloaded"],
+            "macs_total": m["macs_total"],
+            "mac_offload_share": m["mac_offload_share"],
+            "host_seconds": round(host_s, 4),
+            "sim_seconds": round(sim_s, 4),
+            "layers": per_layer,
+            "estimate": True,
+        }
+        return env[m["output"]]
+
+    __call__ = run
+
+
+class _TVMHost:
+    def __init__(self, lib):
+        import tvm
+        from tvm import relax
+
+        self.tvm = tvm
+        self.dev = tvm.cpu()
+        self.vm = relax.VirtualMachine(lib, self.dev)
+
+    def call(self, fn: str, args: list, n_out: int) -> list:
+        tvm = self.tvm
+        ins = [tvm.runtime.tensor(np.ascontiguousarray(a), self.dev) for a in args]
+        res = self.vm[fn](*ins)
+        return [res.numpy()] if n_out == 1 else [r.numpy() for r in res]
+
+
+def load_vta(artifact: Path) -> VTAModel:
+    """Load `artifact` (host library) and its `.vta.npz` sidecar."""
+    import tvm
+
+    from tvmsqz.quiet import quiet_stderr
+
+    artifact = Path(artifact)
+    side = sidecar_path(artifact)
+    if not artifact.is_file():
+        raise TvmsqzError(f"no such artifact: {artifact}")
+    if not side.is_file():
+        raise TvmsqzError(f"{artifact} has no VTA sidecar {side.name}: was it compiled for --target vta?")
+    with np.load(side) as z:
+        manifest = json.loads(bytes(z["manifest"]).decode())
+        if manifest.get("format") != FORMAT:
+            raise TvmsqzError(f"{side} is not a {FORMAT} sidecar")
+        programs = []
+        for L in manifest["layers"]:
+            i = L["index"]
+            programs.append(VTAProgram(
+                name=L["name"], insns=z[f"insns_{i}"], dram_const=z[f"dram_{i}"], inp_offset=L["inp_offset"],
+                out_offset=L["out_offset"], dram_size=L["dram_size"], in_shape=tuple(L["in_shape"]),
+                out_shape=tuple(L["out_shape"]), macs=L["macs"], tiling=Tiling.from_json(L["tiling"])))
+        fp32 = bytes(z["fp32_onnx"]) if "fp32_onnx" in z.files else None
+    with quiet_stderr():
+        lib = tvm.runtime.load_module(str(artifact))
+    return VTAModel(manifest, programs, _TVMHost(lib), fp32)
+
+
+# ---------------------------------------------------------------------------- bench
+
+def _fp32_session(model: VTAModel, fp32_model=None):
+    import onnxruntime as ort
+
+    if fp32_model is None:
+        if model.fp32_onnx is not None:
+            blob = model.fp32_onnx
+        else:
+            onnx_model, _, _ = _load_model(model.manifest["model"])
+            blob = onnx_model.SerializeToString()
+    elif isinstance(fp32_model, (bytes, bytearray)):
+        blob = bytes(fp32_model)
+    else:
+        onnx_model, _, _ = _load_model(fp32_model)
+        blob = onnx_model.SerializeToString()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+
+
+def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
+    """Run the artifact on real photos (default: `tvmsqz.images.sample_images()`) and compare
+    with the fp32 model (ONNX Runtime): top-1 agreement, top-5 overlap, simulated cycles, DRAM
+    bytes, share of MACs on VTA, per-layer statistics."""
+    from tvmsqz.images import class_names, preprocess, sample_images
+
+    model = artifact if isinstance(artifact, VTAModel) else load_vta(artifact)
+    m = model.manifest
+    conv, size = m["input"]["preprocess"], m["input"]["shape"][2]
+    if images is None:
+        images = sample_images()
+    named = []
+    for k, im in enumerate(images):
+        name, im = im if isinstance(im, tuple) else (f"image{k}", im)
+        im = np.asarray(im)
+        x = preprocess(im, conv, size) if im.dtype == np.uint8 and im.ndim == 3 else np.asarray(im, np.float32)
+        named.append((name, x.reshape(model.input_shape)))
+    if not named:
+        raise TvmsqzError("bench needs at least one image")
+    sess = _fp32_session(model, fp32_model)
+    in_name = sess.get_inputs()[0].name
+    try:
+        names = class_names()
+    except Exception:  # pragma: no cover
+        names = None
+    rows, agree, overlap = [], 0, 0.0
+    stats = None
+    wall = []
+    for name, x in named:
+        ref = sess.run(None, {in_name: x})[0].reshape(-1)
+        t0 = time.time()
+        y = model.run(x).reshape(-1)
+        wall.append(time.time() - t0)
+        stats = model.last_stats
+        r5, y5 = list(np.argsort(-ref)[:5]), list(np.argsort(-y)[:5])
+        agree += int(r5[0] == y5[0])
+        overlap += len(set(r5) & set(y5)) / 5
+        rows.append({"image": name, "fp32_top1": int(r5[0]), "vta_top1": int(y5[0]),
+                     "fp32_label": names[r5[0]] if names and len(names) == len(ref) else None,
+                     "vta_label": names[y5[0]] if names and len(names) == len(y) else None,
+                     "top1_agrees": bool(r5[0] == y5[0]), "top5_overlap": len(set(r5) & set(y5)) / 5,
+                     "max_abs_diff": float(np.abs(ref - y).max())})
+    n = len(named)
+    return {
+        "target": "vta",
+        "device": "tvmsqz VTA behavioural simulator (cycle estimate; no FPGA board has run this)",
+        "model": m["model"],
+        "images": n,
+        "simulated_cycles": stats["cycles"],
+        "simulated_ms_at_clock": round(stats["simulated_ms"], 3),
+        "clock_mhz": model.cfg.cycles.clock_mhz,
+        "dram_bytes": stats["dram_bytes"],
+        "mac_offload_share": m["mac_offload_share"],
+        "macs_offloaded": m["macs_offloaded"],
+        "macs_total": m["macs_total"],
+        "top1_agreement_vs_fp32": agree / n,
+        "top5_overlap_vs_fp32": overlap / n,
+        "per_image": rows,
+        "per_layer": stats["layers"],
+        "wall_seconds_per_image": {"mean": round(float(np.mean(wall)), 3), "host": stats["host_seconds"],
+                                   "simulator": stats["sim_seconds"]},
+    }
+
+
+# ---------------------------------------------------------------------------- tune
+
+def tune_vta(model, trials: int, output_db: Path, *, config=None, progress=None, seed: int = 0) -> dict:
+    """Search tilings of every VTA layer of `model` (simulated cycles), saving to `output_db`
+    (resumable: records already there seed the search and are kept)."""
+    if int(trials) < 1:
+        raise TvmsqzError("trials must be at least 1")
+    cfg = load_config(config)
+    onnx_model, _, _ = _load_model(model)
+    graph = from_onnx(onnx_model)
+    layers = shape_layers(graph)
+    res = tune_layers(layers, cfg, int(trials), Path(output_db), progress=progress, seed=seed)
+    db = load_db(Path(output_db))
+    from .tune import record_key
+
+    total_default = total_best = 0
+    for L in layers:
+        rec = db["records"][record_key(L, cfg)]
+        total_default += rec["default_cycles"]
+        total_best += rec["cycles"]
+    res["model_cycles_default"] = total_default
+    res["model_cycles_tuned"] = total_best
+    res["speedup"] = round(total_default / total_best, 3) if total_best else None
+    return res
