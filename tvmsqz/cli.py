@@ -127,8 +127,11 @@ def compile_cmd(
     if spec.family == "vta":
         from .vta import compile_vta
 
-        manifest = compile_vta(model, output)
-        console.print(f"wrote {output} ({manifest.get('artifact', {}).get('bytes', output.stat().st_size)} bytes, VTA)")
+        with err_console.status(f"compiling {model} for VTA (int8, calibrated on real photos)"):
+            compile_vta(model, output)
+        sidecar = output.with_suffix(".vta.npz")
+        console.print(f"wrote {output} (host code, {output.stat().st_size} bytes) and {sidecar.name} "
+                      f"(VTA instruction streams, {sidecar.stat().st_size} bytes); runs on the VTA simulator")
         return
     from .build import compile_module, export_artifact
     from .frontend import load_model
@@ -156,7 +159,9 @@ def run_cmd(
     from .runtime import Artifact, read_manifest, top_k
 
     manifest = read_manifest(artifact) if artifact.is_file() else None
-    if manifest and manifest.get("target", {}).get("family") == "vta":
+    from .vta.artifact import sidecar_path
+
+    if artifact.is_file() and sidecar_path(artifact).is_file():
         from .vta import load_vta
 
         runner = load_vta(artifact)
@@ -219,9 +224,18 @@ def bench_cmd(
 
         check_writable(json_out)
     if spec.family == "vta":
-        from .vta import bench_vta
+        import tempfile
 
-        report = bench_vta(model)
+        from .vta import bench_vta, compile_vta
+
+        with tempfile.TemporaryDirectory(prefix="tvmsqz-vta-") as tmp:
+            so = Path(tmp) / "model.so"
+            with err_console.status(f"compiling {model} for VTA (int8, calibrated on real photos)"):
+                compile_vta(model, so)
+            with err_console.status("running the VTA simulator on real photos"):
+                report = bench_vta(so)
+        report.setdefault("model", model)
+        report.setdefault("target", spec.name)
     else:
         db = _database_for(spec, database, no_tuning)
         report = run_bench(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=db,
@@ -254,6 +268,9 @@ def tune_cmd(
         from .vta import tune_vta
 
         out = output or spec.schedules_dir
+        if out.suffix != ".json":
+            out.mkdir(parents=True, exist_ok=True)
+            out = out / "tilings.json"
         summary = tune_vta(model, trials, out)
         console.print_json(json.dumps(summary))
         return

@@ -94,11 +94,14 @@ class Artifact:
         totals: dict[str, float] = defaultdict(float)
         calls: dict[str, int] = defaultdict(int)
         started: dict[str, float] = {}
+        shapes: dict[str, list] = {}
 
         def instrument(func, name, before_run, ret_value, *args):
             if name.startswith("vm.builtin") or name.startswith("relax.") or name == "main":
                 return VMInstrumentReturnKind.NO_OP
             if before_run:
+                if name not in shapes:  # destination-passing style: the last argument is the output
+                    shapes[name] = [list(getattr(a, "shape", ())) for a in args]
                 started[name] = time.perf_counter()
             else:
                 totals[name] += time.perf_counter() - started.pop(name)
@@ -113,7 +116,8 @@ class Artifact:
                 self.vm["main"](arg)
         finally:
             self.vm.set_instrument(None)
-        rows = [{"name": n, "time_us": totals[n] / repeat * 1e6, "calls": calls[n] // repeat} for n in totals]
+        rows = [{"name": n, "time_us": totals[n] / repeat * 1e6, "calls": calls[n] // repeat,
+                 "shapes": shapes.get(n, [])} for n in totals]
         return sorted(rows, key=lambda r: -r["time_us"])
 
 
