@@ -62,7 +62,7 @@ def kernel_names(mod) -> list[str]:
 
 
 def _is_scheduled(func) -> bool:
-    return bool(func.attrs and "tir.is_scheduled" in func.attrs and func.attrs["tir.is_scheduled"])
+    return bool(func.attrs and "tirx.is_scheduled" in func.attrs and func.attrs["tirx.is_scheduled"])
 
 
 def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: BuildReport):
@@ -99,7 +99,7 @@ def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse:
         mod = backend.default_schedule(mod, spec)
     report.activation_bytes = planned_activation_bytes(mod)
     try:
-        with tvm.transform.PassContext(opt_level=3):
+        with tvm.transform.PassContext(opt_level=3, config=backend.pass_config(spec)):
             executable = tvm.compile(mod, target=spec.target)
     except Exception as exc:
         raise TvmsqzError(f"compilation for {spec.name} failed: {str(exc).strip().splitlines()[-1]}") from None

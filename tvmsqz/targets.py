@@ -116,6 +116,10 @@ def get_target(name: str) -> TargetSpec:
     raw = _load_raw(name)
     if "alias_of" in raw:
         raw = _load_raw(_resolve_alias(raw["alias_of"]))
+    if raw.get("family") == "cuda":  # the GPU architecture may come from the GPU present
+        from .backends.cuda import resolve_target_data
+
+        raw = resolve_target_data(raw)
     tvm_config = raw.get("tvm")
     return TargetSpec(
         name=raw["name"],

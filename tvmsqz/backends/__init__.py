@@ -2,7 +2,7 @@
 
 A backend module provides the family-specific hooks that `build` and `runtime` call:
 `pre_tuning_passes(spec)`, `post_database_passes(spec)`, `default_schedule(mod, spec)`,
-`export(executable, spec, path)` and `device(spec)`.
+`pass_config(spec)` (extra PassContext options), `export(executable, spec, path)` and `device(spec)`.
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ def export(executable, spec: TargetSpec, path: Path) -> None:
             os.unlink(tmp)
 
 
+def pass_config(spec: TargetSpec) -> dict:
+    return {}
+
+
 def device(spec: TargetSpec):
     import tvm
 
