@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,11 @@ def check_writable(path: Path) -> None:
         raise TvmsqzError(f"output path {path} is a directory; give a file name like model.so")
     if not parent.is_dir():
         raise TvmsqzError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise TvmsqzError(f"cannot write {path}: directory {parent} is not writable")
+    try:  # os.access says yes to root everywhere; creating a file is the real test
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".tvmsqz-probe-"):
+            pass
+    except OSError as exc:
+        raise TvmsqzError(f"cannot write {path}: directory {parent} is not writable ({exc.strerror})") from None
 
 
 def manifest_path(artifact: Path) -> Path:

@@ -201,7 +201,8 @@ def run_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    model: str = typer.Argument("squeezenet1_1", help="Built-in model name, .onnx/.net file."),
+    model: str = typer.Argument("squeezenet1_1", help="Built-in model name, .onnx/.net file, or a compiled .so "
+                                "(with its manifest) to measure on an RPC device."),
     target: str = TargetOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
     batch: int = BatchOpt,
@@ -312,11 +313,11 @@ def device_emulate(
 
     if action == "start":
         info = device.emulate_start(count=count, key=key, tracker_port=tracker_port)
-        console.print(f"[emulated] tracker 127.0.0.1:{info['tracker_port']}, key {key}, {count} device(s). "
+        console.print(f"\\[emulated] tracker 127.0.0.1:{info['tracker_port']}, key {key}, {count} device(s). "
                       "Emulated timings are not ARM performance.")
     elif action == "stop":
         device.emulate_stop()
-        console.print("[emulated] stopped")
+        console.print("\\[emulated] stopped")
     elif action == "status":
         console.print_json(json.dumps(device.emulate_status()))
     else:

@@ -30,10 +30,11 @@ def read_manifest(artifact: Path) -> dict | None:
 class Artifact:
     """A loaded `.so` with a Relax VM on the CPU."""
 
-    def __init__(self, path: Path, vm, manifest: dict | None):
+    def __init__(self, path: Path, vm, manifest: dict | None, device=None):
         self.path = path
         self.vm = vm
         self.manifest = manifest or {}
+        self.device = device
 
     @classmethod
     def load(cls, path: str | Path, device=None) -> "Artifact":
@@ -48,8 +49,12 @@ class Artifact:
                 lib = tvm.runtime.load_module(str(path))
         except Exception as exc:
             raise TvmsqzError(f"cannot load {path} as a TVM artifact: {str(exc).strip().splitlines()[-1]}") from None
-        vm = VirtualMachine(lib, device or tvm.cpu(0))
-        return cls(path, vm, read_manifest(path))
+        manifest = read_manifest(path)
+        if device is None:
+            family = ((manifest or {}).get("target") or {}).get("family")
+            device = tvm.cuda(0) if family == "cuda" else tvm.cpu(0)
+        vm = VirtualMachine(lib, device)
+        return cls(path, vm, manifest, device)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -69,7 +74,7 @@ class Artifact:
     def run(self, x: np.ndarray) -> np.ndarray:
         import tvm
 
-        out = self.vm["main"](tvm.runtime.tensor(self.check_input(x)))
+        out = self.vm["main"](tvm.runtime.tensor(self.check_input(x), device=self.device))
         if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and not hasattr(out, "numpy"):
             out = out[0]
         return out.numpy()
@@ -78,7 +83,7 @@ class Artifact:
         """A zero-argument callable running one inference on a preloaded input (for benches)."""
         import tvm
 
-        arg = tvm.runtime.tensor(self.check_input(x))
+        arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
         main = self.vm["main"]
 
         def run_once() -> None:
@@ -108,7 +113,7 @@ class Artifact:
                 calls[name] += 1
             return VMInstrumentReturnKind.NO_OP
 
-        arg = tvm.runtime.tensor(self.check_input(x))
+        arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
         self.vm["main"](arg)  # warm-up outside the profile
         self.vm.set_instrument(instrument)
         try:

@@ -24,7 +24,12 @@ def pre_tuning_passes(spec: TargetSpec) -> list:
 def post_database_passes(spec: TargetSpec) -> list:
     from tvm import relax
 
+    from ..fuse import LowerFireViews
+
     return [
+        # SplitLayoutRewritePreproc drops root-block match_buffers (TVM 0.27), which the Fire
+        # kernels use for their output slices: lower those views first.
+        LowerFireViews(),
         relax.transform.SplitLayoutRewritePreproc(),
         relax.transform.LiftTransformParams(),
         relax.transform.FoldConstant(),
@@ -40,14 +45,16 @@ def export(executable, spec: TargetSpec, path: Path) -> None:
     """Write the shared library atomically: a partial file never appears at `path`."""
     import tvm
 
+    if spec.cc:  # cross-linked: the device needs no compiler
+        from ..device import export_cross
+
+        export_cross(executable, path, spec.cc)
+        return
     fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".tvmsqz-", dir=path.parent)
     os.close(fd)
     try:
-        kwargs = {}
-        if spec.cc:
-            kwargs["fcompile"] = tvm.support.cc.cross_compiler(spec.cc)
         with quiet_stderr():
-            executable.export_library(tmp, **kwargs)
+            executable.export_library(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
