@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,21 +164,25 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         if log is not None:
             log.print(f"[dim]{msg}[/dim]")
 
-    if source.endswith(".so"):
-        raise TvmsqzError("bench takes a model (name, .onnx or .net); to check a compiled .so use `tvmsqz run`")
     if not spec.runs_on_host and not rpc_tracker:
         raise TvmsqzError(f"artifacts for {spec.name} do not run on this host; pass --rpc-tracker HOST:PORT "
                           "--rpc-key KEY to bench on a device")
-    loaded = load_model(source, batch=batch, input_shape=input_shape)
-    shape = loaded.input.shape
-    say(f"compiling {loaded.name} for {spec.name} ({'fused' if fuse else 'unfused'}, "
-        f"{'database ' + str(database) if database else 'no tuning database'})")
-    executable, report = compile_module(loaded.mod, spec, database=database, fuse=fuse)
     workdir = Path(tempfile.mkdtemp(prefix="tvmsqz-bench-"))
-    so_path = workdir / "model.so"
     onnx_path = workdir / "model.onnx"
+    if source.endswith(".so"):  # a shipped artifact: measure it as is, against its source model
+        so_path, manifest, report = Path(source), *_prebuilt(Path(source), spec)
+        loaded = load_model(manifest["model"], batch=manifest["input"]["shape"][0],
+                            input_shape=",".join(map(str, manifest["input"]["shape"])))
+    else:
+        loaded = load_model(source, batch=batch, input_shape=input_shape)
+        say(f"compiling {loaded.name} for {spec.name} ({'fused' if fuse else 'unfused'}, "
+            f"{'database ' + str(database) if database else 'no tuning database'})")
+        executable, report = compile_module(loaded.mod, spec, database=database, fuse=fuse)
+        so_path = workdir / "model.so"
+        manifest = export_artifact(executable, spec, so_path, model=loaded.name, input_spec=loaded.input,
+                                   report=report)
+    shape = loaded.input.shape
     onnx_path.write_bytes(loaded.onnx.SerializeToString())
-    manifest = export_artifact(executable, spec, so_path, model=loaded.name, input_spec=loaded.input, report=report)
 
     convention = getattr(loaded.info, "preprocess", "torchvision")
     names, inputs = parity_inputs(shape, convention)
@@ -240,6 +245,9 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
     }
     profile = artifact.profile(x) if artifact is not None else []
     tvm_median = measured["tvm"]["median"]
+    emulated = bool(measured["tvm"].get("emulated"))
+    # an emulated device's time compared with native x86 peers would be a meaningless ratio
+    comparable = not emulated
     result: dict[str, Any] = {
         "model": loaded.name,
         "target": spec.name,
@@ -248,11 +256,12 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         "input": loaded.input.to_json(),
         "threads": host_cores(),
         "fused": fuse,
-        "emulated": bool(rpc_tracker and measured["tvm"].get("emulated")),
+        "emulated": emulated,
         "latency_ms": measured,
-        "ratio_vs_onnxruntime": tvm_median / measured["onnxruntime"]["median"],
-        "ratio_vs_torch": tvm_median / measured["torch"]["median"] if "torch" in measured else None,
-        "throughput_ips": {name: shape[0] / (m["median"] / 1e3) for name, m in measured.items()},
+        "ratio_vs_onnxruntime": tvm_median / measured["onnxruntime"]["median"] if comparable else None,
+        "ratio_vs_torch": tvm_median / measured["torch"]["median"] if "torch" in measured and comparable else None,
+        "throughput_ips": {name: shape[0] / (m["median"] / 1e3) if comparable or name != "tvm" else None
+                           for name, m in measured.items()},
         "memory": memory,
         "parity": parity_report,
         "profile": profile,
@@ -263,10 +272,28 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         "machine": _machine(),
         "versions": _versions(),
     }
-    for path in (so_path, onnx_path, so_path.with_name(so_path.name + ".json")):
-        path.unlink(missing_ok=True)
-    workdir.rmdir()
+    shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def _prebuilt(so_path: Path, spec: TargetSpec):
+    """Manifest and a build report for an artifact compiled earlier (`tvmsqz compile`)."""
+    from .build import BuildReport
+    from .runtime import read_manifest
+
+    if not so_path.is_file():
+        raise TvmsqzError(f"no such file: {so_path}")
+    manifest = read_manifest(so_path)
+    if manifest is None:
+        raise TvmsqzError(f"{so_path} has no manifest ({so_path.name}.json) beside it; bench needs to know its model")
+    built_for = (manifest.get("target") or {}).get("name")
+    if built_for != spec.name:
+        raise TvmsqzError(f"{so_path.name} was compiled for {built_for}, not {spec.name}")
+    kernels = manifest.get("kernels", {})
+    report = BuildReport(kernels=[None] * kernels.get("total", 0), tuned=kernels.get("tuned", []),
+                         untuned=kernels.get("untuned", []), database=manifest.get("database"),
+                         fused=manifest.get("fused", True), activation_bytes=manifest.get("activation_bytes"))
+    return manifest, report
 
 
 def _mib(n: int | None) -> str:
@@ -288,8 +315,10 @@ def print_report(report: dict[str, Any], console) -> None:
         lat.add_column(col, justify="right" if col != "runtime" else "left")
     ort_median = report["latency_ms"]["onnxruntime"]["median"]
     for name, m in report["latency_ms"].items():
+        ips = report["throughput_ips"].get(name)
+        ratio = "-" if name == "tvm" and report.get("emulated") else f"{m['median'] / ort_median:.2f}x"
         lat.add_row(name, f"{m['min']:.2f}", f"{m['median']:.2f}", f"{m['p90']:.2f}",
-                    f"{report['throughput_ips'][name]:.1f}", f"{m['median'] / ort_median:.2f}x")
+                    "-" if ips is None else f"{ips:.1f}", ratio)
     console.print(lat)
     mem = report["memory"]
     memt = Table(title="memory")
@@ -315,4 +344,5 @@ def print_report(report: dict[str, Any], console) -> None:
     tuning = report["tuning"]
     console.print(f"tuning: {len(tuning['tuned'])}/{tuning['kernels']} kernels tuned"
                   + (f" from {tuning['database']}" if tuning["database"] else " (no database)")
-                  + f"; TVM/ORT median ratio {report['ratio_vs_onnxruntime']:.2f}")
+                  + (f"; TVM/ORT median ratio {report['ratio_vs_onnxruntime']:.2f}"
+                     if report["ratio_vs_onnxruntime"] is not None else "; no ratio: emulated device"))

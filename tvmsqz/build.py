@@ -150,6 +150,7 @@ def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, inp
         "fused": report.fused,
         "database": report.database,
         "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
+        "activation_bytes": report.activation_bytes,
         "versions": {"tvmsqz": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
         "artifact": {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)},
         **(extra or {}),
