@@ -87,15 +87,16 @@ def parity_inputs(shape: tuple[int, ...], convention: str, seeds: int = 3) -> tu
     return names, batches
 
 
-def memory_probe(kind: str, path: Path, shape: tuple[int, ...], runs: int = 5) -> int:
-    """Peak RSS of a fresh process that loads `path` and runs `runs` inferences."""
+def memory_probe(kind: str, path: Path, shape: tuple[int, ...], runs: int = 5) -> dict[str, int]:
+    """Peak RSS of a fresh process that loads `path` and runs `runs` inferences, and its RSS
+    right after importing the runtime library (so the model's own share can be told apart)."""
     env = dict(os.environ, TVM_NUM_THREADS=str(host_cores()))
     cmd = [sys.executable, "-m", "tvmsqz.memprobe", kind, str(path), ",".join(map(str, shape)), str(runs),
            str(host_cores())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise TvmsqzError(f"memory probe for {kind} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def weight_bytes(model) -> int:
@@ -236,9 +237,14 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
     parity_report["samples"] = names
 
     say("measuring peak memory in fresh processes")
+    tvm_mem = memory_probe("tvm", so_path, shape) if artifact is not None else {}
+    ort_mem = memory_probe("onnxruntime", onnx_path, shape)
     memory = {
-        "tvm_peak_rss_bytes": memory_probe("tvm", so_path, shape) if artifact is not None else None,
-        "onnxruntime_peak_rss_bytes": memory_probe("onnxruntime", onnx_path, shape),
+        "tvm_peak_rss_bytes": tvm_mem.get("peak_rss_bytes"),
+        "onnxruntime_peak_rss_bytes": ort_mem["peak_rss_bytes"],
+        # peak minus the RSS right after importing the runtime: what the model itself costs
+        "tvm_model_rss_bytes": (tvm_mem["peak_rss_bytes"] - tvm_mem["after_import_rss_bytes"]) if tvm_mem else None,
+        "onnxruntime_model_rss_bytes": ort_mem["peak_rss_bytes"] - ort_mem["after_import_rss_bytes"],
         "weight_bytes": weight_bytes(loaded.onnx),
         "activation_bytes": report.activation_bytes,
         "artifact_bytes": so_path.stat().st_size,
@@ -322,10 +328,11 @@ def print_report(report: dict[str, Any], console) -> None:
     console.print(lat)
     mem = report["memory"]
     memt = Table(title="memory")
-    for col in ("TVM peak RSS", "ORT peak RSS", "weights", "activations (planned)", "artifact"):
+    for col in ("TVM peak RSS (model)", "ORT peak RSS (model)", "weights", "activations (planned)", "artifact"):
         memt.add_column(col, justify="right")
-    memt.add_row(_mib(mem["tvm_peak_rss_bytes"]), _mib(mem["onnxruntime_peak_rss_bytes"]), _mib(mem["weight_bytes"]),
-                 _mib(mem["activation_bytes"]), _mib(mem["artifact_bytes"]))
+    memt.add_row(f"{_mib(mem['tvm_peak_rss_bytes'])} ({_mib(mem.get('tvm_model_rss_bytes'))})",
+                 f"{_mib(mem['onnxruntime_peak_rss_bytes'])} ({_mib(mem.get('onnxruntime_model_rss_bytes'))})",
+                 _mib(mem["weight_bytes"]), _mib(mem["activation_bytes"]), _mib(mem["artifact_bytes"]))
     console.print(memt)
     par = Table(title=f"parity over {report['parity']['inputs']} samples")
     for col in ("reference", "max abs diff", "max diff / range", "top-1 agree", "top-5 agree"):

@@ -26,18 +26,43 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _current_rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class _BlockCompilerSide:
+    """Import hook that makes the compiler-side packages unimportable in the probe process."""
+
+    BLOCKED = ("torch", "onnx", "onnxruntime", "onnxscript", "xgboost", "scipy", "sklearn", "skimage", "matplotlib")
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.BLOCKED:
+            raise ImportError(f"{name} is not on a deployment device")
+        return None
+
+
 def main(argv: list[str]) -> None:
     kind, path, shape_text, runs, threads = argv
     shape = tuple(int(d) for d in shape_text.split(","))
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     baseline = _peak_rss_bytes()
     if kind == "tvm":
+        # A device has the TVM runtime, not the compiler side: `import tvm` would otherwise pull
+        # in torch (TVM's frontends import it when present) and count it against TVM.
+        sys.meta_path.insert(0, _BlockCompilerSide())
+        import tvm  # noqa: F401  - the runtime library itself, measured separately below
+
         from tvmsqz.runtime import Artifact
 
+        imported = _current_rss_bytes()
         run = Artifact.load(path).timer(x)
     elif kind == "onnxruntime":
         import onnxruntime as ort
 
+        imported = _current_rss_bytes()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -50,7 +75,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown runtime {kind}")
     for _ in range(int(runs)):
         run()
-    print(json.dumps({"runtime": kind, "peak_rss_bytes": _peak_rss_bytes(), "baseline_rss_bytes": baseline}))
+    print(json.dumps({"runtime": kind, "peak_rss_bytes": _peak_rss_bytes(), "baseline_rss_bytes": baseline,
+                      "after_import_rss_bytes": imported}))
 
 
 if __name__ == "__main__":
