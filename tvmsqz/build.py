@@ -73,6 +73,7 @@ def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: Bui
     from tvm import tirx as tir
 
     if database_dir is not None:
+        database_dir = Path(database_dir)
         database = load_database(database_dir, spec)
         with spec.target, database, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)

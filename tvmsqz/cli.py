@@ -328,7 +328,7 @@ def main() -> None:
     """Console entry point: turn user errors into one line and an exit code."""
     _setup_environment()
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except TvmsqzError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -347,6 +347,10 @@ def main() -> None:
             err_console.print("[bold red]error:[/bold red] aborted", highlight=False)
             sys.exit(130)
         raise
+    if isinstance(rc, int) and rc:  # typer returns Exit codes (Ctrl-C: 130) instead of raising
+        if rc == 130:
+            err_console.print("[bold red]error:[/bold red] interrupted", highlight=False)
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

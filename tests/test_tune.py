@@ -1,0 +1,294 @@
+"""Tuning: a short tune writes a database that `compile_module` applies; interrupted runs leave a
+valid database and `--resume` finishes them; refused, corrupt and foreign databases fail with
+one line on stderr.
+
+Kept small for a shared 2-core box: one in-process tune of a 2-conv model (8 trials), three
+short CLI runs that resume from it, and error paths that stop before any tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+from onnx import TensorProto, helper, numpy_helper
+
+from tvmsqz.build import compile_module
+from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE, check_database, has_database
+from tvmsqz.errors import TvmsqzError
+from tvmsqz.frontend import import_onnx
+from tvmsqz.runtime import Artifact
+from tvmsqz.targets import get_target
+from tvmsqz.tune import Allocator, TaskState, default_batch, default_population, repair_tail, tune_model
+
+TRIALS = 8  # the in-process tune: 3 kernels, batches of 4
+
+
+def tiny_model() -> onnx.ModelProto:
+    """conv3x3 -> relu -> conv1x1 -> relu -> global average pool -> flatten, on 1x3x16x16."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype("float32") * 0.3,
+        "b1": rng.standard_normal(8).astype("float32") * 0.1,
+        "w2": rng.standard_normal((16, 8, 1, 1)).astype("float32") * 0.3,
+        "b2": rng.standard_normal(16).astype("float32") * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16])],
+        initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def records(db: Path) -> int:
+    path = db / RECORD_FILE
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    model = tiny_model()
+    onnx.save(model, folder / "tiny.onnx")
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny):
+    """One real tune, in process: (summary, database folder)."""
+    model, folder = tiny
+    mod, _ = import_onnx(model)
+    with pytest.MonkeyPatch.context() as mp:  # builder/runner temp files stay under tmp_path
+        tmp = folder / "tmp"
+        tmp.mkdir()
+        mp.setenv("TMPDIR", str(tmp))
+        mp.setattr("tempfile.tempdir", str(tmp))
+        summary = tune_model(mod, get_target("x86"), trials=TRIALS, work_dir=folder / "db", batch=4, seed=1)
+    return summary, folder / "db"
+
+
+def copy_db(db: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        shutil.copy(db / name, dest / name)
+    return dest
+
+
+# ----------------------------------------------------------------------------- the real tune
+
+
+def test_short_tune_writes_a_database_that_compile_applies(tiny, tuned, tmp_path):
+    model, _ = tiny
+    summary, db = tuned
+    spec = get_target("x86")
+    assert has_database(db)
+    assert check_database(db, spec) == summary["records"] == TRIALS
+    assert summary["tasks"] == 3 and summary["tuned_tasks"] == 3 and summary["untuned"] == []
+    assert any(name.startswith("reshape") for name in summary["skipped"])  # no reduction: not tuned
+    assert summary["trials"] == summary["new_trials"] == TRIALS
+    trials_done, est_ms, wall = summary["history"][-1]
+    assert trials_done == TRIALS and est_ms == pytest.approx(summary["best_estimated_ms"]) and est_ms > 0
+    assert 0 < wall <= summary["seconds"] + 1
+    assert all(t["best_us"] and t["trials"] >= 1 for t in summary["per_task"])
+    assert json.loads((db / "tuning_summary.json").read_text())["trials"] == TRIALS
+
+    mod, input_spec = import_onnx(model)
+    executable, report = compile_module(mod, spec, database=db)
+    convs = [k for k in report.kernels if "conv2d" in k]
+    assert len(convs) == 2
+    assert set(convs) <= set(report.tuned), (report.tuned, report.untuned)
+    executable.export_library(str(tmp_path / "tiny.so"))
+    x = np.random.default_rng(1).standard_normal(input_spec.shape).astype("float32")
+    got = Artifact.load(tmp_path / "tiny.so").run(x)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- interruption
+
+
+def _start_tune(onnx_path: Path, db: Path, trials: int, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvmsqz", "tune", str(onnx_path), "--trials", str(trials), "-o", str(db), "--resume"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_records(proc: subprocess.Popen, db: Path, more_than: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while records(db) <= more_than:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"tune exited {proc.returncode} before writing records\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("no new tuning record in time")
+        time.sleep(0.2)
+
+
+def test_interrupted_tune_leaves_a_valid_database_and_resume_finishes_it(tiny, tuned, tmp_path):
+    _, folder = tiny
+    _, fixture_db = tuned
+    spec = get_target("x86")
+    db = copy_db(fixture_db, tmp_path / "db")
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TVMSQZ_TUNE_BATCH": "4", "TMPDIR": str(tmp_path / "tmp")}
+    total = TRIALS + 16
+
+    # Ctrl-C: the batch under way is finished and saved, then a one-line error with a resume hint.
+    proc = _start_tune(folder / "tiny.onnx", db, total, env)
+    _wait_for_records(proc, db, TRIALS)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: tuning interrupted") and "--resume" in last and "Traceback" not in err
+    after_sigint = check_database(db, spec)
+    assert TRIALS < after_sigint < total
+
+    # kill -9: whatever was written is kept; a line cut mid-write is repaired on resume.
+    proc = _start_tune(folder / "tiny.onnx", db, total, env)
+    _wait_for_records(proc, db, after_sigint)
+    proc.kill()
+    proc.communicate(timeout=60)
+    after_kill = records(db)
+    last = (db / RECORD_FILE).read_text().splitlines()[-1]
+    with open(db / RECORD_FILE, "a") as handle:
+        handle.write(last[: len(last) // 2])  # what a write cut by the kill looks like
+    with pytest.raises(TvmsqzError, match="corrupt"):
+        check_database(db, spec)
+
+    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", str(total), "-o", str(db), "--resume",
+                   env={"TVMSQZ_TUNE_BATCH": "4", "TMPDIR": str(tmp_path / "tmp")}, timeout=600)
+    assert "repaired database" in proc.stderr
+    assert check_database(db, spec) == total > after_kill
+    stdout = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert f"{total} records" in stdout and "3/3 kernels tuned" in stdout
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_existing_database_needs_resume(tiny, tuned, tmp_path):
+    _, folder = tiny
+    db = copy_db(tuned[1], tmp_path / "db")
+    before = (db / RECORD_FILE).read_bytes()
+    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "4", "-o", str(db), check=False)
+    assert_one_line_error(proc, "--resume", "already holds")
+    assert proc.returncode == 2
+    assert (db / RECORD_FILE).read_bytes() == before
+
+
+def test_corrupt_database_is_refused(tiny, tuned, tmp_path):
+    _, folder = tiny
+    db = copy_db(tuned[1], tmp_path / "db")
+    lines = (db / RECORD_FILE).read_text().splitlines()
+    lines.insert(1, "this is not json")
+    (db / RECORD_FILE).write_text("\n".join(lines) + "\n")
+    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "4", "-o", str(db), "--resume", check=False)
+    assert_one_line_error(proc, "corrupt")
+    assert proc.returncode == 2
+    proc = run_cli("compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"),
+                   check=False)
+    assert_one_line_error(proc, "corrupt")
+
+
+def test_database_for_another_target_is_refused(tiny, tuned, tmp_path):
+    _, folder = tiny
+    db = copy_db(tuned[1], tmp_path / "db")
+    mcpu = get_target("x86").tvm_config["mcpu"]
+    other = "x86-64-v3" if mcpu != "x86-64-v3" else "x86-64-v4"
+    text = (db / RECORD_FILE).read_text()
+    assert f'"mcpu":"{mcpu}"' in text.replace(" ", "")
+    (db / RECORD_FILE).write_text(text.replace(f'"{mcpu}"', f'"{other}"'))
+    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "4", "-o", str(db), "--resume", check=False)
+    assert_one_line_error(proc, "tuned for target", other)
+    proc = run_cli("compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"),
+                   check=False)
+    assert_one_line_error(proc, "tuned for target")
+    assert not (tmp_path / "m.so").exists()
+
+
+def test_arm_tuning_needs_a_device(tiny, tmp_path):
+    _, folder = tiny
+    proc = run_cli("tune", str(folder / "tiny.onnx"), "--target", "arm", "--trials", "4", "-o", str(tmp_path / "db"),
+                   check=False)
+    assert_one_line_error(proc, "--rpc-tracker", "tvmsqz device emulate start")
+    mod, _ = import_onnx(tiny[0])
+    with pytest.raises(TvmsqzError, match="cannot reach RPC tracker"):  # tracker down: before tuning
+        tune_model(mod, get_target("arm"), trials=4, work_dir=tmp_path / "db2", rpc_tracker="127.0.0.1:9",
+                   rpc_key="arm")
+    assert not (tmp_path / "db2" / RECORD_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_repair_tail(tmp_path):
+    path = tmp_path / "records.json"
+    path.write_text('[0, [1]]\n[1, [2]]\n[0, [3')
+    assert "dropped" in repair_tail(path)
+    assert path.read_text() == '[0, [1]]\n[1, [2]]\n'
+    path.write_text('[0, [1]]\n[1, [2]]')
+    assert "newline" in repair_tail(path)
+    assert path.read_text() == '[0, [1]]\n[1, [2]]\n'
+    assert repair_tail(path) is None
+    path.write_text("[0, [1]]\ngarbage\n")  # a complete bad line is corruption: left alone
+    assert repair_tail(path) is None and path.read_text() == "[0, [1]]\ngarbage\n"
+
+
+def _simulate(tasks: list[TaskState], budget: int, batch: int, latency: dict[str, float]) -> list[str]:
+    """Drive the allocator with fixed per-task latencies; returns the task picked per batch."""
+    alloc = Allocator(tasks, budget, batch)
+    picks = []
+    while (pick := alloc.next()) is not None:
+        i, n = pick
+        picks.append(tasks[i].name)
+        for _ in range(n):
+            tasks[i].record(latency[tasks[i].name])
+        assert len(picks) < 1000
+    return picks
+
+
+def test_allocator_covers_every_task_then_follows_model_time():
+    tasks = [TaskState("big_conv", 1, 170e6), TaskState("small_conv", 2, 6e6), TaskState("pool", 1, 1e6)]
+    latency = {"big_conv": 2e-3, "small_conv": 1e-4, "pool": 2e-5}
+    picks = _simulate(tasks, budget=96, batch=8, latency=latency)
+    assert picks[:3] == ["big_conv", "small_conv", "pool"]  # coverage first, heaviest prior first
+    assert all(t.covered for t in tasks)
+    assert sum(t.trials for t in tasks) == 96
+    big = tasks[0].trials
+    assert big > 0.8 * 96 and tasks[1].trials >= 8 and tasks[2].trials >= 1  # no flat per-task cap
+
+
+def test_allocator_covers_past_a_tiny_budget_and_skips_exhausted_tasks():
+    tasks = [TaskState(f"t{i}", 1, 1e6 * (i + 1)) for i in range(5)]
+    picks = _simulate(tasks, budget=3, batch=4, latency={t.name: 1e-4 for t in tasks})
+    assert sorted(picks) == sorted(t.name for t in tasks) and all(t.trials == 1 for t in tasks)
+    tasks = [TaskState("a", 1, 1e6), TaskState("b", 1, 1e6, exhausted=True)]
+    assert _simulate(tasks, budget=8, batch=4, latency={"a": 1e-4, "b": 1e-4}) == ["a", "a"]
+
+
+def test_batch_and_population_defaults():
+    assert default_batch(8, 3) == 4 and default_batch(600, 18) == 16 and default_batch(10_000, 18) == 32
+    assert default_population(4) == 128 and default_population(16) == 256 and default_population(32) == 512
