@@ -267,6 +267,33 @@ def test_aarch64_artifact_runs_on_emulated_device_with_parity(emu, tmp_path):
     assert bench["latency"]["runs"] == 5 and "note" in bench["latency"]
 
 
+def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(emu, tmp_path, compiled):
+    """`tvmsqz compile --target arm` then `tvmsqz bench model.so --rpc-tracker`: parity with the x86 build."""
+    import json
+
+    from conftest import run_cli
+    from tvmsqz.runtime import Artifact
+
+    so = tmp_path / "sq11-a72.so"
+    run_cli("compile", "squeezenet1_1", "--target", "arm", "-o", str(so), "--no-tuning")
+    assert D.elf_machine(so) == "aarch64"
+    manifest = json.loads(so.with_name(so.name + ".json").read_text())
+    assert manifest["target"]["name"] == "arm" and manifest["target"]["cc"] == "aarch64-linux-gnu-g++"
+
+    x = np.random.default_rng(7).standard_normal((1, 3, 224, 224)).astype("float32")
+    on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
+    on_x86 = Artifact.load(compiled("squeezenet1_1")).run(x)
+    assert np.abs(on_device - on_x86).max() <= 1e-5 * (on_x86.max() - on_x86.min())
+
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", str(so), "--target", "arm", "--rpc-tracker", emu.tracker.address, "--rpc-key", EMU_KEY,
+                   "--repeat", "3", "--no-torch", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["emulated"] is True and report["ratio_vs_onnxruntime"] is None
+    assert report["parity"]["max_rel_diff"] <= 1e-4 and report["parity"]["top1_agreement"] == 1.0
+    assert "EMULATED" in proc.stdout
+
+
 def test_tune_on_two_emulated_devices_then_compile_applies_records(emu, tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
@@ -397,29 +424,3 @@ def _tune_kill_and_lose_all(emu, tracker, target, builder, runner, killed, kille
         for line in (work / name).read_text().splitlines():
             json.loads(line)  # every line is a complete record
 
-
-def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(emu, tmp_path, compiled):
-    """`tvmsqz compile --target arm` then `tvmsqz bench model.so --rpc-tracker`: parity with the x86 build."""
-    import json
-
-    from conftest import run_cli
-    from tvmsqz.runtime import Artifact
-
-    so = tmp_path / "sq11-a72.so"
-    run_cli("compile", "squeezenet1_1", "--target", "arm", "-o", str(so), "--no-tuning")
-    assert D.elf_machine(so) == "aarch64"
-    manifest = json.loads(so.with_name(so.name + ".json").read_text())
-    assert manifest["target"]["name"] == "arm" and manifest["target"]["cc"] == "aarch64-linux-gnu-g++"
-
-    x = np.random.default_rng(7).standard_normal((1, 3, 224, 224)).astype("float32")
-    on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
-    on_x86 = Artifact.load(compiled("squeezenet1_1")).run(x)
-    assert np.abs(on_device - on_x86).max() <= 1e-5 * (on_x86.max() - on_x86.min())
-
-    out = tmp_path / "bench.json"
-    proc = run_cli("bench", str(so), "--target", "arm", "--rpc-tracker", emu.tracker.address, "--rpc-key", EMU_KEY,
-                   "--repeat", "3", "--no-torch", "--json", str(out))
-    report = json.loads(out.read_text())
-    assert report["emulated"] is True and report["ratio_vs_onnxruntime"] is None
-    assert report["parity"]["max_rel_diff"] <= 1e-4 and report["parity"]["top1_agreement"] == 1.0
-    assert "EMULATED" in proc.stdout
