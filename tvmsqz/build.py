@@ -45,7 +45,9 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool = True):
     if fuse:
         from .fuse import fuse_fire
 
-        mod = fuse_fire(mod)
+        # Per-target fusion choices (e.g. folding the squeeze conv in) come from the target data,
+        # chosen by measurement; tuning and compiling read the same ones, so workloads match.
+        mod = fuse_fire(mod, **spec.data.get("fuse", {}))
     with spec.target:
         seq = tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
