@@ -1,0 +1,47 @@
+"""The shipped x86 database applies by default, covers every tunable kernel, and keeps parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import REPO, run_cli
+from tvmsqz.database import check_database
+from tvmsqz.models import load_onnx
+from tvmsqz.runtime import Artifact
+from tvmsqz.targets import get_target, host_cpu_flags
+
+SHIPPED = REPO / "schedules" / "x86-avx512"
+
+
+def test_shipped_database_is_valid_for_its_target():
+    assert check_database(SHIPPED, get_target("x86-avx512")) > 100
+
+
+@pytest.mark.parametrize("model", ["squeezenet1_1", "squeezenet1_0"])
+def test_compile_applies_shipped_schedules_by_default(model, tmp_path):
+    so = tmp_path / f"{model}.so"
+    proc = run_cli("compile", model, "--target", "x86-avx512", "-o", str(so))
+    manifest = json.loads(so.with_name(so.name + ".json").read_text())
+    assert manifest["database"] == str(SHIPPED)
+    # only kernels with a single possible schedule (reshapes) may stay untuned
+    assert all(name.startswith("reshape") for name in manifest["kernels"]["untuned"]), manifest["kernels"]
+    assert any(name.startswith("fire_expand_") for name in manifest["kernels"]["tuned"])
+    assert "kernels tuned from" in proc.stderr
+    if not {"avx512f", "avx512bw", "avx512vl"} <= host_cpu_flags():
+        return  # compiled and checked, but this host cannot run AVX-512 code
+    x = np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype("float32")
+    onnx_model, _ = load_onnx(model)
+    want = ort.InferenceSession(onnx_model.SerializeToString()).run(None, {"data": x})[0]
+    got = Artifact.load(so).run(x)
+    assert np.abs(got - want).max() <= 1e-4 * (want.max() - want.min())
+
+
+def test_no_tuning_ignores_the_shipped_database(tmp_path):
+    so = tmp_path / "m.so"
+    run_cli("compile", "squeezenet1_1", "--target", "x86-avx512", "--no-tuning", "-o", str(so))
+    manifest = json.loads(so.with_name(so.name + ".json").read_text())
+    assert manifest["database"] is None and manifest["kernels"]["tuned"] == []
