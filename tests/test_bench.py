@@ -9,7 +9,8 @@ from conftest import run_cli
 
 def test_bench_json_has_documented_keys_and_consistent_values(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "squeezenet1_1", "--target", "x86", "--repeat", "5", "--no-tuning", "--json", str(out))
+    proc = run_cli("bench", "squeezenet1_1", "--target", "x86", "--repeat", "5", "--no-tuning", "--fuse",
+                   "--json", str(out))
     report = json.loads(out.read_text())
     assert report["model"] == "squeezenet1_1" and report["batch"] == 1
     assert report["target"] in ("x86-avx512", "x86-avx2")
@@ -30,7 +31,9 @@ def test_bench_json_has_documented_keys_and_consistent_values(tmp_path):
     assert par["inputs"] >= 6
     names = [row["name"] for row in report["profile"]]
     assert len(names) >= 10 and all(row["time_us"] > 0 and row["calls"] >= 1 for row in report["profile"])
-    assert "concatenate" not in " ".join(names)  # the Fire expand pairs are fused by default
+    assert report["fused"] is True
+    assert "concatenate" not in " ".join(names)  # --fuse: one kernel per Fire module, named as such
+    assert sum(name.startswith("fire_expand_") for name in names) == 4  # SqueezeNet 1.1's 4 distinct Fire shapes
     assert "TVM/ORT median ratio" in proc.stdout and "parity" in proc.stdout
 
 

@@ -64,6 +64,6 @@ def test_deep_compression_model_recognises_real_photos(compiled):
         assert top1 in classes, (photo, top1)
     # the raw .net path compiles to the same network as the built-in name
     net_so = so.with_name("dc-from-net.so")
-    run_cli("compile", str(default_net_path()), "-o", str(net_so), "--no-tuning")
+    run_cli("compile", str(default_net_path()), "-o", str(net_so), "--no-tuning", "--fuse")
     x = preprocess(photos["chelsea"], "caffe", 227)
     np.testing.assert_allclose(Artifact.load(net_so).run(x), artifact.run(x), rtol=1e-5, atol=1e-6)

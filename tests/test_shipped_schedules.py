@@ -21,15 +21,17 @@ def test_shipped_database_is_valid_for_its_target():
     assert check_database(SHIPPED, get_target("x86-avx512")) > 100
 
 
-@pytest.mark.parametrize("model", ["squeezenet1_1", "squeezenet1_0"])
-def test_compile_applies_shipped_schedules_by_default(model, tmp_path):
+@pytest.mark.parametrize("model,fuse", [("squeezenet1_1", None), ("squeezenet1_0", None), ("squeezenet1_1", "--fuse"),
+                                        ("squeezenet1_0", "--fuse")])
+def test_compile_applies_shipped_schedules_by_default(model, fuse, tmp_path):
     so = tmp_path / f"{model}.so"
-    proc = run_cli("compile", model, "--target", "x86-avx512", "-o", str(so))
+    proc = run_cli("compile", model, "--target", "x86-avx512", "-o", str(so), *([fuse] if fuse else []))
     manifest = json.loads(so.with_name(so.name + ".json").read_text())
     assert manifest["database"] == str(SHIPPED)
-    # only kernels with a single possible schedule (reshapes) may stay untuned
-    assert all(name.startswith("reshape") for name in manifest["kernels"]["untuned"]), manifest["kernels"]
-    assert any(name.startswith("fire_expand_") for name in manifest["kernels"]["tuned"])
+    assert manifest["fused"] is bool(fuse)  # x86's measured default is unfused (targets/x86-avx512.json)
+    # only kernels with a single possible schedule (reshapes, concatenate copies) may stay untuned
+    assert all(name.startswith(("reshape", "concatenate")) for name in manifest["kernels"]["untuned"]), manifest
+    assert any(name.startswith("fire_expand_") for name in manifest["kernels"]["tuned"]) is bool(fuse)
     assert "kernels tuned from" in proc.stderr
     if not {"avx512f", "avx512bw", "avx512vl"} <= host_cpu_flags():
         return  # compiled and checked, but this host cannot run AVX-512 code
@@ -45,3 +47,14 @@ def test_no_tuning_ignores_the_shipped_database(tmp_path):
     run_cli("compile", "squeezenet1_1", "--target", "x86-avx512", "--no-tuning", "-o", str(so))
     manifest = json.loads(so.with_name(so.name + ".json").read_text())
     assert manifest["database"] is None and manifest["kernels"]["tuned"] == []
+
+
+def test_merge_databases_keeps_every_record_once(tmp_path):
+    from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE, merge_databases
+
+    n = check_database(SHIPPED, get_target("x86-avx512"))
+    merged = tmp_path / "merged"
+    assert merge_databases([SHIPPED, SHIPPED], merged) == n  # duplicates collapse
+    assert check_database(merged, get_target("x86-avx512")) == n
+    assert len((merged / WORKLOAD_FILE).read_text().splitlines()) == len((SHIPPED / WORKLOAD_FILE).read_text().splitlines())
+    assert (merged / RECORD_FILE).stat().st_size > 0

@@ -154,7 +154,7 @@ def _machine() -> dict[str, Any]:
 
 
 def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str | None = None,
-              repeat: int = 50, database: Path | None = None, fuse: bool = True, with_torch: bool = True,
+              repeat: int = 50, database: Path | None = None, fuse: bool | None = None, with_torch: bool = True,
               rpc_tracker: str | None = None, rpc_key: str | None = None, log=None) -> dict[str, Any]:
     """The whole bench as one JSON-able dict (keys documented in README)."""
     from .build import compile_module, export_artifact
@@ -176,6 +176,9 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
                             input_shape=",".join(map(str, manifest["input"]["shape"])))
     else:
         loaded = load_model(source, batch=batch, input_shape=input_shape)
+        from .build import resolve_fuse
+
+        fuse = resolve_fuse(spec, fuse)
         say(f"compiling {loaded.name} for {spec.name} ({'fused' if fuse else 'unfused'}, "
             f"{'database ' + str(database) if database else 'no tuning database'})")
         executable, report = compile_module(loaded.mod, spec, database=database, fuse=fuse)
@@ -261,7 +264,7 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         "batch": shape[0],
         "input": loaded.input.to_json(),
         "threads": host_cores(),
-        "fused": fuse,
+        "fused": report.fused,
         "emulated": emulated,
         "latency_ms": measured,
         "ratio_vs_onnxruntime": tvm_median / measured["onnxruntime"]["median"] if comparable else None,

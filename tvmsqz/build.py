@@ -36,18 +36,24 @@ class BuildReport:
     activation_bytes: int = 0
 
 
-def prepare(mod, spec: TargetSpec, *, fuse: bool = True):
-    """High-level Relax -> fused, legalized Relax with one PrimFunc per kernel (tuning input)."""
+def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
+    """Whether to fuse the Fire modules: the user's choice, else the target's measured default."""
+    return bool(spec.data.get("fuse", {}).get("enabled", True)) if fuse is None else fuse
+
+
+def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None):
+    """High-level Relax -> (fused,) legalized Relax with one PrimFunc per kernel (tuning input)."""
     import tvm
     from tvm import relax
 
     backend = get_backend(spec)
-    if fuse:
+    if resolve_fuse(spec, fuse):
         from .fuse import fuse_fire
 
         # Per-target fusion choices (e.g. folding the squeeze conv in) come from the target data,
         # chosen by measurement; tuning and compiling read the same ones, so workloads match.
-        mod = fuse_fire(mod, **spec.data.get("fuse", {}))
+        options = {k: v for k, v in spec.data.get("fuse", {}).items() if k != "enabled"}
+        mod = fuse_fire(mod, **options)
     with spec.target:
         seq = tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
@@ -88,12 +94,13 @@ def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: Bui
     return mod
 
 
-def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool = True):
+def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool | None = None):
     """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
     import tvm
 
     start = time.perf_counter()
     backend = get_backend(spec)
+    fuse = resolve_fuse(spec, fuse)
     report = BuildReport(fused=fuse)
     mod = prepare(mod, spec, fuse=fuse)
     report.kernels = kernel_names(mod)

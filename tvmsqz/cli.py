@@ -29,7 +29,8 @@ err_console = Console(stderr=True)
 TargetOpt = typer.Option("x86", "--target", "-t", help="Target name from `tvmsqz targets`.")
 DatabaseOpt = typer.Option(None, "--database", help="Tuning database folder (default: schedules/<target>/).")
 NoTuningOpt = typer.Option(False, "--no-tuning", help="Ignore tuning databases: compile untuned kernels.")
-NoFuseOpt = typer.Option(False, "--no-fuse", help="Keep the unfused graph (separate expand convs + concat).")
+FuseOpt = typer.Option(None, "--fuse/--no-fuse", help="Fuse each Fire module's expand pair into one kernel "
+                       "(default: the target's measured choice, see `tvmsqz targets`); --no-fuse keeps expand convs + concat.")
 InputShapeOpt = typer.Option(None, "--input-shape", help="Input name and shape, e.g. data:1,3,224,224.")
 BatchOpt = typer.Option(1, "--batch", "-b", min=1, help="Batch size for built-in models.")
 TrackerOpt = typer.Option(None, "--rpc-tracker", help="RPC tracker HOST:PORT for remote devices.")
@@ -116,7 +117,7 @@ def compile_cmd(
     batch: int = BatchOpt,
     database: Optional[Path] = DatabaseOpt,
     no_tuning: bool = NoTuningOpt,
-    no_fuse: bool = NoFuseOpt,
+    fuse: Optional[bool] = FuseOpt,
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     from .build import check_writable
@@ -139,7 +140,7 @@ def compile_cmd(
     db = _database_for(spec, database, no_tuning)
     loaded = load_model(model, batch=batch, input_shape=input_shape)
     with err_console.status(f"compiling {loaded.name} for {spec.name}"):
-        executable, report = compile_module(loaded.mod, spec, database=db, fuse=not no_fuse)
+        executable, report = compile_module(loaded.mod, spec, database=db, fuse=fuse)
         manifest = export_artifact(executable, spec, output, model=loaded.name, input_spec=loaded.input, report=report)
     _report_tuning(report)
     console.print(f"wrote {output} ({manifest['artifact']['bytes']} bytes, {spec.name}, "
@@ -210,7 +211,7 @@ def bench_cmd(
     repeat: int = typer.Option(50, "--repeat", min=3, help="Timed runs per runtime."),
     database: Optional[Path] = DatabaseOpt,
     no_tuning: bool = NoTuningOpt,
-    no_fuse: bool = NoFuseOpt,
+    fuse: Optional[bool] = FuseOpt,
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch comparison."),
     rpc_tracker: Optional[str] = TrackerOpt,
     rpc_key: Optional[str] = KeyOpt,
@@ -240,7 +241,7 @@ def bench_cmd(
     else:
         db = _database_for(spec, database, no_tuning)
         report = run_bench(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=db,
-                           fuse=not no_fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                           fuse=fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                            log=err_console)
     print_report(report, console)
     if json_out is not None:
@@ -257,7 +258,7 @@ def tune_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the records already in the database."),
     batch: int = BatchOpt,
     input_shape: Optional[str] = InputShapeOpt,
-    no_fuse: bool = NoFuseOpt,
+    fuse: Optional[bool] = FuseOpt,
     rpc_tracker: Optional[str] = TrackerOpt,
     rpc_key: Optional[str] = KeyOpt,
 ) -> None:
@@ -282,7 +283,7 @@ def tune_cmd(
     if out is None:
         raise TvmsqzError(f"target {spec.name} has no schedules folder; pass -o DIR")
     loaded = load_model(model, batch=batch, input_shape=input_shape)
-    summary = tune_model(loaded.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=not no_fuse,
+    summary = tune_model(loaded.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=fuse,
                          rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
     console.print(f"database: {out} ({summary['records']} records, {summary['tuned_tasks']}/"
                   f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s)")

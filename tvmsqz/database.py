@@ -81,3 +81,35 @@ def default_database(spec: TargetSpec) -> Path | None:
     """The shipped database for a target, when one exists."""
     folder = spec.schedules_dir
     return folder if folder is not None and has_database(folder) else None
+
+
+def merge_databases(sources: list[Path], dest: Path) -> int:
+    """Union of several databases (e.g. fused and unfused tuning runs) into `dest`.
+
+    Workloads are matched by their serialized TensorIR, so a kernel tuned in two runs keeps the
+    records of both; returns the number of records written.
+    """
+    workloads: dict[str, int] = {}
+    workload_lines: list[str] = []
+    record_lines: list[str] = []
+    seen: set[str] = set()
+    for src in sources:
+        local = _read_lines(src / WORKLOAD_FILE)
+        mapping = []
+        for workload in local:
+            key = json.dumps(workload, sort_keys=True)
+            if key not in workloads:
+                workloads[key] = len(workload_lines)
+                workload_lines.append(json.dumps(workload))
+            mapping.append(workloads[key])
+        for rec in _read_lines(src / RECORD_FILE):
+            line = json.dumps([mapping[rec[0]], rec[1]])
+            if line not in seen:
+                seen.add(line)
+                record_lines.append(line)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, lines in ((WORKLOAD_FILE, workload_lines), (RECORD_FILE, record_lines)):
+        tmp = dest / (name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(dest / name)
+    return len(record_lines)

@@ -255,7 +255,7 @@ def worth_tuning(mod) -> bool:
         return True
 
 
-def extract(mod, spec: TargetSpec, *, fuse: bool = True):
+def extract(mod, spec: TargetSpec, *, fuse: bool | None = None):
     """(tasks to tune, names skipped) for `mod` as `compile_module` will see it."""
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
@@ -484,7 +484,7 @@ def _remove_artifact(builder, path: str | None) -> None:
 
 
 def tune_model(mod, spec: TargetSpec, *, trials: int, work_dir: Path, resume: bool = False,
-               fuse: bool = True, rpc_tracker: str | None = None, rpc_key: str | None = None,
+               fuse: bool | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None,
                log=None, batch: int | None = None, population: int | None = None,
                seed: int | None = None) -> dict:
     """Tune every worthwhile kernel of `mod` for `spec`; records go to `work_dir`.
@@ -581,7 +581,7 @@ class _Session:
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def setup(self, mod, *, fuse: bool, rpc: dict | None, trials: int, batch: int | None,
+    def setup(self, mod, *, fuse: bool | None, rpc: dict | None, trials: int, batch: int | None,
               population: int | None, seed: int | None) -> None:
         from .builder import PersistentBuilder, import_tensor_intrin, make_local_runner
 
