@@ -20,6 +20,7 @@ from .backends import get_backend
 from .database import load_database
 from .errors import TvmsqzError
 from .frontend import InputSpec
+from .runtime import manifest_path
 from .targets import TargetSpec
 
 
@@ -130,10 +131,6 @@ def check_writable(path: Path) -> None:
             pass
     except OSError as exc:
         raise TvmsqzError(f"cannot write {path}: directory {parent} is not writable ({exc.strerror})") from None
-
-
-def manifest_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".json")
 
 
 def sha256(path: Path) -> str:

@@ -48,17 +48,12 @@ def _setup_environment() -> None:
 
 
 def _database_for(spec, database: Optional[Path], no_tuning: bool) -> Optional[Path]:
-    from .database import check_database, default_database
+    """Which database to apply; `build.apply_database` validates it (corrupt, foreign target) as it loads."""
+    from .database import default_database
 
     if no_tuning:
         return None
-    if database is not None:
-        check_database(database, spec)
-        return database
-    found = default_database(spec)
-    if found is not None:
-        check_database(found, spec)
-    return found
+    return database if database is not None else default_database(spec)
 
 
 def _report_tuning(report) -> None:

@@ -14,23 +14,26 @@ import sys
 import numpy as np
 
 
-def _peak_rss_bytes() -> int:
-    """VmHWM of this process: getrusage's ru_maxrss survives fork+exec and would report the
-    (much larger) parent's peak instead of ours."""
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (reported in KiB) in bytes; None where unreadable."""
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM of this process: getrusage's ru_maxrss survives fork+exec and would report the
+    (much larger) parent's peak instead of ours."""
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _current_rss_bytes() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes("VmRSS") or 0
 
 
 class _BlockCompilerSide:

@@ -17,8 +17,13 @@ from .errors import TvmsqzError
 from .quiet import quiet_stderr
 
 
+def manifest_path(artifact: Path) -> Path:
+    """The manifest `tvmsqz compile` writes beside an artifact: `model.so` -> `model.so.json`."""
+    return artifact.with_name(artifact.name + ".json")
+
+
 def read_manifest(artifact: Path) -> dict | None:
-    path = artifact.with_name(artifact.name + ".json")
+    path = manifest_path(artifact)
     if not path.is_file():
         return None
     try:
