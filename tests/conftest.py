@@ -11,6 +11,18 @@ import pytest
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 REPO = Path(__file__).resolve().parent.parent
+#: `.ci/run` sets CI=true: there every prerequisite is installed by the project's scripts, so a
+#: missing one is a failure, never a skip.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, why: str) -> None:
+    """The one test policy for prerequisites: fail under CI=true, skip elsewhere, with `why`."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"prerequisite missing in CI: {why} (scripts/test.sh installs it)")
+    pytest.skip(why)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None,

@@ -1,125 +1,137 @@
 """Targets as data: `targets/*.json` -> `TargetSpec`.
 
 Every target-specific fact (LLVM CPU name, triple, cross compiler, schedule folder, RPC and
-emulator settings, accelerator parameters) lives in the JSON files; code here only resolves the
-few values that depend on the host ("host" core counts, the `x86` alias).
+emulator settings, accelerator parameters) lives in the JSON files. This module reads and
+validates them (a malformed file is one line naming the file and the field) and resolves what
+every family shares: `alias_of` (the `x86` alias picks `x86-avx512` or `x86-avx2` by the
+`requires_cpu_flags` of the candidates) and `"num-cores": "host"`. Whatever depends on the
+family (a CUDA architecture read off the GPU, say) is the family backend's `resolve_target_data`,
+looked up by name at call time: importing this module loads no backend.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import TvmsqzError
-from .paths import SCHEDULES_DIR, TARGETS_DIR
+from .paths import TARGETS_DIR
+from .spec import TargetSpec, host_cores, host_cpu_flags
+
+__all__ = ["TargetSpec", "get_target", "list_targets", "load_target_file", "host_cores", "host_cpu_flags"]
+
+#: The families a target file may name; each is `tvmsqz.backends.<family>`.
+FAMILIES = ("cpu", "cuda", "vta")
+#: Aliases resolved from the host: alias -> candidate target files, best first.
+_ALIASES = {"auto-x86": ("x86-avx512", "x86-avx2")}
+
+_STR = {"type": "string"}
+_STR_LIST = {"type": "array", "items": _STR}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "family"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+        "family": {"enum": list(FAMILIES)},
+        "description": _STR,
+        "alias_of": {"enum": sorted(_ALIASES)},
+        "tvm": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                "kind": {"enum": ["llvm", "cuda"]},
+                "mcpu": _STR, "mtriple": _STR, "mattr": _STR_LIST, "mfloat-abi": _STR, "arch": _STR,
+                "num-cores": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "host"}]},
+                "host": {"type": "object"},
+            },
+        },
+        "schedules": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+        "requires_cpu_flags": _STR_LIST,
+        "export": {"type": "object", "properties": {"cc": {"type": ["string", "null"]}}},
+        "fuse": {"type": "object", "properties": {k: {"type": "boolean"} for k in
+                                                   ("enabled", "fold_squeeze", "fold_bypass")}},
+        "rpc": {"type": "object", "properties": {"default_key": _STR, "required_for_tuning": {"type": "boolean"}}},
+        "emulator": {"type": "object", "properties": {"qemu": _STR, "runnable": {"type": "boolean"}, "why": _STR}},
+        "host": _STR,
+        "tiling_db": _STR,
+        "vta": {"type": "object"},
+        "cycle_model": {"type": "object"},
+    },
+    "allOf": [
+        # a concrete target (not an alias) of a TVM-compiled family needs its TVM target
+        {"if": {"properties": {"family": {"enum": ["cpu", "cuda"]}}, "not": {"required": ["alias_of"]}},
+         "then": {"required": ["tvm"]}},
+    ],
+}
 
 
-def host_cpu_flags() -> set[str]:
-    """CPU feature flags of this host, from /proc/cpuinfo (empty when unreadable)."""
+def _field_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        parts.append(missing)
+    return ".".join(p for p in parts if p) or "(top level)"
+
+
+def load_target_file(path: Path) -> dict[str, Any]:
+    """Read and validate one target file; a malformed file is one `TvmsqzError` line."""
+    import jsonschema
+
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise TvmsqzError(f"cannot read target file {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TvmsqzError(f"target file {path} is not valid JSON: {exc}") from None
+    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        raise TvmsqzError(f"target file {path}: field {_field_path(err)!r}: {err.message}")
+    return raw
 
 
-def host_cores() -> int:
-    """Cores this process may run on: the thread count every runtime is pinned to."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """A resolved target: the TVM target dict plus what the rest of tvmsqz needs to know."""
-
-    name: str
-    family: str
-    description: str
-    tvm_config: dict[str, Any] | None
-    schedules: str | None = None
-    cc: str | None = None
-    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @functools.cached_property
-    def target(self):
-        """The `tvm.target.Target`; tuning and compiling share this exact object's config."""
-        import tvm
-
-        if self.tvm_config is None:
-            raise TvmsqzError(f"target {self.name!r} has no TVM target")
-        return tvm.target.Target(self.tvm_config)
-
-    @property
-    def schedules_dir(self) -> Path | None:
-        return SCHEDULES_DIR / self.schedules if self.schedules else None
-
-    @property
-    def runs_on_host(self) -> bool:
-        """Whether an artifact for this target can run in this process."""
-        flags = self.data.get("requires_cpu_flags")
-        if self.family != "cpu" or self.cc:
-            return False
-        return not flags or set(flags) <= host_cpu_flags()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "family": self.family,
-            "description": self.description,
-            "tvm": self.tvm_config,
-            "schedules": self.schedules,
-            "cc": self.cc,
-        }
-
-
-def _load_raw(name: str) -> dict[str, Any]:
+def _target_file(name: str) -> Path:
+    """A shipped target by name, or a target file given by path (`--target my.json`)."""
+    if name.endswith(".json") or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise TvmsqzError(f"no such target file: {path}")
+        return path
     path = TARGETS_DIR / f"{name}.json"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in TARGETS_DIR.glob("*.json")))
         raise TvmsqzError(f"unknown target {name!r} (known: {known})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TvmsqzError(f"target file {path} is not valid JSON: {exc}") from None
+    return path
 
 
 def _resolve_alias(alias: str) -> str:
-    if alias == "auto-x86":
-        flags = host_cpu_flags()
-        for candidate in ("x86-avx512", "x86-avx2"):
-            if set(_load_raw(candidate).get("requires_cpu_flags", [])) <= flags:
-                return candidate
-        raise TvmsqzError("this host's CPU has neither AVX-512 nor AVX2; name an x86 target explicitly")
-    return alias
+    flags = host_cpu_flags()
+    for candidate in _ALIASES[alias]:
+        if set(load_target_file(_target_file(candidate)).get("requires_cpu_flags", [])) <= flags:
+            return candidate
+    raise TvmsqzError(f"this host's CPU has none of {', '.join(_ALIASES[alias])}; name a target explicitly")
 
 
 def _resolve_values(config: dict[str, Any]) -> dict[str, Any]:
     resolved = dict(config)
-    for key, value in config.items():
-        if value == "host" and key == "num-cores":
-            resolved[key] = host_cores()
+    if config.get("num-cores") == "host":
+        resolved["num-cores"] = host_cores()
     return resolved
 
 
-def get_target(name: str) -> TargetSpec:
-    """Load and resolve a target by name (`x86`, `x86-avx512`, `arm`, `cuda`, `vta`, ...)."""
-    raw = _load_raw(name)
-    if "alias_of" in raw:
-        raw = _load_raw(_resolve_alias(raw["alias_of"]))
-    if raw.get("family") == "cuda":  # the GPU architecture may come from the GPU present
-        from .backends.cuda import resolve_target_data
+def family_module(family: str):
+    """The backend module of a family (imported on first use, never at import of this module)."""
+    return importlib.import_module(f"tvmsqz.backends.{family}")
 
-        raw = resolve_target_data(raw)
+
+def get_target(name: str) -> TargetSpec:
+    """Load, validate and resolve a target by name (`x86`, `arm`, `cuda`, `vta`, ...) or file path."""
+    raw = load_target_file(_target_file(name))
+    if "alias_of" in raw:
+        raw = load_target_file(_target_file(_resolve_alias(raw["alias_of"])))
+    raw = family_module(raw["family"]).resolve_target_data(raw)
     tvm_config = raw.get("tvm")
     return TargetSpec(
         name=raw["name"],
@@ -133,10 +145,10 @@ def get_target(name: str) -> TargetSpec:
 
 
 def list_targets() -> list[dict[str, Any]]:
-    """Every target file, with aliases shown as what they resolve to on this host."""
+    """Every shipped target file, with aliases shown as what they resolve to on this host."""
     rows = []
     for path in sorted(TARGETS_DIR.glob("*.json")):
-        raw = json.loads(path.read_text())
+        raw = load_target_file(path)
         row = {"name": raw["name"], "family": raw["family"], "description": raw.get("description", "")}
         if "alias_of" in raw:
             try:

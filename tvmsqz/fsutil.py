@@ -1,0 +1,147 @@
+"""Writing user-visible files safely: atomic replacement, durable appends, one lock per folder.
+
+Every file a user sees (artifact, manifest, database line, summary, report, output array) goes
+through this module, so that a full disk, a kill or a second process never leaves a half-written
+file where a good one stood, and never a temp file behind.
+
+* `atomic_path(dest)`: a context manager yielding a temp path beside `dest`; on success the temp
+  file is fsynced and renamed over `dest`, on any exception it is removed and `dest` is untouched.
+* `atomic_write(dest, data)`: bytes or text through `atomic_path`.
+* `append_line(path, line)`: one line appended with a single `write`, fsynced, and checked; a
+  short write is cut back to the previous size, so a line is on disk whole or not at all.
+* `folder_lock(folder)`: an exclusive lock (a `.lock` file, `filelock`) that a second process
+  waits for, or is refused with a clear message.
+
+OS errors become `TvmsqzError` (one line through the CLI) naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import TvmsqzError
+
+LOCK_NAME = ".tvmsqz.lock"
+
+
+def os_error(path: Path | str, exc: OSError, action: str = "write") -> TvmsqzError:
+    """A one-line user error for an OS error on `path` (disk full, permission, read-only...)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return TvmsqzError(f"cannot {action} {path}: {reason}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `dest`; rename it over `dest` only if the block succeeds.
+
+    The temp name keeps `dest`'s suffix (TVM's `export_library` picks its linker by suffix).
+    """
+    dest = Path(dest)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp",
+                                        dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise os_error(dest, exc) from None
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.is_file() or tmp.stat().st_size == 0 and dest.suffix in (".so", ".npy", ".npz"):
+            raise TvmsqzError(f"cannot write {dest}: nothing was written")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise os_error(dest, exc) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write(dest: Path | str, data: bytes | str) -> None:
+    """Replace `dest` with `data` atomically (the old file survives any failure)."""
+    raw = data.encode() if isinstance(data, str) else data
+    with atomic_path(dest) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+        except OSError as exc:
+            raise os_error(dest, exc) from None
+
+
+def append_line(path: Path | str, line: str) -> None:
+    """Append one line durably: written whole with fsync, or cut back and reported."""
+    path = Path(path)
+    raw = (line.rstrip("\n") + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise os_error(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, raw)
+            if written != len(raw):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise os_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path | str, *, wait: bool = True, on_wait=None) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if missing) for the block.
+
+    With `wait`, a second holder blocks until the first is done (`on_wait()` is called once
+    first, to say so); without, it is refused with a one-line error.
+    """
+    import filelock
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(folder, exc, "create") from None
+    lock = filelock.FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if not wait:
+            raise TvmsqzError(f"{folder} is in use by another tvmsqz process (lock {folder / LOCK_NAME})") from None
+        if on_wait is not None:
+            on_wait()
+        lock.acquire()
+    except OSError as exc:
+        raise os_error(folder / LOCK_NAME, exc, "lock") from None
+    try:
+        yield
+    finally:
+        lock.release()
