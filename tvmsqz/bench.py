@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .errors import TvmsqzError
-from .targets import TargetSpec, host_cores
+from .spec import TargetSpec, host_cores
 
 WARMUP = 5
 BLOCKS = 5
@@ -157,18 +156,32 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
               repeat: int = 50, database: Path | None = None, fuse: bool | None = None, with_torch: bool = True,
               rpc_tracker: str | None = None, rpc_key: str | None = None, log=None) -> dict[str, Any]:
     """The whole bench as one JSON-able dict (keys documented in README)."""
+    from .backends import get_backend
+
+    if not get_backend(spec).runs_on_host(spec) and not rpc_tracker:
+        raise TvmsqzError(f"artifacts for {spec.name} do not run on this host; pass --rpc-tracker HOST:PORT "
+                          "--rpc-key KEY to bench on a device")
+    if rpc_tracker:  # fail in seconds, not after the compile, when the tracker does not answer
+        from .device import check_tracker
+
+        check_tracker(rpc_tracker)
+    with tempfile.TemporaryDirectory(prefix="tvmsqz-bench-") as tmp:
+        return _bench(source, spec, Path(tmp), batch=batch, input_shape=input_shape, repeat=repeat,
+                      database=database, fuse=fuse, with_torch=with_torch, rpc_tracker=rpc_tracker,
+                      rpc_key=rpc_key, log=log)
+
+
+def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_shape: str | None, repeat: int,
+           database: Path | None, fuse: bool | None, with_torch: bool, rpc_tracker: str | None,
+           rpc_key: str | None, log) -> dict[str, Any]:
     from .build import compile_module, export_artifact
     from .frontend import load_model
-    from .runtime import Artifact
+    from .runtime import load
 
     def say(msg: str) -> None:
         if log is not None:
             log.print(f"[dim]{msg}[/dim]")
 
-    if not spec.runs_on_host and not rpc_tracker:
-        raise TvmsqzError(f"artifacts for {spec.name} do not run on this host; pass --rpc-tracker HOST:PORT "
-                          "--rpc-key KEY to bench on a device")
-    workdir = Path(tempfile.mkdtemp(prefix="tvmsqz-bench-"))
     onnx_path = workdir / "model.onnx"
     if source.endswith(".so"):  # a shipped artifact: measure it as is, against its source model
         so_path, manifest, report = Path(source), *_prebuilt(Path(source), spec)
@@ -202,7 +215,7 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         latency = {"tvm": remote["latency"]}
         artifact = None
     else:
-        artifact = Artifact.load(so_path)
+        artifact = load(so_path)
         tvm_outputs = [artifact.run(b) for b in inputs]
 
     runners: dict[str, Callable[[], None]] = {}
@@ -281,7 +294,6 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         "machine": _machine(),
         "versions": _versions(),
     }
-    shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 

@@ -6,22 +6,17 @@ the ones the compiler later looks up, so both go through the same function with 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
 from .backends import get_backend
 from .database import load_database
 from .errors import TvmsqzError
 from .frontend import InputSpec
-from .runtime import manifest_path
-from .targets import TargetSpec
+from .manifest import write_manifest
+from .spec import TargetSpec
 
 
 @dataclass
@@ -119,9 +114,14 @@ def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse:
     return executable, report
 
 
-def check_writable(path: Path) -> None:
-    """Fail before the (slow) compile when the output cannot be written."""
+def check_writable(path: Path, inputs: list[Path] = ()) -> None:
+    """Fail before the (slow) compile when the output cannot be written or would replace an input."""
     parent = path.parent if str(path.parent) else Path(".")
+    for source in inputs:
+        if path.exists() and source.exists() and path.resolve() == source.resolve():
+            raise TvmsqzError(f"output {path} is also an input; choose another -o")
+        if source.exists() and path.resolve() == Path(str(source) + ".json").resolve():
+            raise TvmsqzError(f"output {path} would replace the manifest of {source}; choose another -o")
     if path.is_dir():
         raise TvmsqzError(f"output path {path} is a directory; give a file name like model.so")
     if not parent.is_dir():
@@ -133,24 +133,13 @@ def check_writable(path: Path) -> None:
         raise TvmsqzError(f"cannot write {path}: directory {parent} is not writable ({exc.strerror})") from None
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, input_spec: InputSpec,
                     report: BuildReport, extra: dict | None = None) -> dict:
     """Write the `.so` and its manifest (what a device needs to check what it got)."""
-    import tvm
-
     path = Path(path)
     check_writable(path)
     get_backend(spec).export(executable, spec, path)
-    manifest = {
-        "format": "tvmsqz-artifact/1",
+    return write_manifest(path, {
         "model": model,
         "target": spec.to_json(),
         "input": input_spec.to_json(),
@@ -158,14 +147,8 @@ def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, inp
         "database": report.database,
         "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
         "activation_bytes": report.activation_bytes,
-        "versions": {"tvmsqz": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
-        "artifact": {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)},
         **(extra or {}),
-    }
-    tmp = manifest_path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path(path))
-    return manifest
+    })
 
 
 def planned_activation_bytes(mod) -> int:

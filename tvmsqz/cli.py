@@ -47,22 +47,13 @@ def _setup_environment() -> None:
     quiet_python_logs()
 
 
-def _database_for(spec, database: Optional[Path], no_tuning: bool) -> Optional[Path]:
-    """Which database to apply; `build.apply_database` validates it (corrupt, foreign target) as it loads."""
-    from .database import default_database
+def _backend(target: str):
+    """The resolved target and the backend that owns its family."""
+    from .backends import get_backend
+    from .targets import get_target
 
-    if no_tuning:
-        return None
-    return database if database is not None else default_database(spec)
-
-
-def _report_tuning(report) -> None:
-    if report.database is None:
-        err_console.print(f"[dim]tuning: none applied ({len(report.kernels)} kernels untuned)[/dim]")
-        return
-    err_console.print(f"[dim]tuning: {len(report.tuned)}/{len(report.kernels)} kernels tuned from {report.database}[/dim]")
-    if report.untuned:
-        err_console.print(f"[yellow]no tuned record for: {', '.join(report.untuned)}[/yellow]")
+    spec = get_target(target)
+    return spec, get_backend(spec)
 
 
 @app.command("models")
@@ -116,30 +107,13 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     from .build import check_writable
-    from .targets import get_target
 
-    spec = get_target(target)
-    check_writable(output)
-    if spec.family == "vta":
-        from .vta import compile_vta
-
-        with err_console.status(f"compiling {model} for VTA (int8, calibrated on real photos)"):
-            compile_vta(model, output)
-        sidecar = output.with_suffix(".vta.npz")
-        console.print(f"wrote {output} (host code, {output.stat().st_size} bytes) and {sidecar.name} "
-                      f"(VTA instruction streams, {sidecar.stat().st_size} bytes); runs on the VTA simulator")
-        return
-    from .build import compile_module, export_artifact
-    from .frontend import load_model
-
-    db = _database_for(spec, database, no_tuning)
-    loaded = load_model(model, batch=batch, input_shape=input_shape)
-    with err_console.status(f"compiling {loaded.name} for {spec.name}"):
-        executable, report = compile_module(loaded.mod, spec, database=db, fuse=fuse)
-        manifest = export_artifact(executable, spec, output, model=loaded.name, input_spec=loaded.input, report=report)
-    _report_tuning(report)
-    console.print(f"wrote {output} ({manifest['artifact']['bytes']} bytes, {spec.name}, "
-                  f"{len(report.kernels)} kernels, {report.seconds:.1f} s) and {output.name}.json")
+    spec, backend = _backend(target)
+    check_writable(output, inputs=[Path(model)])
+    with err_console.status(f"compiling {model} for {spec.name}"):
+        line = backend.compile_model(model, spec, output, batch=batch, input_shape=input_shape, database=database,
+                                     no_tuning=no_tuning, fuse=fuse, log=err_console)
+    console.print(line)
 
 
 @app.command("run")
@@ -152,36 +126,32 @@ def run_cmd(
     """Run an artifact on this host and print the top classes."""
     import numpy as np
 
-    from .runtime import Artifact, read_manifest, top_k
+    from .runtime import load, top_k
 
-    manifest = read_manifest(artifact) if artifact.is_file() else None
-    from .vta.artifact import sidecar_path
-
-    if artifact.is_file() and sidecar_path(artifact).is_file():
-        from .vta import load_vta
-
-        runner = load_vta(artifact)
-    else:
-        runner = Artifact.load(artifact)
     if output is not None:
         from .build import check_writable
 
-        check_writable(output)
+        check_writable(output, inputs=[artifact] + ([input] if input is not None else []))
+    runner = load(artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False))
     if input is not None:
         if not input.is_file():
             raise TvmsqzError(f"no such file: {input}")
         try:
-            x = np.load(input)
+            x = np.load(input, allow_pickle=False)
         except Exception as exc:
             raise TvmsqzError(f"cannot read {input} as a .npy array: {exc}") from None
     else:
-        shape = (manifest or {}).get("input", {}).get("shape")
+        shape = runner.input_shape
         if shape is None:
             raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
         x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     y = runner.run(x)
     if output is not None:
-        np.save(output, y)
+        from .fsutil import atomic_path
+
+        with atomic_path(output) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, y)
     names = None
     if y.reshape(y.shape[0], -1).shape[1] == 1000:
         from .images import class_names
@@ -212,35 +182,21 @@ def bench_cmd(
     rpc_key: Optional[str] = KeyOpt,
 ) -> None:
     """Latency, memory, accuracy parity and per-kernel profile against ONNX Runtime and PyTorch."""
-    from .bench import print_report, run_bench
-    from .targets import get_target
+    from .bench import print_report
 
-    spec = get_target(target)
+    spec, backend = _backend(target)
     if json_out is not None:
         from .build import check_writable
 
-        check_writable(json_out)
-    if spec.family == "vta":
-        import tempfile
-
-        from .vta import bench_vta, compile_vta
-
-        with tempfile.TemporaryDirectory(prefix="tvmsqz-vta-") as tmp:
-            so = Path(tmp) / "model.so"
-            with err_console.status(f"compiling {model} for VTA (int8, calibrated on real photos)"):
-                compile_vta(model, so)
-            with err_console.status("running the VTA simulator on real photos"):
-                report = bench_vta(so)
-        report.setdefault("model", model)
-        report.setdefault("target", spec.name)
-    else:
-        db = _database_for(spec, database, no_tuning)
-        report = run_bench(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=db,
-                           fuse=fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
-                           log=err_console)
+        check_writable(json_out, inputs=[Path(model)])
+    report = backend.bench_model(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=database,
+                                 no_tuning=no_tuning, fuse=fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker,
+                                 rpc_key=rpc_key, log=err_console)
     print_report(report, console)
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        from .fsutil import atomic_write
+
+        atomic_write(json_out, json.dumps(report, indent=2) + "\n")
         err_console.print(f"[dim]wrote {json_out}[/dim]")
 
 
@@ -248,8 +204,10 @@ def bench_cmd(
 def tune_cmd(
     model: str = typer.Argument(..., help="Built-in model name, .onnx/.net file."),
     target: str = TargetOpt,
-    trials: int = typer.Option(64, "--trials", min=1, help="Total measurement trials across all kernels."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: schedules/<target>/)."),
+    trials: int = typer.Option(64, "--trials", min=1, help="Total measurement trials across all kernels "
+                               "(with --resume: the folder's total, trials already in it included)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: the user data "
+                                          "folder, see `tvmsqz targets --json`; never the shipped schedules)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the records already in the database."),
     batch: int = BatchOpt,
     input_shape: Optional[str] = InputShapeOpt,
@@ -258,30 +216,11 @@ def tune_cmd(
     rpc_key: Optional[str] = KeyOpt,
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
-    from .targets import get_target
-
-    spec = get_target(target)
-    if spec.family == "vta":
-        from .vta import tune_vta
-
-        out = output or spec.schedules_dir
-        if out.suffix != ".json":
-            out.mkdir(parents=True, exist_ok=True)
-            out = out / "tilings.json"
-        summary = tune_vta(model, trials, out)
-        console.print_json(json.dumps(summary))
-        return
-    from .frontend import load_model
-    from .tune import tune_model
-
-    out = output or spec.schedules_dir
-    if out is None:
-        raise TvmsqzError(f"target {spec.name} has no schedules folder; pass -o DIR")
-    loaded = load_model(model, batch=batch, input_shape=input_shape)
-    summary = tune_model(loaded.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=fuse,
-                         rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
-    console.print(f"database: {out} ({summary['records']} records, {summary['tuned_tasks']}/"
-                  f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s)")
+    spec, backend = _backend(target)
+    _summary, line = backend.tune_model(model, spec, trials=trials, output=output, resume=resume, batch=batch,
+                                        input_shape=input_shape, fuse=fuse, rpc_tracker=rpc_tracker,
+                                        rpc_key=rpc_key, log=err_console)
+    console.print(line)
 
 
 @device_app.command("serve")

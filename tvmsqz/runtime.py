@@ -6,7 +6,6 @@ This module is what a device runs, so it must not import the compiler side of tv
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,26 +13,56 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TvmsqzError
+from .manifest import manifest_path, read_manifest, verify_files  # noqa: F401 - re-exported
 from .quiet import quiet_stderr
 
 
-def manifest_path(artifact: Path) -> Path:
-    """The manifest `tvmsqz compile` writes beside an artifact: `model.so` -> `model.so.json`."""
-    return artifact.with_name(artifact.name + ".json")
+def load(path: str | Path, *, warn=None) -> "Artifact":
+    """Verify an artifact against its manifest, then load it with its family's backend.
 
+    A `.so` without a manifest still loads (as a CPU artifact), with a warning through `warn`:
+    nothing then vouches for its bytes or its input.
+    """
+    from .backends import backend_for_family
 
-def read_manifest(artifact: Path) -> dict | None:
-    path = manifest_path(artifact)
+    path = Path(path)
     if not path.is_file():
-        return None
+        raise TvmsqzError(f"no such file: {path}")
+    manifest = read_manifest(path)
+    if manifest is None:
+        if warn is not None:
+            warn(f"warning: {path} has no manifest ({manifest_path(path).name}): its checksum and input "
+                 "cannot be checked")
+        return backend_for_family("cpu").load_artifact(path, None)
+    verify_files(path, manifest)
+    return backend_for_family(manifest["target"]["family"]).load_artifact(path, manifest)
+
+
+def check_elf(path: Path) -> None:
+    """Refuse a file that is not a whole ELF shared object before `dlopen` sees it.
+
+    `dlopen` maps the file; a truncated one kills the process with SIGBUS when a page past the
+    end is touched. The section header table is the last thing a linker writes, so a file that
+    ends before it (or has no valid ELF header) is truncated or foreign.
+    """
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    size = path.stat().st_size
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise TvmsqzError(f"manifest {path} is corrupt") from None
+        with open(path, "rb") as fh:
+            header = ELFFile(fh).header
+    except (ELFError, OSError, ValueError) as exc:
+        raise TvmsqzError(f"{path} is not an ELF shared library ({exc})") from None
+    if header["e_type"] != "ET_DYN":
+        raise TvmsqzError(f"{path} is not a shared library (ELF type {header['e_type']})")
+    end = header["e_shoff"] + header["e_shnum"] * header["e_shentsize"]
+    if end > size:
+        raise TvmsqzError(f"{path} is truncated ({size} bytes, its ELF header needs {end})")
 
 
 class Artifact:
-    """A loaded `.so` with a Relax VM on the CPU."""
+    """A loaded `.so` with a Relax VM on one device."""
 
     def __init__(self, path: Path, vm, manifest: dict | None, device=None):
         self.path = path
@@ -42,24 +71,25 @@ class Artifact:
         self.device = device
 
     @classmethod
-    def load(cls, path: str | Path, device=None) -> "Artifact":
+    def open(cls, path: str | Path, manifest: dict | None, device_type: str) -> "Artifact":
+        """Load the module into a Relax VM on `device_type` (the backend's choice)."""
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         path = Path(path)
-        if not path.is_file():
-            raise TvmsqzError(f"no such file: {path}")
+        check_elf(path)
         try:
             with quiet_stderr():
                 lib = tvm.runtime.load_module(str(path))
+            vm = VirtualMachine(lib, tvm.device(device_type, 0))
         except Exception as exc:
             raise TvmsqzError(f"cannot load {path} as a TVM artifact: {str(exc).strip().splitlines()[-1]}") from None
-        manifest = read_manifest(path)
-        if device is None:
-            family = ((manifest or {}).get("target") or {}).get("family")
-            device = tvm.cuda(0) if family == "cuda" else tvm.cpu(0)
-        vm = VirtualMachine(lib, device)
-        return cls(path, vm, manifest, device)
+        return cls(path, vm, manifest, tvm.device(device_type, 0))
+
+    @classmethod
+    def load(cls, path: str | Path, device=None) -> "Artifact":
+        """Load through the manifest's backend (kept for callers that hold an Artifact class)."""
+        return load(path)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:

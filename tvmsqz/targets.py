@@ -11,19 +11,17 @@ looked up by name at call time: importing this module loads no backend.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from .errors import TvmsqzError
 from .paths import TARGETS_DIR
+from .backends import FAMILIES, backend_for_family
 from .spec import TargetSpec, host_cores, host_cpu_flags
 
 __all__ = ["TargetSpec", "get_target", "list_targets", "load_target_file", "host_cores", "host_cpu_flags"]
 
-#: The families a target file may name; each is `tvmsqz.backends.<family>`.
-FAMILIES = ("cpu", "cuda", "vta")
 #: Aliases resolved from the host: alias -> candidate target files, best first.
 _ALIASES = {"auto-x86": ("x86-avx512", "x86-avx2")}
 
@@ -121,17 +119,12 @@ def _resolve_values(config: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def family_module(family: str):
-    """The backend module of a family (imported on first use, never at import of this module)."""
-    return importlib.import_module(f"tvmsqz.backends.{family}")
-
-
 def get_target(name: str) -> TargetSpec:
     """Load, validate and resolve a target by name (`x86`, `arm`, `cuda`, `vta`, ...) or file path."""
     raw = load_target_file(_target_file(name))
     if "alias_of" in raw:
         raw = load_target_file(_target_file(_resolve_alias(raw["alias_of"])))
-    raw = family_module(raw["family"]).resolve_target_data(raw)
+    raw = backend_for_family(raw["family"]).resolve_target_data(raw)
     tvm_config = raw.get("tvm")
     return TargetSpec(
         name=raw["name"],

@@ -13,8 +13,6 @@ Both are written to temporary files and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -94,21 +92,19 @@ def shape_layers(graph: Graph) -> list:
     return layers
 
 
-def default_tiling_db() -> Path:
-    """`schedules/vta/tilings.json` (the `vta` target's "schedules" folder): used by
+def default_tiling_db() -> Path | None:
+    """The `vta` target's shipped tiling database (`schedules/vta/tilings.json`): used by
     `compile_vta` when no database is named and the file exists."""
-    from tvmsqz.paths import SCHEDULES_DIR, TARGETS_DIR
+    from tvmsqz.backends.vta import tiling_db
+    from tvmsqz.targets import get_target
 
-    try:
-        raw = json.loads((TARGETS_DIR / "vta.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raw = {}
-    return SCHEDULES_DIR / raw.get("schedules", "vta") / raw.get("tiling_db", "tilings.json")
+    return tiling_db(get_target("vta"))
 
 
 def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None) -> tuple[list, list]:
-    if tiling_db is None and default_tiling_db().is_file():
-        tiling_db = default_tiling_db()
+    if tiling_db is None:
+        shipped = default_tiling_db()
+        tiling_db = shipped if shipped is not None and shipped.is_file() else None
     db = load_db(tiling_db) if tiling_db is not None else {"records": {}}
     tilings, sources = [], []
     for L in layers:
@@ -121,16 +117,10 @@ def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None) -> tupl
 # ---------------------------------------------------------------------------- compile
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from tvmsqz.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, config=None,
@@ -218,6 +208,7 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     t_end = time.time()
     return {
         **{k: manifest[k] for k in ("format", "model", "macs_offloaded", "macs_total", "mac_offload_share", "note")},
+        "input": {"name": graph.input_name, "shape": list(graph.input_shape), "dtype": "float32"},
         "artifact": str(output), "sidecar": str(sidecar_path(output)),
         "vta_layers": len(programs), "host_segments": len(qn.host_segments()),
         "instructions": int(sum(len(p.insns) for p in programs)),

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from tvmsqz.errors import TvmsqzError
-from tvmsqz.paths import TARGETS_DIR
 
 _REQUIRED = ("LOG_INP_WIDTH", "LOG_WGT_WIDTH", "LOG_ACC_WIDTH", "LOG_BATCH", "LOG_BLOCK",
              "LOG_UOP_BUFF_SIZE", "LOG_INP_BUFF_SIZE", "LOG_WGT_BUFF_SIZE", "LOG_ACC_BUFF_SIZE")
@@ -154,20 +153,30 @@ class VTAConfig:
 
 
 def load_config(source: str | Path | dict | VTAConfig | None = None) -> VTAConfig:
-    """A `VTAConfig` from a config object, a dict, a JSON file or `targets/vta.json` (default)."""
+    """A `VTAConfig` from a config object, a dict, a target file or the `vta` target (default)."""
+    from tvmsqz.targets import get_target, load_target_file
+
     if isinstance(source, VTAConfig):
         return source
     if isinstance(source, dict):
         return VTAConfig.from_json(source)
-    path = Path(source) if source is not None else TARGETS_DIR / "vta.json"
-    if not path.is_file():
-        if source is None:
-            return VTAConfig()
-        raise TvmsqzError(f"no such VTA config: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TvmsqzError(f"{path} is not valid JSON: {exc}") from None
+    if source is None:
+        raw = get_target("vta").data
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise TvmsqzError(f"no such VTA config: {path}")
+        raw = load_target_file(path) if "family" in _peek(path) else _peek(path)
     hw = raw.get("vta", raw)
     hw = {k: v for k, v in hw.items() if k.startswith("LOG_")}
     return VTAConfig.from_json({**hw, "cycles": raw.get("cycle_model")})
+
+
+def _peek(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TvmsqzError(f"{path} is not a readable JSON file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise TvmsqzError(f"{path} is not a VTA config (a JSON object)")
+    return raw

@@ -19,24 +19,11 @@ from .quant import QuantNet
 
 
 def host_target():
-    """The TVM target for the host CPU: `targets/vta.json`'s "host" (default `x86`, which
+    """The TVM target for the host CPU: the `vta` target's "host" (default `x86`, which
     resolves to x86-64-v4 with AVX-512, else x86-64-v3)."""
-    import tvm
+    from tvmsqz.targets import get_target
 
-    try:
-        import json
-
-        from tvmsqz.paths import TARGETS_DIR
-        from tvmsqz.targets import get_target
-
-        host = json.loads((TARGETS_DIR / "vta.json").read_text()).get("host", "x86")
-        return get_target(host).target
-    except Exception:  # pragma: no cover - targets/ missing: fall back on the flags
-        from pathlib import Path
-
-        flags = Path("/proc/cpuinfo").read_text()
-        mcpu = "x86-64-v4" if "avx512f" in flags else "x86-64-v3"
-        return tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    return get_target(get_target("vta").data.get("host", "x86")).target
 
 
 def _shape(qn: QuantNet, t: str, rep: str) -> tuple:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
 from tvmsqz.errors import TvmsqzError
+from tvmsqz.fsutil import atomic_write
 
 from .config import VTAConfig
 from .lower import (ConvLayer, Tiling, TilingError, default_tiling, is_valid, lower_conv, tiling_space)
@@ -59,10 +58,7 @@ def load_db(path: Path | None) -> dict:
 def save_db(db: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(db, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(db, indent=1))
 
 
 def lookup(db: dict, layer: ConvLayer, cfg: VTAConfig) -> Tiling | None:

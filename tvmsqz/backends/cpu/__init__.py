@@ -1,0 +1,100 @@
+"""CPU family (x86, aarch64, armv7): host checks, weight prepacking, (cross-)export, tuning.
+
+ARM is this backend with a cross toolchain (`export.cc` in the target file): artifacts are
+cross-linked on the host (`cross.export_cross`) and tuned over TVM RPC on the devices.
+
+Tuned CPU convolutions want weights in blocked layouts. MetaSchedule's layout rewrite records
+that wish; the passes here fold the weight transform into constants at compile time, so the
+artifact keeps the plain `main(data)` interface and users never call a transform function.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...spec import TargetSpec, host_cpu_flags
+from ..tvmflow import bench_model, compile_model, tune_model  # noqa: F401 - this backend's command hooks
+
+DEVICE_TYPE = "cpu"
+
+
+def resolve_target_data(raw: dict) -> dict:
+    """CPU target files need no family-specific resolution (aliases and "host" cores are generic)."""
+    return raw
+
+
+def runs_on_host(spec: TargetSpec) -> bool:
+    """A native (not cross-linked) target whose required CPU flags this host has."""
+    if spec.cc:
+        return False
+    return set(spec.data.get("requires_cpu_flags") or ()) <= host_cpu_flags()
+
+
+def device_type(spec: TargetSpec | None = None) -> str:
+    return DEVICE_TYPE
+
+
+def device(spec: TargetSpec | None = None):
+    import tvm
+
+    return tvm.cpu(0)
+
+
+def load_artifact(path: Path, manifest: dict | None) -> Any:
+    from ..tvmflow import load_artifact as load
+
+    return load(path, manifest, DEVICE_TYPE)
+
+
+def pre_tuning_passes(spec: TargetSpec) -> list:
+    from tvm import relax
+
+    return [relax.transform.AttachAttrLayoutFreeBuffers()]
+
+
+def post_database_passes(spec: TargetSpec) -> list:
+    from tvm import relax
+
+    from ...fuse import LowerFireViews
+
+    return [
+        # SplitLayoutRewritePreproc drops root-block match_buffers (TVM 0.27), which the Fire
+        # kernels use for their output slices: lower those views first.
+        LowerFireViews(),
+        relax.transform.SplitLayoutRewritePreproc(),
+        relax.transform.LiftTransformParams(),
+        relax.transform.FoldConstant(),
+    ]
+
+
+def default_schedule(mod, spec: TargetSpec):
+    """CPU kernels without a tuned record stay as TVM legalized them (correct, slow)."""
+    return mod
+
+
+def pass_config(spec: TargetSpec) -> dict:
+    return {}
+
+
+def export(executable, spec: TargetSpec, path: Path) -> None:
+    """Write the shared library atomically: a partial file never appears at `path`."""
+    if spec.cc:  # cross-linked: the device needs no compiler
+        from .cross import export_cross
+
+        export_cross(executable, path, spec.cc)
+        return
+    from ...fsutil import atomic_path
+    from ...quiet import quiet_stderr
+
+    with atomic_path(path) as tmp, quiet_stderr():
+        executable.export_library(str(tmp))
+
+
+def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int):
+    """Local builds and measurements on this host, or cross builds measured on RPC devices."""
+    from ..tvmflow import local_builder_runner, rpc_builder_runner
+
+    if rpc is None:
+        return local_builder_runner(workers=workers, measure_threads=measure_threads)
+    return rpc_builder_runner(spec, rpc)
