@@ -25,6 +25,16 @@ def require(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
+def require_cpu(flags: set[str], why: str) -> None:
+    """Hardware is the one prerequisite no script can install: a host without `flags` skips,
+    in CI too, saying so (the compile-side checks of the same test still ran)."""
+    from tvmsqz.spec import host_cpu_flags
+
+    missing = flags - host_cpu_flags()
+    if missing:
+        pytest.skip(f"{why}: this CPU lacks {', '.join(sorted(missing))}")
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m tvmsqz ARGS` as a real subprocess, as a user would."""

@@ -1,14 +1,13 @@
 """The ImageNet-trained SqueezeNet v1.0 in Deep Compression form: decoder, ONNX, predictions.
 
 The data lives outside the repository (`paths.DEEP_COMPRESSION_DIR`). When it is missing,
-these tests fail under CI=true and are skipped otherwise.
+these tests fail under CI=true and are skipped otherwise (tests/conftest.py `require`).
 """
 
 from __future__ import annotations
 
 import collections
 import math
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -18,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from conftest import require
 from tvmsqz import paths
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.images import class_names, preprocess, sample_images
@@ -47,11 +47,7 @@ def expected_convs() -> list[tuple[str, tuple[int, int, int, int], int, int]]:
 @pytest.fixture(scope="module")
 def dc_dir() -> Path:
     d = Path(paths.DEEP_COMPRESSION_DIR)
-    if not (d / dc.NET_FILE).is_file() or not (d / dc.PROTOTXT_FILE).is_file():
-        msg = f"Deep Compression data missing from {d}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require((d / dc.NET_FILE).is_file() and (d / dc.PROTOTXT_FILE).is_file(), f"Deep Compression data missing from {d}")
     return d
 
 
@@ -256,8 +252,7 @@ EXPECTED = {
 @pytest.mark.parametrize("photo", sorted(EXPECTED))
 def test_predicts_real_photos(photo, session):
     imgs = dict(sample_images())
-    if photo not in imgs:
-        pytest.skip(f"{photo} is not bundled with this matplotlib")
+    require(photo in imgs, f"{photo} is not bundled with this scikit-image/matplotlib")
     names, prob = top5(session, imgs[photo])
     assert prob.shape == (1000,) and abs(float(prob.sum()) - 1.0) < 1e-4 and prob.min() >= 0
     top1_ok, top5_ok = EXPECTED[photo]

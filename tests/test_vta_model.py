@@ -13,10 +13,15 @@ import json
 import numpy as np
 import pytest
 
+from conftest import require
 from tvmsqz.paths import DEEP_COMPRESSION_DIR
 
-pytestmark = pytest.mark.skipif(not (DEEP_COMPRESSION_DIR / "compressed_SqueezeNet.net").is_file(),
-                                reason="Deep Compression SqueezeNet not in ../shared/models")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _deep_compression_present():
+    require((DEEP_COMPRESSION_DIR / "compressed_SqueezeNet.net").is_file(),
+            f"Deep Compression SqueezeNet not in {DEEP_COMPRESSION_DIR}")
 
 SMALL = 99
 

@@ -90,7 +90,26 @@ def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: Bui
     return mod
 
 
-def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool | None = None):
+#: Planned intermediate memory above which a build is refused unless `--max-memory` raises it.
+DEFAULT_MAX_MEMORY = 2 << 30
+
+
+def parse_size(text: str) -> int:
+    """`512M`, `4G`, `1.5g`, `1000000` -> bytes (for `--max-memory`)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    raw = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = raw[-1] if raw and raw[-1] in units else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise TvmsqzError(f"bad size {text!r}: expected e.g. 512M or 4G") from None
+    if value <= 0:
+        raise TvmsqzError(f"bad size {text!r}: must be positive")
+    return int(value * units[unit])
+
+
+def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool | None = None,
+                   max_memory: int = DEFAULT_MAX_MEMORY):
     """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
     import tvm
 
@@ -105,6 +124,9 @@ def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse:
         mod = tvm.transform.Sequential(backend.post_database_passes(spec))(mod)
         mod = backend.default_schedule(mod, spec)
     report.activation_bytes = planned_activation_bytes(mod)
+    if report.activation_bytes > max_memory:
+        raise TvmsqzError(f"the model needs {report.activation_bytes / 2**20:.0f} MiB of intermediate memory, over "
+                          f"the {max_memory / 2**20:.0f} MiB limit; pass --max-memory to raise it")
     try:
         with tvm.transform.PassContext(opt_level=3, config=backend.pass_config(spec)):
             executable = tvm.compile(mod, target=spec.target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -45,6 +46,16 @@ def _setup_environment() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
     os.environ.setdefault("OMP_NUM_THREADS", str(host_cores()))
     quiet_python_logs()
+    # SIGTERM unwinds like Ctrl-C does, so `with` blocks remove temp folders and partial files.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind (cleanup runs), then exit 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def _backend(target: str):
@@ -104,6 +115,8 @@ def compile_cmd(
     database: Optional[Path] = DatabaseOpt,
     no_tuning: bool = NoTuningOpt,
     fuse: Optional[bool] = FuseOpt,
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse models whose planned intermediate "
+                                             "memory exceeds this (default 2G), e.g. 512M, 8G."),
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     from .build import check_writable
@@ -112,7 +125,7 @@ def compile_cmd(
     check_writable(output, inputs=[Path(model)])
     with err_console.status(f"compiling {model} for {spec.name}"):
         line = backend.compile_model(model, spec, output, batch=batch, input_shape=input_shape, database=database,
-                                     no_tuning=no_tuning, fuse=fuse, log=err_console)
+                                     no_tuning=no_tuning, fuse=fuse, max_memory=max_memory, log=err_console)
     console.print(line)
 
 
@@ -122,17 +135,19 @@ def run_cmd(
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input .npy (default: a seeded random tensor)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the raw output array to this .npy."),
     top: int = typer.Option(5, "--top", min=1, help="How many classes to print."),
+    cast: bool = typer.Option(False, "--cast", help="Convert an input of another dtype to the model's."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Run inputs holding NaN or inf."),
 ) -> None:
     """Run an artifact on this host and print the top classes."""
     import numpy as np
 
-    from .runtime import load, top_k
+    from .runtime import check_input, load, top_k
 
     if output is not None:
         from .build import check_writable
 
         check_writable(output, inputs=[artifact] + ([input] if input is not None else []))
-    runner = load(artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False))
+    runner = load(artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False, soft_wrap=True))
     if input is not None:
         if not input.is_file():
             raise TvmsqzError(f"no such file: {input}")
@@ -145,6 +160,8 @@ def run_cmd(
         if shape is None:
             raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
         x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    x = check_input(x, runner.input_shape, getattr(runner, "input_dtype", "float32"), cast=cast,
+                    allow_nonfinite=allow_nonfinite)
     y = runner.run(x)
     if output is not None:
         from .fsutil import atomic_path
@@ -259,32 +276,49 @@ def device_emulate(
         raise TvmsqzError(f"unknown action {action!r}: use start, stop or status")
 
 
+def _usage_error_classes() -> tuple[type, ...]:
+    """click's exception module as the installed typer uses it: its bundled copy (0.29) or click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - a typer that uses the click package
+        from click import exceptions
+    return exceptions.ClickException, exceptions.NoArgsIsHelpError, typer.Exit, typer.Abort
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: turn user errors into one line and an exit code."""
+    """Console entry point: every failure is one line on stderr and a non-zero exit code."""
     _setup_environment()
+    click_error, no_args, click_exit, click_abort = _usage_error_classes()
     try:
         rc = app(standalone_mode=False)
     except TvmsqzError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
     except KeyboardInterrupt:
-        err_console.print("[bold red]error:[/bold red] interrupted", highlight=False)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+        _fail("interrupted", 130)
+    except Terminated:
+        _fail("terminated", 143)
+    except no_args as exc:  # bare `tvmsqz` or `tvmsqz device`: the help, then one line and exit 2
+        console.print(exc.ctx.get_help() if exc.ctx is not None else "", highlight=False)
+        _fail("no command given (see the list above)")
+    except click_error as exc:  # usage errors: unknown option, missing argument, bad value
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        _fail(f"{where}{exc.format_message()}", 2)
+    except click_exit as exc:
+        sys.exit(exc.exit_code)
+    except click_abort:
+        _fail("aborted", 130)
+    except OSError as exc:  # a disk or permission problem the command did not anticipate
+        from .fsutil import os_error
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            err_console.print(f"[bold red]error:[/bold red] {exc.format_message()}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            err_console.print("[bold red]error:[/bold red] aborted", highlight=False)
-            sys.exit(130)
-        raise
+        _fail(str(os_error(exc.filename or "a file", exc)))
     if isinstance(rc, int) and rc:  # typer returns Exit codes (Ctrl-C: 130) instead of raising
         if rc == 130:
-            err_console.print("[bold red]error:[/bold red] interrupted", highlight=False)
+            _fail("interrupted", 130)
         sys.exit(rc)
 
 

@@ -87,7 +87,23 @@ def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = Non
             raise TvmsqzError(
                 f"input {value.name!r} has no static shape; pass --input-shape {value.name}:1,3,224,224")
         shape = (declared[0] or default_batch, *declared[1:])
+    check_input_bounds(value.name, shape)
     return InputSpec(value.name, tuple(int(d) for d in shape), _ONNX_DTYPES[elem])
+
+
+#: What an image classifier's input may be: batch, channels, height/width (inclusive bounds).
+INPUT_BOUNDS = {"batch": (1, 4096), "channels": (1, 4), "size": (8, 4096)}
+
+
+def check_input_bounds(name: str, shape: tuple[int, ...]) -> None:
+    """Refuse shapes no image classifier has (a typo like 1,3,100000,100000 plans terabytes)."""
+    n, c, h, w = shape
+    for what, values in (("batch", (n,)), ("channels", (c,)), ("size", (h, w))):
+        low, high = INPUT_BOUNDS[what]
+        for v in values:
+            if not low <= v <= high:
+                raise TvmsqzError(f"input {name!r} shape {list(shape)}: {what} {v} is outside {low}..{high} "
+                                  "for an image classifier")
 
 
 def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
@@ -115,8 +131,17 @@ def _check_classifier_output(mod) -> None:
     from tvm import relax
 
     ret = mod["main"].ret_ty
-    if not isinstance(ret, relax.TensorType) or ret.ndim not in (2, 4):
-        raise TvmsqzError("the model does not look like an image classifier: expected one (N, classes) output")
+    shape = None
+    if isinstance(ret, relax.TensorType) and ret.shape is not None:
+        try:
+            shape = [int(d) for d in ret.shape]
+        except (TypeError, ValueError):
+            shape = None
+    ok = shape is not None and (
+        (len(shape) == 2 and shape[1] >= 2) or (len(shape) == 4 and shape[1] >= 2 and shape[2:] == [1, 1]))
+    if not ok:
+        raise TvmsqzError("the model does not look like an image classifier: expected one (N, classes) or "
+                          f"(N, classes, 1, 1) output, got {shape if shape is not None else ret}")
 
 
 def random_input(spec: InputSpec, seed: int = 0) -> np.ndarray:

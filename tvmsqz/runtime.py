@@ -38,6 +38,40 @@ def load(path: str | Path, *, warn=None) -> "Artifact":
     return backend_for_family(manifest["target"]["family"]).load_artifact(path, manifest)
 
 
+def check_input(x: np.ndarray, shape: tuple[int, ...] | None, dtype: str = "float32", *, cast: bool = False,
+                allow_nonfinite: bool = False) -> np.ndarray:
+    """The array a model may be fed: its shape, its dtype (or `cast`), finite values (or `allow_nonfinite`).
+
+    A wrong dtype is refused rather than silently converted (float64 photos, int8 tensors are
+    usually a preprocessing bug); one inf makes every output NaN, so it is refused too.
+    """
+    x = np.asarray(x)
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise TvmsqzError(f"input has shape {list(x.shape)}, the artifact expects {list(shape)}")
+    if x.dtype != np.dtype(dtype):
+        if not cast:
+            raise TvmsqzError(f"input has dtype {x.dtype}, the artifact expects {dtype} (pass --cast to convert)")
+        if not (np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x)):
+            raise TvmsqzError(f"input has dtype {x.dtype}, which cannot be cast to {dtype}")
+        x = x.astype(dtype)
+    if not allow_nonfinite and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int(x.size - np.isfinite(x).sum())
+        raise TvmsqzError(f"input has {bad} NaN/inf value(s) (pass --allow-nonfinite to run it anyway)")
+    return np.ascontiguousarray(x)
+
+
+def _vm_input_error(x: np.ndarray, exc: Exception) -> str:
+    """One line from the VM's failure on a given input (the annotation says what it wanted)."""
+    import re
+
+    text = str(exc)
+    wanted = re.search(r"annotation=R\.Tensor\(\(([^)]*)\)", text)
+    if wanted:
+        return f"input has shape {list(x.shape)}, the artifact expects [{wanted.group(1)}]"
+    lines = text.strip().splitlines()
+    return f"the artifact failed on this input: {lines[-1] if lines else type(exc).__name__}"
+
+
 def check_elf(path: Path) -> None:
     """Refuse a file that is not a whole ELF shared object before `dlopen` sees it.
 
@@ -101,15 +135,16 @@ class Artifact:
         return (self.manifest.get("input") or {}).get("dtype", "float32")
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        want = self.input_shape
-        if want is not None and tuple(x.shape) != want:
-            raise TvmsqzError(f"input has shape {list(x.shape)}, the artifact expects {list(want)}")
-        return np.ascontiguousarray(x, dtype=self.input_dtype)
+        return check_input(x, self.input_shape, self.input_dtype, cast=True, allow_nonfinite=True)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         import tvm
 
-        out = self.vm["main"](tvm.runtime.tensor(self.check_input(x), device=self.device))
+        arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
+        try:
+            out = self.vm["main"](arg)
+        except Exception as exc:  # a manifest-less artifact: the VM's own shape check is the only one
+            raise TvmsqzError(_vm_input_error(x, exc)) from None
         if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and not hasattr(out, "numpy"):
             out = out[0]
         return out.numpy()

@@ -35,14 +35,15 @@ def tuning_report_lines(report) -> list[str]:
 
 def compile_model(model: str, spec: TargetSpec, output: Path, *, batch: int = 1, input_shape: str | None = None,
                   database: Path | None = None, no_tuning: bool = False, fuse: bool | None = None,
-                  log=None, **_: Any) -> str:
+                  max_memory: str | None = None, log=None, **_: Any) -> str:
     """Import, compile (applying the target's database) and export `model`; the line to print."""
-    from ..build import compile_module, export_artifact
+    from ..build import DEFAULT_MAX_MEMORY, compile_module, export_artifact, parse_size
     from ..frontend import load_model
 
+    limit = parse_size(max_memory) if max_memory else DEFAULT_MAX_MEMORY
     db = _database(spec, database, no_tuning)
     loaded = load_model(model, batch=batch, input_shape=input_shape)
-    executable, report = compile_module(loaded.mod, spec, database=db, fuse=fuse)
+    executable, report = compile_module(loaded.mod, spec, database=db, fuse=fuse, max_memory=limit)
     manifest = export_artifact(executable, spec, output, model=loaded.name, input_spec=loaded.input, report=report)
     if log is not None:
         for line in tuning_report_lines(report):

@@ -42,7 +42,8 @@ def _refuse(options: dict[str, Any]) -> None:
     """Options of the TVM flow that mean nothing here are refused, not silently ignored."""
     given = [flag for flag, key, default in (("--input-shape", "input_shape", None), ("--batch", "batch", 1),
                                               ("--fuse/--no-fuse", "fuse", None), ("--database", "database", None),
-                                              ("--rpc-tracker", "rpc_tracker", None))
+                                              ("--rpc-tracker", "rpc_tracker", None),
+                                              ("--max-memory", "max_memory", None))
              if options.get(key, default) != default]
     if given:
         raise TvmsqzError(f"target vta does not take {', '.join(given)} (it runs batch 1 on the simulator)")
