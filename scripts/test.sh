@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 # System packages (cross compilers, qemu-user, the emulated aarch64 root) for the ARM tests.
 bash scripts/setup_arm.sh
+# CUDA's compiler for the CUDA compile tests: nothing when an nvcc exists, else nvidia-cuda-nvcc from PyPI.
+bash scripts/setup_cuda.sh
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 exec "$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@"

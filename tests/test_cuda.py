@@ -2,7 +2,8 @@
 architecture, the untuned GPU schedules compute the right numbers, and user mistakes (an unknown
 architecture, no nvcc) give one-line errors.
 
-Nothing here needs a GPU. What does (latency, parity on the device) is `benchmarks/gpu_bench.py`,
+Nothing here needs a GPU. Compiling needs an nvcc, which `scripts/setup_cuda.sh` installs from
+PyPI where no CUDA toolkit is (the `nvcc_path` fixture: a failure under CI, a skip elsewhere). What does (latency, parity on the device) is `benchmarks/gpu_bench.py`,
 run on a lent GPU machine; see docs/cuda.md.
 
 The numeric checks run the *GPU-scheduled* TensorIR on this CPU: the schedules are built exactly as
@@ -20,6 +21,7 @@ import re
 import shutil
 import stat
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -27,14 +29,17 @@ import pytest
 import torch
 
 import tvm
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import assert_one_line_error, require, run_cli
 from tvm import relax, s_tir, tirx
 from tvmsqz.backends import cuda, get_backend
+from tvmsqz.backends.cuda import blob, detect, fatbin, nvcc, rules
 from tvmsqz.build import compile_module, export_artifact, prepare
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import import_onnx
 from tvmsqz.fuse import fuse_fire
-from tvmsqz.targets import TargetSpec, get_target
+from tvmsqz.paths import TARGETS_DIR
+from tvmsqz.spec import TargetSpec
+from tvmsqz.targets import get_target
 
 FIXED = {"cuda-sm80": "sm_80", "cuda-sm86": "sm_86", "cuda-sm89": "sm_89", "cuda-sm90": "sm_90"}
 
@@ -73,6 +78,40 @@ def tiny():
     return model, mod, spec
 
 
+@pytest.fixture
+def nvcc_path() -> str:
+    """The nvcc tvmsqz compiles with (PATH, the nvidia-cuda-nvcc pip package, CUDA_HOME)."""
+    found = nvcc.locate_nvcc()
+    require(found is not None, "no nvcc found (scripts/setup_cuda.sh installs nvidia-cuda-nvcc)")
+    return found
+
+
+@pytest.fixture
+def fake_smi(tmp_path, monkeypatch):
+    """fake_smi("9.0") puts an `nvidia-smi` printing that compute capability first on PATH;
+    fake_smi(None) leaves none on PATH. The one boundary GPU detection is mocked at."""
+
+    def install(output: str | None, exit_code: int = 0) -> None:
+        folder = tmp_path / "smi-bin"
+        folder.mkdir(exist_ok=True)
+        if output is not None:
+            fake = folder / "nvidia-smi"
+            fake.write_text(f"#!/bin/sh\necho '{output}'\nexit {exit_code}\n")
+            fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+        keep = [d for d in os.environ["PATH"].split(os.pathsep) if d and not os.path.exists(os.path.join(d, "nvidia-smi"))]
+        monkeypatch.setenv("PATH", os.pathsep.join([str(folder), *keep]))
+
+    return install
+
+
+def hide_nvcc(monkeypatch, path: str) -> None:
+    """No nvcc anywhere tvmsqz looks: PATH is `path`, no pip package, no CUDA_HOME/CUDA_PATH."""
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setattr(nvcc, "PIP_NVCC_DISTRIBUTIONS", ())
+
+
 @contextlib.contextmanager
 def serial_threads():
     """Build GPU schedules with every `bind` skipped: same loop nest, serial instead of threads."""
@@ -98,7 +137,7 @@ def kernel_args(func, seed=0) -> list[np.ndarray]:
 
 def rule_for(func, spec) -> str:
     with spec.target:
-        for rule in cuda.default_rules():
+        for rule in rules.default_rules():
             if rule.apply(func, spec.target, False) is not None:
                 return type(rule).__name__
     return "none"
@@ -135,23 +174,54 @@ def test_auto_target_resolves_to_a_real_architecture():
     assert str(spec.target.arch) == expected
 
 
-def test_auto_arch_follows_nvidia_smi(tmp_path, monkeypatch):
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho 8.6\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+def test_auto_arch_follows_nvidia_smi(fake_smi):
+    fake_smi("8.6")
     assert cuda.detect_gpu_arch() == "sm_86"
-    raw = json.loads((REPO / "targets" / "cuda.json").read_text())
+    raw = json.loads((TARGETS_DIR / "cuda.json").read_text())
     resolved = cuda.resolve_target_data(raw)
     assert resolved["tvm"]["arch"] == "sm_86" and resolved["schedules"] == "cuda-sm86"
     assert raw["tvm"]["arch"] == "auto"  # the input is not modified
+    assert get_target("cuda").tvm_config["arch"] == "sm_86"
 
 
-def test_auto_arch_without_gpu_defaults_to_sm90(monkeypatch):
-    monkeypatch.setattr(cuda, "detect_gpu_arch", lambda: None)
-    resolved = cuda.resolve_target_data(json.loads((REPO / "targets" / "cuda.json").read_text()))
+def test_auto_arch_without_gpu_defaults_to_sm90(fake_smi):
+    fake_smi(None)
+    resolved = cuda.resolve_target_data(json.loads((TARGETS_DIR / "cuda.json").read_text()))
     assert resolved["tvm"]["arch"] == "sm_90" and resolved["schedules"] == "cuda-sm90"
     assert "no GPU" in resolved["arch_source"]
+
+
+@pytest.mark.parametrize("smi, runs", [
+    ("9.0", {"cuda-sm80": True, "cuda-sm86": True, "cuda-sm89": True, "cuda-sm90": True}),
+    ("8.6", {"cuda-sm80": True, "cuda-sm86": True, "cuda-sm89": False, "cuda-sm90": False}),
+    ("7.5", {"cuda-sm80": False, "cuda-sm86": False, "cuda-sm89": False, "cuda-sm90": False}),
+    (None, {"cuda-sm80": False, "cuda-sm86": False, "cuda-sm89": False, "cuda-sm90": False}),
+])
+def test_runs_on_host_follows_the_gpu_nvidia_smi_reports(fake_smi, smi, runs):
+    """SASS + PTX for sm_XY runs on a GPU of compute capability >= X.Y (PTX JIT); no GPU, no run."""
+    fake_smi(smi)
+    assert {name: cuda.runs_on_host(get_target(name)) for name in runs} == runs
+
+
+def test_runs_on_host_without_a_working_driver(fake_smi):
+    """nvidia-smi present but failing (driver not loaded, no device): not runnable here."""
+    fake_smi("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", exit_code=9)
+    assert cuda.detect_gpu_arch() is None
+    assert cuda.runs_on_host(get_target("cuda-sm80")) is False
+
+
+def test_arch_specific_code_runs_only_on_its_gpu():
+    assert detect.gpu_runs_arch("sm_90", "sm_90a") and not detect.gpu_runs_arch("sm_100", "sm_90a")
+    assert detect.gpu_runs_arch("sm_103", "sm_100f") and not detect.gpu_runs_arch("sm_120", "sm_100f")
+    assert detect.gpu_runs_arch("sm_120", "sm_86") and not detect.gpu_runs_arch("sm_86", "sm_87")
+
+
+def test_backend_hooks():
+    spec = get_target("cuda-sm90")
+    assert cuda.device_type(spec) == "cuda"
+    assert cuda.pass_config(spec) == {"relax.backend.use_cuda_graph": True}
+    assert cuda.post_database_passes(spec) == []
+    assert cuda.device(spec) == tvm.cuda(0)
 
 
 @pytest.mark.parametrize("arch", ["sm_12", "sm_9", "compute_90", "auto", "", None, 90])
@@ -178,11 +248,69 @@ def test_unknown_architecture_stops_compile_before_compiling(tiny, monkeypatch):
 
 
 def test_missing_nvcc_is_a_one_line_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert shutil.which("nvcc") is None
+    hide_nvcc(monkeypatch, str(tmp_path))
+    assert shutil.which("nvcc") is None and nvcc.locate_nvcc() is None
     with pytest.raises(TvmsqzError) as err:
         cuda.check_toolchain(get_target("cuda-sm90"))
-    assert "nvcc" in str(err.value) and "PATH" in str(err.value) and "\n" not in str(err.value)
+    message = str(err.value)
+    assert "nvcc" in message and "PATH" in message and "pip install nvidia-cuda-nvcc" in message
+    assert "\n" not in message
+
+
+def _fake_toolkit(root, release: str = "13.0") -> str:
+    """A stand-in nvcc under `root/bin` that answers --version and --list-gpu-code."""
+    (root / "bin").mkdir(parents=True)
+    fake = root / "bin" / "nvcc"
+    fake.write_text("#!/bin/sh\n"
+                    f'case "$1" in --version) echo "Cuda compilation tools, release {release}, V{release}.1";;\n'
+                    "  --list-gpu-code) echo sm_80 sm_90;; esac\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return str(fake)
+
+
+def test_nvcc_of_the_pip_package_is_found_off_path(monkeypatch, tmp_path):
+    """The nvidia-cuda-nvcc wheel's nvcc (inside site-packages, on no PATH) is found through the
+    installed distribution's file list, and put on PATH for TVM's bare `nvcc` calls."""
+    site = tmp_path / "site"
+    fake = _fake_toolkit(site / "nvidia" / "cu13")
+    info = site / "nvidia_cuda_nvcc-13.0.88.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nvidia-cuda-nvcc\nVersion: 13.0.88\n")
+    (info / "RECORD").write_text("nvidia/cu13/bin/nvcc,,\nnvidia_cuda_nvcc-13.0.88.dist-info/RECORD,,\n")
+    hide_nvcc(monkeypatch, str(tmp_path / "empty"))
+    monkeypatch.setattr(nvcc, "PIP_NVCC_DISTRIBUTIONS", ("nvidia-cuda-nvcc",))
+    monkeypatch.syspath_prepend(str(site))
+    assert nvcc.find_nvcc() == fake
+    assert cuda.check_toolchain(get_target("cuda-sm90")) == fake
+    assert shutil.which("nvcc") == fake
+    assert nvcc.nvcc_version(fake) == "13.0"
+    with pytest.raises(TvmsqzError, match="cannot compile for sm_86"):
+        cuda.check_toolchain(get_target("cuda-sm86"))
+
+
+def test_nvcc_under_cuda_home_is_found_off_path(monkeypatch, tmp_path):
+    fake = _fake_toolkit(tmp_path / "cuda")
+    hide_nvcc(monkeypatch, str(tmp_path / "empty"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
+    assert nvcc.find_nvcc() == fake
+
+
+def test_real_nvcc_off_path_compiles_a_kernel(nvcc_path, monkeypatch, tmp_path):
+    """The real nvcc, reachable only through CUDA_HOME, compiles TVM's source into a fatbin."""
+    hide_nvcc(monkeypatch, _path_without_nvcc())  # the host compiler nvcc calls stays on PATH
+    monkeypatch.setenv("CUDA_HOME", os.path.dirname(os.path.dirname(nvcc_path)))
+    code = ('#include <cuda.h>\nextern "C" __global__ void __launch_bounds__(256) k(float* __restrict__ x) '
+            "{ x[threadIdx.x] = __expf(x[threadIdx.x]); }\n")
+    fat = nvcc.compile_cuda_source(code, "sm_86")
+    info = fatbin.device_code_info(fat, "fatbin")
+    assert info["sass"] == ["sm_86"] and info["ptx"] == ["sm_86"]
+    _, _, header, _ = struct.unpack_from("<IHHQ", fat, 0)  # the first entry is the cubin (SASS)
+    _, _, entry_header, size = struct.unpack_from("<HHIQ", fat, header)
+    cubin = fat[header + entry_header: header + entry_header + size]
+    assert fatbin.cubin_arch(cubin) == "sm_86" and fatbin.device_code_info(cubin, "cubin")["format"] == "cubin"
+    with pytest.raises(TvmsqzError, match=r"nvcc could not compile the kernels for sm_86: .*error") as err:
+        nvcc.compile_cuda_source(code + "not C++;\n", "sm_86")
+    assert "\n" not in str(err.value)
 
 
 def _path_without_nvcc() -> str:
@@ -191,25 +319,34 @@ def _path_without_nvcc() -> str:
 
 
 def test_cli_missing_nvcc_exits_2_with_one_line(tmp_path):
+    """`tvmsqz compile` as a user runs it, on a machine where no nvcc is anywhere tvmsqz looks.
+
+    A pip-installed nvcc lives in the same site-packages as TVM and cannot be hidden from a
+    subprocess by its environment, so the subprocess starts the CLI with the pip lookup off.
+    """
     out = tmp_path / "x.so"
-    env = {"PATH": _path_without_nvcc(), "CUDA_PATH": "", "CUDA_HOME": ""}
-    proc = run_cli("compile", "squeezenet1_1", "--target", "cuda-sm90", "--no-tuning", "-o", str(out),
-                   env=env, check=False)
-    assert proc.returncode == 2
+    env = {**os.environ, "PATH": _path_without_nvcc()}
+    env.pop("CUDA_HOME", None)
+    env.pop("CUDA_PATH", None)
+    start = ("import runpy, sys; import tvmsqz.backends.cuda.nvcc as n; n.PIP_NVCC_DISTRIBUTIONS = (); "
+             "sys.argv[0] = 'tvmsqz'; runpy.run_module('tvmsqz', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", start, "compile", "squeezenet1_1", "--target", "cuda-sm90",
+                           "--no-tuning", "-o", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 2, proc.stderr
     assert_one_line_error(proc, "nvcc", "PATH")
     assert not out.exists()
 
 
 def test_cli_unknown_architecture_exits_2_with_one_line(tmp_path):
-    home = tmp_path / "home"
-    shutil.copytree(REPO / "targets", home / "targets")
-    bad = json.loads((REPO / "targets" / "cuda-sm90.json").read_text())
+    """A user's own target file (`--target path.json`) naming an architecture that does not exist."""
+    bad = json.loads((TARGETS_DIR / "cuda-sm90.json").read_text())
     bad.update(name="cuda-sm12", schedules="cuda-sm12")
     bad["tvm"]["arch"] = "sm_12"
-    (home / "targets" / "cuda-sm12.json").write_text(json.dumps(bad))
+    target_file = tmp_path / "cuda-sm12.json"
+    target_file.write_text(json.dumps(bad))
     out = tmp_path / "x.so"
-    proc = run_cli("compile", "squeezenet1_1", "--target", "cuda-sm12", "--no-tuning", "-o", str(out),
-                   env={"TVMSQZ_HOME": str(home)}, check=False)
+    proc = run_cli("compile", "squeezenet1_1", "--target", str(target_file), "--no-tuning", "-o", str(out),
+                   check=False)
     assert proc.returncode == 2
     assert_one_line_error(proc, "sm_12", "architecture")
     assert not out.exists()
@@ -238,7 +375,7 @@ def assert_device_code_for(path, arch: str) -> None:
     assert b'extern "C" __global__' not in data  # no CUDA source left to compile on the device
 
 
-def test_small_fire_net_compiles_to_sm80_fatbin(tiny, tmp_path):
+def test_small_fire_net_compiles_to_sm80_fatbin(tiny, tmp_path, nvcc_path):
     _, mod, input_spec = tiny
     spec = get_target("cuda-sm80")
     executable, report = compile_module(mod, spec)
@@ -252,7 +389,7 @@ def test_small_fire_net_compiles_to_sm80_fatbin(tiny, tmp_path):
     assert cuda.artifact_device_code(out)[0]["kernels"] == len(kernels) > 0
 
 
-def test_tuning_candidates_for_a_remote_gpu_carry_device_code():
+def test_tuning_candidates_for_a_remote_gpu_carry_device_code(nvcc_path):
     """RPC tuning: a candidate built without a GPU is exported with nvcc-compiled device code."""
     import pickle
 
@@ -285,7 +422,7 @@ def test_cuda_graph_capture_is_compiled_in(tiny):
     assert "cuda_graph_capture" in stats
 
 
-def test_squeezenet_cli_artifact_holds_sm90_device_code(compiled):
+def test_squeezenet_cli_artifact_holds_sm90_device_code(compiled, nvcc_path):
     so = compiled("squeezenet1_1", target="cuda-sm90")
     assert_device_code_for(so, "sm_90")
     manifest = json.loads(so.with_name(so.name + ".json").read_text())
@@ -360,7 +497,7 @@ def test_fused_fire_kernel_schedule_is_exact(model, batch):
     fire = sorted((gv.name_hint, f) for gv, f in mod.functions_items()
                   if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith("fire_"))
     assert fire
-    rule = cuda._fused_conv_rule()()
+    rule = rules.FusedConv()
     for name, func in fire[:3]:
         assert rule_for(func, spec) == "FusedConv", name
         with spec.target, serial_threads():
@@ -377,7 +514,7 @@ def test_fused_conv_rule_declines_other_kernels():
 
     spec = get_target("cuda-sm90")
     mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=False)
-    rule = cuda._fused_conv_rule()()
+    rule = rules.FusedConv()
     with spec.target:
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc):
@@ -397,14 +534,14 @@ def test_blob_round_trip_and_compiled_payload_split():
     fmap = _bytes(b"\x01" + b"\x00" * 7) + b"fake function table"
     fatbin = struct.pack("<IHHQ", 0xBA55ED50, 1, 16, 0)
     payload = _bytes(b"cubin") + fmap + _bytes(fatbin)
-    fmt, got_fmap, code = cuda.split_cuda_payload(payload)
+    fmt, got_fmap, code = blob.split_cuda_payload(payload)
     assert (fmt, got_fmap, code) == ("cubin", fmap, fatbin)
     source = b"extern \"C\" __global__ void k() {}"
     src_payload = _bytes(b"cuda") + fmap + _bytes(source)
-    assert cuda.split_cuda_payload(src_payload, source) == ("cuda", fmap, source)
+    assert blob.split_cuda_payload(src_payload, source) == ("cuda", fmap, source)
     tree = struct.pack("<QQQ", 2, 0, 1) + struct.pack("<QQ", 1, 1)
     modules = [("relax.VMExecutable", b"vm"), ("_lib", None), ("cuda", payload)]
-    blob = cuda.build_blob(tree, modules)
-    assert cuda.parse_blob(blob) == (tree, modules)
+    packed = blob.build_blob(tree, modules)
+    assert blob.parse_blob(packed) == (tree, modules)
     with pytest.raises(ValueError):
-        cuda.split_cuda_payload(_bytes(b"cubin") + fmap + b"garbage")
+        blob.split_cuda_payload(_bytes(b"cubin") + fmap + b"garbage")

@@ -1,0 +1,186 @@
+"""CUDA family (NVIDIA GPUs): the backend hooks. The work is in the modules beside this one.
+
+* `detect`: known SM architectures, the GPU `nvidia-smi` reports, which GPU runs which code.
+* `nvcc`: finding nvcc (PATH, the `nvidia-cuda-nvcc` pip package, CUDA_HOME) and compiling
+  CUDA source to a fatbin through `tvm.support.nvcc`.
+* `fatbin`: reading fatbins, cubins and ELF symbols as bytes (no GPU needed).
+* `blob`: the module blob `export_library` embeds, and the rewrite that puts fatbins in it.
+* `rules`: the default GPU schedules (dlight + `FusedConv`).
+
+What this backend guarantees:
+
+* **Architecture.** `targets/cuda-sm80|86|89|90.json` fix the SM architecture; `targets/cuda.json`
+  says `"arch": "auto"`, which `resolve_target_data` turns into the architecture of the first
+  GPU that `nvidia-smi` reports, or `sm_90` (with a note on stderr) on a machine without one.
+  An architecture that is not a real NVIDIA SM version is refused before anything is compiled.
+* **nvcc.** Device code is compiled by nvcc, a missing one is refused before anything is
+  compiled. No GPU is needed to compile.
+* **Artifact.** `export` writes a `.so` whose embedded CUDA module holds a *fatbin* with SASS for
+  the requested architecture plus its PTX (so newer GPUs can JIT it); the GPU machine needs only
+  the TVM runtime and the driver.
+* **Untuned kernels.** `default_schedule` gives every kernel that no tuning record scheduled a GPU
+  schedule (`rules`).
+* **Launch overhead.** `pass_config` turns on Relax's `RewriteCUDAGraph`: the kernels of one
+  inference are captured once into a CUDA graph and replayed with one launch.
+
+Importing this package imports no TVM (target files are resolved through it on every machine);
+`rules` and the TVM-side of `nvcc`/`blob` load when a build needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ...spec import TargetSpec
+from ..tvmflow import bench_model, compile_model, tune_model  # noqa: F401 - this backend's command hooks
+from .blob import artifact_device_code, pack_imports_for
+from .detect import DEFAULT_ARCH, KNOWN_ARCHS, arch_number, check_arch, detect_gpu_arch, gpu_runs_arch, spec_arch
+from .nvcc import check_toolchain, find_nvcc, nvcc_version, prefer_nvcc
+
+__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "artifact_device_code", "bench_model", "candidate_export", "check_arch",
+           "check_toolchain", "compile_model", "default_schedule", "detect_gpu_arch", "device", "device_type",
+           "export", "find_nvcc", "load_artifact", "nvcc_version", "pass_config", "post_database_passes",
+           "pre_tuning_passes", "resolve_target_data", "runs_on_host", "tune_model", "tuning_builder_runner"]
+
+DEVICE_TYPE = "cuda"
+log = logging.getLogger("tvmsqz")
+
+
+# ----------------------------------------------------------------------------------------------
+# Target data
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_target_data(raw: dict) -> dict:
+    """Resolve a CUDA target file's `"arch": "auto"` (and `"schedules": "auto"`) and validate it.
+
+    Called by `tvmsqz.targets.get_target` for every target of family `cuda`; returns a new dict.
+    """
+    raw = dict(raw)
+    tvm_config = dict(raw.get("tvm") or {})
+    arch = tvm_config.get("arch")
+    if arch == "auto":
+        arch = detect_gpu_arch()
+        if arch is None:
+            arch = DEFAULT_ARCH
+            _note_default_arch()
+            raw["arch_source"] = "default (no GPU found)"
+        else:
+            raw["arch_source"] = "detected with nvidia-smi"
+        tvm_config["arch"] = arch
+    check_arch(arch, raw.get("name", "cuda"))
+    raw["tvm"] = tvm_config
+    prefer_nvcc()
+    if raw.get("schedules") == "auto":
+        raw["schedules"] = f"cuda-sm{arch_number(arch)}"
+    return raw
+
+
+@functools.lru_cache(maxsize=1)
+def _note_default_arch() -> None:
+    log.warning("note: no GPU found (nvidia-smi); target cuda compiles for %s (pick cuda-sm80, cuda-sm86, "
+                "cuda-sm89 or cuda-sm90 to choose)", DEFAULT_ARCH)
+
+
+def runs_on_host(spec: TargetSpec) -> bool:
+    """Whether this machine's GPU (the first `nvidia-smi` reports) can run the target's artifacts."""
+    gpu = detect_gpu_arch()
+    return gpu is not None and gpu_runs_arch(gpu, spec_arch(spec))
+
+
+def device_type(spec: TargetSpec | None = None) -> str:
+    """"cuda": the device name `tvm.device`, the runtime and MetaSchedule's runner take."""
+    return DEVICE_TYPE
+
+
+def load_artifact(path: Path, manifest: dict | None) -> Any:
+    """A CUDA `.so` in a Relax VM on the first GPU (runtime side: no compiler, no nvcc needed)."""
+    from ..tvmflow import load_artifact as load
+
+    return load(path, manifest, DEVICE_TYPE)
+
+
+def device(spec: TargetSpec | None = None):
+    """The first GPU: the one `detect_gpu_arch` (and so `runs_on_host`) looked at."""
+    import tvm
+
+    return tvm.cuda(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# TVM build flow
+# ----------------------------------------------------------------------------------------------
+
+
+def pre_tuning_passes(spec: TargetSpec) -> list:
+    """GPU tuning needs no layout rewrite; this is where a bad arch or missing nvcc stops a build."""
+    check_toolchain(spec)
+    return []
+
+
+def post_database_passes(spec: TargetSpec) -> list:
+    return []
+
+
+def default_schedule(mod, spec: TargetSpec):
+    """Schedule every kernel that no tuning record scheduled (`tirx.is_scheduled` unset)."""
+    from tvm.s_tir import dlight as dl
+
+    from .rules import default_rules
+
+    with spec.target:
+        return dl.ApplyDefaultSchedule(*default_rules())(mod)
+
+
+def pass_config(spec: TargetSpec) -> dict:
+    """PassContext options for `tvm.compile`: capture each inference into a CUDA graph."""
+    return {"relax.backend.use_cuda_graph": True}
+
+
+def export(executable, spec: TargetSpec, path: Path) -> None:
+    """Write the `.so` atomically, its CUDA kernels compiled by nvcc for the target's arch."""
+    from ...fsutil import atomic_path
+    from ...quiet import quiet_stderr
+
+    check_toolchain(spec)
+    pack_imports = pack_imports_for(executable.mod, spec)
+    with atomic_path(path) as tmp, quiet_stderr():
+        executable.export_library(str(tmp), fpack_imports=pack_imports)
+
+
+def _export_candidate(arch: str, rt_mod) -> str:
+    """MetaSchedule builder export for RPC tuning: a `.so` with nvcc-compiled device code."""
+    spec = TargetSpec(name=f"cuda-{arch}", family="cuda", description="", tvm_config={"kind": "cuda", "arch": arch})
+    check_toolchain(spec)  # a builder worker: nvcc onto its PATH
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmsqz-cand-"), "candidate.so")
+    rt_mod.export_library(path, fpack_imports=pack_imports_for(getattr(rt_mod, "mod", rt_mod), spec))
+    return path
+
+
+def candidate_export(spec: TargetSpec) -> Callable[[Any], str]:
+    """`f_export` for a MetaSchedule builder whose candidates run on a remote GPU (RPC tuning).
+
+    Built on a machine without a GPU, a candidate holds CUDA source (TVM compiles it only where a
+    GPU is present); this export compiles it with nvcc for the target's arch, so the GPU machine
+    needs only the TVM runtime. Picklable (builder workers receive it): a partial of a
+    module-level function over the arch string, not a closure over the spec.
+    """
+    return functools.partial(_export_candidate, spec_arch(spec))
+
+
+def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int):
+    """Build and measure on this machine's GPU, or build here and measure on RPC GPUs.
+
+    Locally TVM compiles the candidates itself (a GPU is present); over RPC the builder host may
+    have none, so `candidate_export` gives them nvcc-compiled device code.
+    """
+    from ..tvmflow import local_builder_runner, rpc_builder_runner
+
+    if rpc is None:
+        return local_builder_runner(workers=workers, measure_threads=measure_threads)
+    return rpc_builder_runner(spec, rpc, f_export=candidate_export(spec))
