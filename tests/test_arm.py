@@ -1,7 +1,7 @@
 """ARM targets: cross-compiled artifacts, the emulated aarch64 device, remote tuning, faults.
 
 Needs what `scripts/setup_arm.sh` installs (cross toolchains, qemu-user + binfmt_misc, the
-aarch64 root). Without it these tests skip locally and FAIL in CI (`CI` set).
+aarch64 root). Without it these tests skip locally and FAIL in CI (`conftest.require`).
 
 The emulated device is qemu-user: its timings are never ARM performance, and no test asserts
 anything about them beyond their `emulated` label.
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require
 from tvmsqz import device as D
+from tvmsqz.backends.cpu import cross
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.paths import TARGETS_DIR
 
@@ -33,22 +35,13 @@ EMU_KEY = "arm-emu-test"
 INPUT_SHAPE = (1, 3, 32, 32)
 
 
-def _missing(why: str) -> None:
-    """Skip locally, fail in CI: CI runs scripts/setup_arm.sh, so a missing piece is a bug."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{why} (CI must run scripts/setup_arm.sh before the arm tests)")
-    pytest.skip(f"{why}: run scripts/setup_arm.sh")
-
-
 def _need_cc(cc: str) -> None:
-    if shutil.which(cc) is None:
-        _missing(f"cross compiler {cc} not found")
+    require(shutil.which(cc) is not None, f"cross compiler {cc} not found: run scripts/setup_arm.sh")
 
 
 def _need_emulator() -> None:
-    problem = D._emulator_problem()  # noqa: SLF001
-    if problem:
-        _missing(problem)
+    problem = D.emulator_problem()
+    require(not problem, f"{problem}: run scripts/setup_arm.sh")
 
 
 def load_target(name: str) -> dict:
@@ -104,7 +97,7 @@ def build_artifact(target_name: str, out: Path, database=None) -> Path:
         with target, database:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     ex = tvm.compile(mod, target)
-    return D.export_cross(ex, out, spec["export"]["cc"])
+    return cross.export_cross(ex, out, spec["export"]["cc"])
 
 
 def host_reference(x: np.ndarray) -> np.ndarray:
@@ -150,7 +143,7 @@ def test_target_files(name):
 @pytest.mark.parametrize("name", AARCH64_TARGETS + ARMV7_TARGETS)
 def test_artifact_is_elf_for_the_right_machine(name, tmp_path):
     so = build_artifact(name, tmp_path / f"{name}.so")
-    info = D.elf_info(so)
+    info = cross.elf_info(so)
     if name in ARMV7_TARGETS:
         assert info == {"machine": "arm", "class": 32, "endian": "little", "float_abi": "hard"}
         expect = "ARM, EABI5"
@@ -171,7 +164,7 @@ def test_export_with_a_missing_cross_compiler_is_a_clear_error(tmp_path):
 
     ex = tvm.compile(small_net(), _tvm_target("arm"))
     with pytest.raises(TvmsqzError, match="cross compiler no-such-g\\+\\+ not found"):
-        D.export_cross(ex, tmp_path / "x.so", "no-such-g++")
+        cross.export_cross(ex, tmp_path / "x.so", "no-such-g++")
     assert not list(tmp_path.iterdir())
 
 
@@ -221,7 +214,7 @@ def test_device_serve_registers_with_the_tracker(tmp_path):
     try:
         D.wait_registered([proc], timeout=120)
         remote = D.rpc_session(tracker.address, "board-test", timeout=30)
-        info = D.device_info(remote, tracker.address, "board-test")
+        info = D.device_info(remote)
         assert info["emulated"] is False and info["machine"] == os.uname().machine
     finally:
         D.stop(proc)
@@ -276,7 +269,7 @@ def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(e
 
     so = tmp_path / "sq11-a72.so"
     run_cli("compile", "squeezenet1_1", "--target", "arm", "-o", str(so), "--no-tuning")
-    assert D.elf_machine(so) == "aarch64"
+    assert cross.elf_machine(so) == "aarch64"
     manifest = json.loads(so.with_name(so.name + ".json").read_text())
     assert manifest["target"]["name"] == "arm" and manifest["target"]["cc"] == "aarch64-linux-gnu-g++"
 
@@ -342,13 +335,13 @@ def test_emulate_start_and_stop_from_another_process(tmp_path):
     assert state["running"] and state["emulated"] and len(state["devices"]) == 1
     saved = json.loads((tmp_path / "state" / "state.json").read_text())
     pgids = [saved["tracker"]["pgid"]] + [s["pgid"] for s in saved["servers"]]
-    assert all(D._group_members(g) for g in pgids)  # noqa: SLF001
+    assert all(D.group_members(g) for g in pgids)
 
     stop = subprocess.run(
         [sys.executable, "-c", "from tvmsqz import device as D; print(D.emulate_stop())"],
         env=env, capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0, stop.stderr
-    assert not any(D._group_members(g) for g in pgids)  # noqa: SLF001
+    assert not any(D.group_members(g) for g in pgids)
     assert not (tmp_path / "state" / "state.json").exists()
 
 

@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -165,8 +164,10 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
         from .device import check_tracker
 
         check_tracker(rpc_tracker)
-    with tempfile.TemporaryDirectory(prefix="tvmsqz-bench-") as tmp:
-        return _bench(source, spec, Path(tmp), batch=batch, input_shape=input_shape, repeat=repeat,
+    from .fsutil import temp_dir
+
+    with temp_dir("tvmsqz-bench-") as tmp:
+        return _bench(source, spec, tmp, batch=batch, input_shape=input_shape, repeat=repeat,
                       database=database, fuse=fuse, with_torch=with_torch, rpc_tracker=rpc_tracker,
                       rpc_key=rpc_key, log=log)
 

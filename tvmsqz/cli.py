@@ -46,16 +46,22 @@ def _setup_environment() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
     os.environ.setdefault("OMP_NUM_THREADS", str(host_cores()))
     quiet_python_logs()
-    # SIGTERM unwinds like Ctrl-C does, so `with` blocks remove temp folders and partial files.
     signal.signal(signal.SIGTERM, _terminate)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: unwind (cleanup runs), then exit 143."""
-
-
 def _terminate(signum, frame) -> None:
-    raise Terminated()
+    """SIGTERM: remove this process's temp files and folders, say so, exit 143.
+
+    Not an exception: one raised here can land inside a Python callback that TVM's C++ called
+    and be swallowed there, and the process would run on. Durable files are never half-written
+    (atomic renames, whole-line appends), so exiting here loses nothing that was committed.
+    """
+    from .fsutil import remove_live_temps
+
+    remove_live_temps()
+    err_console.print("[bold red]error:[/bold red] terminated", highlight=False)
+    sys.stderr.flush()
+    os._exit(143)
 
 
 def _backend(target: str):
@@ -300,8 +306,6 @@ def main() -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except Terminated:
-        _fail("terminated", 143)
     except no_args as exc:  # bare `tvmsqz` or `tvmsqz device`: the help, then one line and exit 2
         console.print(exc.ctx.get_help() if exc.ctx is not None else "", highlight=False)
         _fail("no command given (see the list above)")

@@ -27,6 +27,36 @@ from typing import Iterator
 from .errors import TvmsqzError
 
 LOCK_NAME = ".tvmsqz.lock"
+#: Temp files and folders alive right now; `remove_live_temps` deletes them when a signal ends
+#: the process (an exception raised by a signal handler can land inside TVM's C++ and be lost).
+_LIVE: set[Path] = set()
+
+
+def remove_live_temps() -> None:
+    """Delete every temp file/folder this process still holds (signal path: best effort)."""
+    import shutil
+
+    for path in list(_LIVE):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        _LIVE.discard(path)
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    """A private temp folder, removed on every exit path (signals included, see the CLI)."""
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    _LIVE.add(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        _LIVE.discard(folder)
 
 
 def os_error(path: Path | str, exc: OSError, action: str = "write") -> TvmsqzError:
@@ -35,6 +65,31 @@ def os_error(path: Path | str, exc: OSError, action: str = "write") -> TvmsqzErr
     if exc.errno == errno.ENOSPC:
         reason = "no space left on device"
     return TvmsqzError(f"cannot {action} {path}: {reason}")
+
+
+def export_error(path: Path | str, exc: Exception) -> TvmsqzError:
+    """A one-line user error for a failed `export_library` (TVM reports the linker's output)."""
+    text = str(exc)
+    if "No space left" in text:
+        return TvmsqzError(f"cannot write {path}: no space left on device")
+    if "File too large" in text:
+        return TvmsqzError(f"cannot write {path}: file too large for this file system or limit")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Command line")]
+    detail = next((line for line in lines[1:] if "error" in line.lower()), lines[-1] if lines else type(exc).__name__)
+    return TvmsqzError(f"cannot write {path}: linking failed: {detail}")
+
+
+def export_library(module, path: Path | str, **kwargs) -> None:
+    """`module.export_library(path, **kwargs)` atomically, with TVM's log quiet and a failed link
+    (disk full, missing cross compiler) as one line; used by every backend's export."""
+    from .quiet import quiet_stderr
+
+    with atomic_path(path) as tmp:
+        try:
+            with quiet_stderr():
+                module.export_library(str(tmp), **kwargs)
+        except RuntimeError as exc:
+            raise export_error(path, exc) from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -65,6 +120,7 @@ def atomic_path(dest: Path | str, suffix: str | None = None) -> Iterator[Path]:
     except OSError as exc:
         raise os_error(dest, exc) from None
     tmp = Path(tmp_name)
+    _LIVE.add(tmp)
     try:
         yield tmp
         if not tmp.is_file() or tmp.stat().st_size == 0 and dest.suffix in (".so", ".npy", ".npz"):
@@ -77,6 +133,7 @@ def atomic_path(dest: Path | str, suffix: str | None = None) -> Iterator[Path]:
     except OSError as exc:
         raise os_error(dest, exc) from None
     finally:
+        _LIVE.discard(tmp)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 

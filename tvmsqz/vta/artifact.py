@@ -116,13 +116,6 @@ def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None) -> tupl
 
 # ---------------------------------------------------------------------------- compile
 
-def _atomic_write(path: Path, write) -> None:
-    from tvmsqz.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-
-
 def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, config=None,
                 tiling_db: Path | None = None, host_target=None) -> dict:
     """Quantise, partition and lower a model for VTA; write the artifact; return its manifest."""
@@ -192,19 +185,11 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     if name is None:
         arrays["fp32_onnx"] = np.frombuffer(model.SerializeToString(), dtype=np.uint8)
 
-    def write_npz(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    from tvmsqz.fsutil import atomic_path, export_library
 
-    from tvmsqz.quiet import quiet_stderr
-
-    _atomic_write(sidecar_path(output), write_npz)
-
-    def write_lib(tmp):
-        with quiet_stderr():
-            lib.export_library(tmp)
-
-    _atomic_write(output, write_lib)
+    with atomic_path(sidecar_path(output)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    export_library(lib, output)
     t_end = time.time()
     return {
         **{k: manifest[k] for k in ("format", "model", "macs_offloaded", "macs_total", "mac_offload_share", "note")},

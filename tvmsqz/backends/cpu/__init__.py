@@ -84,11 +84,9 @@ def export(executable, spec: TargetSpec, path: Path) -> None:
 
         export_cross(executable, path, spec.cc)
         return
-    from ...fsutil import atomic_path
-    from ...quiet import quiet_stderr
+    from ...fsutil import export_library
 
-    with atomic_path(path) as tmp, quiet_stderr():
-        executable.export_library(str(tmp))
+    export_library(executable, path)
 
 
 def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int):

@@ -144,13 +144,10 @@ def pass_config(spec: TargetSpec) -> dict:
 
 def export(executable, spec: TargetSpec, path: Path) -> None:
     """Write the `.so` atomically, its CUDA kernels compiled by nvcc for the target's arch."""
-    from ...fsutil import atomic_path
-    from ...quiet import quiet_stderr
+    from ...fsutil import export_library
 
     check_toolchain(spec)
-    pack_imports = pack_imports_for(executable.mod, spec)
-    with atomic_path(path) as tmp, quiet_stderr():
-        executable.export_library(str(tmp), fpack_imports=pack_imports)
+    export_library(executable, path, fpack_imports=pack_imports_for(executable.mod, spec))
 
 
 def _export_candidate(arch: str, rt_mod) -> str:

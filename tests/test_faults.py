@@ -1,0 +1,332 @@
+"""Faults and bad input, as a careless or hostile user meets them (docs/reliability.md has the catalogue).
+
+Every case runs the real CLI as a subprocess and asserts: the exit code, one `error:` line on
+stderr, no traceback, the previous files intact and nothing left behind. Disk-full cases use a
+small tmpfs when the tests run as root (CI does), a size limit on files (RLIMIT_FSIZE) otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+import onnx
+
+from conftest import REPO, assert_one_line_error, run_cli
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, size_kib: int):
+    """(folder, preexec_fn): a folder where writes fail past `size_kib` KiB.
+
+    As root: a tmpfs of that size mounted on the folder (ENOSPC, the real thing). Otherwise the
+    child process gets RLIMIT_FSIZE (EFBIG on every file it grows past the limit)."""
+    folder = tmp_path / f"disk{size_kib}k"
+    folder.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+                                 capture_output=True).returncode == 0
+    limit = size_kib * 1024
+
+    def preexec() -> None:
+        if not mounted:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    try:
+        yield folder, preexec
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def cli(*args: str, preexec=None, env: dict | None = None, timeout: int = 900, cwd: Path | None = None):
+    return subprocess.run([sys.executable, "-m", "tvmsqz", *args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec, env={**os.environ, **(env or {})}, cwd=cwd or REPO)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temp files our atomic writes would leave: dot-files and .tmp names."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("faults")
+    out = folder / "m.so"
+    run_cli("compile", "squeezenet1_1", "--no-tuning", "-o", str(out))
+    return out
+
+
+@pytest.fixture
+def x_npy(tmp_path) -> Path:
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32"))
+    return path
+
+
+def copy_artifact(artifact: Path, folder: Path, name: str = "a.so") -> Path:
+    dest = folder / name
+    shutil.copy(artifact, dest)
+    shutil.copy(artifact.with_name(artifact.name + ".json"), dest.with_name(name + ".json"))
+    return dest
+
+
+# ------------------------------------------------------------------------ 2. usage errors
+
+
+@pytest.mark.parametrize("args", [
+    ("tune", "squeezenet1_1", "--trials", "0", "-o", "x"),
+    ("tune", "squeezenet1_1", "--trials", "-5", "-o", "x"),
+    ("compile", "x", "--bogus"),
+    ("compile",),
+    (),
+    ("device",),
+    ("run",),
+])
+def test_usage_errors_are_one_line_exit_2(args, tmp_path):
+    proc = cli(*args, cwd=tmp_path)
+    assert_one_line_error(proc)
+    assert proc.returncode == 2
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------ 3. outputs never alias inputs
+
+
+def test_compile_refuses_to_overwrite_its_onnx_input(tmp_path):
+    from tvmsqz.models import load_onnx
+
+    model, _ = load_onnx("squeezenet1_1")
+    src = tmp_path / "s.onnx"
+    src.write_bytes(model.SerializeToString())
+    before = src.read_bytes()
+    proc = cli("compile", str(src), "-o", str(src))
+    assert_one_line_error(proc, "also an input")
+    assert src.read_bytes() == before
+
+
+def test_run_output_never_replaces_the_input_or_artifact(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    before = x_npy.read_bytes()
+    assert_one_line_error(cli("run", str(so), "--input", str(x_npy), "-o", str(x_npy)), "also an input")
+    assert x_npy.read_bytes() == before
+    assert_one_line_error(cli("run", str(so), "--input", str(x_npy), "-o", str(so)), "also an input")
+    assert so.stat().st_size == artifact.stat().st_size
+
+
+# --------------------------------------------------- 4. truncated or edited artifacts
+
+
+def test_truncated_artifact_is_refused_not_sigbus(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    so.write_bytes(artifact.read_bytes()[:2_000_000])
+    proc = cli("run", str(so), "--input", str(x_npy))
+    assert_one_line_error(proc, "truncated")
+    assert proc.returncode == 2
+
+
+def test_truncated_artifact_without_manifest_is_refused(artifact, tmp_path, x_npy):
+    so = tmp_path / "t.so"
+    so.write_bytes(artifact.read_bytes()[:2_000_000])
+    proc = cli("run", str(so), "--input", str(x_npy))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "truncated" in proc.stderr
+
+
+def test_edited_sha256_is_refused(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    manifest_file = so.with_name(so.name + ".json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["artifact"]["sha256"] = "0" * 64
+    manifest_file.write_text(json.dumps(manifest))
+    assert_one_line_error(cli("run", str(so), "--input", str(x_npy)), "sha256")
+
+
+def test_manifestless_artifact_runs_with_a_warning_and_checks_shape(artifact, tmp_path, x_npy):
+    so = tmp_path / "bare.so"
+    shutil.copy(artifact, so)
+    proc = cli("run", str(so), "--input", str(x_npy))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning:" in proc.stderr and "no manifest" in proc.stderr
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((1, 3, 227, 227), "float32"))
+    proc = cli("run", str(so), "--input", str(bad))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: input has shape [1, 3, 227, 227], the artifact expects [1, 3, 224, 224]"
+
+
+# --------------------------------------------------------------- 5. writes on a full disk
+
+
+def test_compile_on_a_full_disk_keeps_the_previous_artifact(tmp_path):
+    with small_disk(tmp_path, 1024) as (disk, preexec):
+        old = disk / "m.so"
+        old.write_bytes(b"previous artifact")
+        proc = cli("compile", "squeezenet1_1", "--no-tuning", "-o", str(old), preexec=preexec)
+        assert_one_line_error(proc, str(old))
+        assert old.read_bytes() == b"previous artifact"
+        assert not (disk / "m.so.json").exists()
+        assert leftovers(disk) == []
+
+
+def test_run_output_on_a_full_disk_leaves_no_partial_npy(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    with small_disk(tmp_path, 1) as (disk, preexec):
+        out = disk / "y.npy"
+        np.save(out, np.arange(3))  # a previous result, 152 bytes
+        before = out.read_bytes()
+        big = tmp_path / "big.npy"  # an output larger than the disk: batch 1000 classes float32 = 4 KB
+        proc = cli("run", str(so), "--input", str(x_npy), "-o", str(out), preexec=preexec)
+        assert_one_line_error(proc, str(out))
+        assert out.read_bytes() == before
+        assert leftovers(disk) == []
+        assert not big.exists()
+
+
+def test_bench_json_on_a_full_disk_keeps_the_previous_report(tmp_path):
+    with small_disk(tmp_path, 8) as (disk, preexec):
+        report = disk / "bench.json"
+        report.write_text('{"previous": true}\n')
+        proc = cli("bench", "squeezenet1_1", "--no-tuning", "--no-torch", "--repeat", "3", "--json", str(report),
+                   preexec=preexec, env={"TMPDIR": str(tmp_path)})
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == f"error: cannot write {report}: no space left on device" \
+            or "file too large" in proc.stderr
+        assert json.loads(report.read_text()) == {"previous": True}
+        assert leftovers(disk) == []
+    assert not list(tmp_path.glob("tvmsqz-bench-*"))
+
+
+# ------------------------------------------------------------------- 7. edited manifests
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m["input"].__setitem__("shape", [1, 3, 227]), "input.shape"),
+    (lambda m: m["input"].__setitem__("dtype", "bogus"), "input.dtype"),
+    (lambda m: m["target"].__setitem__("family", "quantum"), "target.family"),
+    (lambda m: m.__setitem__("input", "x"), "input"),
+])
+def test_edited_manifest_is_one_line(artifact, tmp_path, x_npy, edit, needle):
+    so = copy_artifact(artifact, tmp_path)
+    manifest_file = so.with_name(so.name + ".json")
+    manifest = json.loads(manifest_file.read_text())
+    edit(manifest)
+    manifest_file.write_text(json.dumps(manifest))
+    assert_one_line_error(cli("run", str(so), "--input", str(x_npy)), needle)
+
+
+def test_manifest_with_another_input_shape_is_checked(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    manifest_file = so.with_name(so.name + ".json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["input"]["shape"] = [1, 3, 227, 227]
+    manifest_file.write_text(json.dumps(manifest))
+    assert_one_line_error(cli("run", str(so), "--input", str(x_npy)), "expects [1, 3, 227, 227]")
+
+
+# -------------------------------------------------------------- 8. models that are refused
+
+
+def test_non_classifier_onnx_is_refused(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 224, 224])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "add", [x], [y])
+    path = tmp_path / "add.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    proc = cli("compile", str(path), "-o", str(tmp_path / "add.so"))
+    assert_one_line_error(proc, "image classifier")
+    assert not (tmp_path / "add.so").exists()
+
+
+def test_absurd_input_shape_on_a_dynamic_model_is_refused(tmp_path):
+    from tvmsqz.models import load_onnx
+
+    model, _ = load_onnx("squeezenet1_1")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(model.SerializeToString())
+    proc = cli("compile", str(path), "--input-shape", "data:1,3,100000,100000", "-o", str(tmp_path / "d.so"))
+    assert_one_line_error(proc, "outside")
+    proc = cli("compile", "squeezenet1_1", "--no-tuning", "--max-memory", "1M", "-o", str(tmp_path / "d.so"))
+    assert_one_line_error(proc, "intermediate memory", "--max-memory")
+    assert not list(tmp_path.glob("d.so*"))
+
+
+# ----------------------------------------------------------------------- 9. input values
+
+
+def test_nonfinite_and_foreign_dtype_inputs_are_refused(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    x = np.load(x_npy)
+    x[0, 0, 0, 0] = np.inf
+    np.save(tmp_path / "inf.npy", x)
+    assert_one_line_error(cli("run", str(so), "--input", str(tmp_path / "inf.npy")), "NaN/inf", "--allow-nonfinite")
+    assert cli("run", str(so), "--input", str(tmp_path / "inf.npy"), "--allow-nonfinite").returncode == 0
+    for dtype in ("float64", "int8"):
+        np.save(tmp_path / f"{dtype}.npy", np.load(x_npy).astype(dtype))
+        assert_one_line_error(cli("run", str(so), "--input", str(tmp_path / f"{dtype}.npy")), dtype, "--cast")
+    assert cli("run", str(so), "--input", str(tmp_path / "float64.npy"), "--cast").returncode == 0
+    np.save(tmp_path / "c.npy", np.load(x_npy).astype("complex64"))
+    assert_one_line_error(cli("run", str(so), "--input", str(tmp_path / "c.npy"), "--cast"), "complex64")
+
+
+# ------------------------------------------------------------------------ 10. the smaller ones
+
+
+def test_target_file_without_family_is_one_line(tmp_path):
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps({"name": "evil", "tvm": {"kind": "llvm"}}))
+    assert_one_line_error(cli("compile", "squeezenet1_1", "--target", str(evil), "-o", str(tmp_path / "e.so")),
+                          str(evil), "family")
+
+
+def test_run_output_name_is_exactly_what_was_asked(artifact, tmp_path, x_npy):
+    so = copy_artifact(artifact, tmp_path)
+    proc = cli("run", str(so), "--input", str(x_npy), "-o", str(tmp_path / "yout"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "yout").is_file() and not (tmp_path / "yout.npy").exists()
+    assert np.load(tmp_path / "yout").shape == (1, 1000)
+
+
+def test_artifacts_are_not_executable_files(artifact):
+    assert artifact.stat().st_mode & 0o777 == 0o644
+
+
+def test_bench_checks_the_tracker_before_compiling(tmp_path):
+    start = time.monotonic()
+    proc = cli("bench", "squeezenet1_1", "--target", "arm", "--rpc-tracker", "127.0.0.1:1", "--rpc-key", "nobody")
+    assert_one_line_error(proc, "127.0.0.1:1")
+    assert time.monotonic() - start < 20
+
+
+def test_sigterm_during_bench_removes_its_temp_folder(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tvmsqz", "bench", "squeezenet1_1", "--no-tuning", "--no-torch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("tvmsqz-bench-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(tmp_path.glob("tvmsqz-bench-*")), "the bench never made its temp folder"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated"
+    assert not list(tmp_path.glob("tvmsqz-bench-*"))
