@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def pick_task(model: str, target: str, name: str | None):
     from tvmsqz.frontend import load_model
     from tvmsqz.targets import get_target
-    from tvmsqz.tune import _flops, extract
+    from tvmsqz.tune import extract, kernel_flops
 
     spec = get_target(target)
     tasks, _ = extract(load_model(model).mod, spec)
-    convs = sorted((t for t in tasks if "conv2d" in t.task_name), key=lambda t: _flops(t.dispatched[0]))
+    convs = sorted((t for t in tasks if "conv2d" in t.task_name), key=lambda t: kernel_flops(t.dispatched[0]))
     if name:
         chosen = [t for t in tasks if t.task_name == name]
         if not chosen:

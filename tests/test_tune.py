@@ -2,35 +2,44 @@
 valid database and `--resume` finishes them; refused, corrupt and foreign databases fail with
 one line on stderr.
 
-Kept small for a shared 2-core box: one in-process tune of a 2-conv model (8 trials), three
-short CLI runs that resume from it, and error paths that stop before any tuning.
+Two tunes of one folder take turns (the folder lock) and lose no record; a full disk stops a tune
+with one line and a database that still loads.
+
+Kept small for a shared 2-core box: one in-process tune of a 2-conv model (8 trials), short CLI
+runs that resume from it, two that share a folder (16 trials in all), and error paths that stop
+before any tuning or after one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, require, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from tvmsqz.build import compile_module
-from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE, check_database, has_database
+from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE, check_database, has_database, load_database
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import import_onnx
 from tvmsqz.runtime import Artifact
 from tvmsqz.targets import get_target
 from tvmsqz.tune import Allocator, TaskState, default_batch, default_population, repair_tail, tune_model
+from tvmsqz.tune.records import record_line, workload_line
 
 TRIALS = 8  # the in-process tune: 3 kernels, batches of 4
 
@@ -128,10 +137,17 @@ def test_short_tune_writes_a_database_that_compile_applies(tiny, tuned, tmp_path
 # ----------------------------------------------------------------------------- interruption
 
 
-def _start_tune(onnx_path: Path, db: Path, trials: int, env: dict) -> subprocess.Popen:
+def _start_tune(onnx_path: Path, db: Path, trials: int, env: dict,
+                preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tvmsqz", "tune", str(onnx_path), "--trials", str(trials), "-o", str(db), "--resume"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn)
+
+
+def _tune_env(tmp_path: Path) -> dict:
+    """Batches of 4; builder and runner temp files under tmp_path (never on a small test disk)."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {**os.environ, "TVMSQZ_TUNE_BATCH": "4", "TMPDIR": str(tmp_path / "tmp")}
 
 
 def _wait_for_records(proc: subprocess.Popen, db: Path, more_than: int, timeout: float = 240) -> None:
@@ -151,8 +167,7 @@ def test_interrupted_tune_leaves_a_valid_database_and_resume_finishes_it(tiny, t
     _, fixture_db = tuned
     spec = get_target("x86")
     db = copy_db(fixture_db, tmp_path / "db")
-    (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "TVMSQZ_TUNE_BATCH": "4", "TMPDIR": str(tmp_path / "tmp")}
+    env = _tune_env(tmp_path)
     total = TRIALS + 16
 
     # Ctrl-C: the batch under way is finished and saved, then a one-line error with a resume hint.
@@ -186,6 +201,122 @@ def test_interrupted_tune_leaves_a_valid_database_and_resume_finishes_it(tiny, t
     assert f"{total} records" in stdout and "3/3 kernels tuned" in stdout
 
 
+# ----------------------------------------------------------------------------- one folder, two tunes
+
+
+def _reported_records(stdout: str) -> int:
+    """N from the CLI's last line, `database: DIR (N records, ...)`."""
+    match = re.search(r"\((\d+) records", " ".join(stdout.split()))
+    assert match, stdout
+    return int(match.group(1))
+
+
+def test_two_tunes_of_one_folder_take_turns_and_lose_no_record(tiny, tmp_path):
+    """Two `tune --resume -o SAME` started together: one holds the folder, the other waits for it,
+    then resumes from its records; `--trials` is the folder's total either way."""
+    _, folder = tiny
+    spec = get_target("x86")
+    db = tmp_path / "db"
+    env = _tune_env(tmp_path)
+    procs = {trials: _start_tune(folder / "tiny.onnx", db, trials, env) for trials in (8, 16)}
+    done = {trials: proc.communicate(timeout=600) for trials, proc in procs.items()}
+    for trials, proc in procs.items():
+        assert proc.returncode == 0, done[trials][1]
+    note = f"waiting for {db}: another tune is using it"
+    waited = [trials for trials, (_, err) in done.items() if note in " ".join(err.split())]
+    assert len(waited) == 1, {trials: err for trials, (_, err) in done.items()}
+    second = waited[0]
+    first = 8 if second == 16 else 16
+    reported = {trials: _reported_records(out) for trials, (out, _) in done.items()}
+    assert reported[first] == first  # the folder was empty: the first run's records are its own
+    assert f"resuming: {first} trials already in the database" in " ".join(done[second][1].split())
+    # The second run counted the first one's records against its --trials and added the rest.
+    assert reported[second] == records(db) == check_database(db, spec) == 16
+    assert len(load_database(db, spec).get_all_tuning_records()) == 16  # every line replays
+    assert (db / ".tvmsqz.lock").exists() and has_database(db)  # the lock file breaks no check
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@contextlib.contextmanager
+def _small_disk(tmp_path: Path, db_src: Path, room: int) -> Iterator[tuple[Path, Callable[[], None] | None]]:
+    """(a copy of `db_src` on a disk with about `room` bytes left, preexec_fn for the tune).
+
+    As root: a small tmpfs, filled up to `room`, so the tune meets a real ENOSPC. Otherwise a
+    file size limit in the child (RLIMIT_FSIZE, with SIGXFSZ ignored so a write fails instead of
+    killing it), which cuts the record file's growth at the same place.
+    """
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode == 0
+    try:
+        db = copy_db(db_src, mnt / "db")
+        preexec_fn = None
+        if mounted:
+            st = os.statvfs(mnt)
+            (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - room))
+        else:
+            require(hasattr(resource, "RLIMIT_FSIZE"), "needs root (tmpfs) or RLIMIT_FSIZE for a full disk")
+            limit = (db / RECORD_FILE).stat().st_size + room
+
+            def preexec_fn() -> None:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        yield db, preexec_fn
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_stops_tuning_with_one_line_and_a_valid_database(tiny, tuned, tmp_path):
+    _, folder = tiny
+    spec = get_target("x86")
+    longest = max(len(line) for line in (tuned[1] / RECORD_FILE).read_bytes().splitlines())
+    with _small_disk(tmp_path, tuned[1], room=longest * 5 // 2) as (db, preexec_fn):
+        proc = _start_tune(folder / "tiny.onnx", db, TRIALS + 32, _tune_env(tmp_path), preexec_fn)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 2, err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err
+        # A short write is reported as ENOSPC; a file size limit met exactly at a line's start is EFBIG.
+        assert re.search(f"cannot write {re.escape(str(db / RECORD_FILE))}: (no space left on device|File too large)",
+                         errors[0]), errors[0]
+        # Every line on disk is whole, and MetaSchedule replays all of them.
+        data = (db / RECORD_FILE).read_bytes()
+        assert data.endswith(b"\n")
+        on_disk = records(db)
+        assert TRIALS <= on_disk < TRIALS + 32
+        assert check_database(db, spec) == on_disk
+        assert len(load_database(db, spec).get_all_tuning_records()) == on_disk
+
+
+# ----------------------------------------------------------------------------- the file format
+
+
+def test_records_are_the_lines_metaschedule_writes(tuned, tmp_path):
+    """`tune.records` writes each line exactly as MetaSchedule's own `JSONDatabase` would."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    db = load_database(tuned[1], get_target("x86"))
+    scratch = ms.database.JSONDatabase(str(tmp_path / WORKLOAD_FILE), str(tmp_path / RECORD_FILE),
+                                       allow_missing=True)
+    mine_w: list[str] = []
+    mine_r: list[str] = []
+    for rec in db.get_all_tuning_records():
+        workload = scratch.commit_workload(rec.workload.mod)
+        if workload_line(workload) not in mine_w:
+            mine_w.append(workload_line(workload))
+        copy = TuningRecord(rec.trace, workload, rec.run_secs, rec.target, rec.args_info)
+        scratch.commit_tuning_record(copy)
+        mine_r.append(record_line(mine_w.index(workload_line(workload)), copy))
+    assert (tmp_path / WORKLOAD_FILE).read_text() == "".join(line + "\n" for line in mine_w)
+    assert (tmp_path / RECORD_FILE).read_text() == "".join(line + "\n" for line in mine_r)
+    assert len(mine_r) == TRIALS and len(mine_w) == 3
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
@@ -211,6 +342,25 @@ def test_corrupt_database_is_refused(tiny, tuned, tmp_path):
     proc = run_cli("compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"),
                    check=False)
     assert_one_line_error(proc, "corrupt")
+
+
+def test_record_metaschedule_cannot_load_is_refused(tiny, tuned, tmp_path):
+    """Valid JSON, nonsense trace: `check_database` passes it, MetaSchedule's loader does not."""
+    _, folder = tiny
+    spec = get_target("x86")
+    db = copy_db(tuned[1], tmp_path / "db")
+    lines = (db / RECORD_FILE).read_text().splitlines()
+    record = json.loads(lines[1])
+    record[1][0] = ["bogus"]
+    lines[1] = json.dumps(record)
+    (db / RECORD_FILE).write_text("\n".join(lines) + "\n")
+    assert check_database(db, spec) == TRIALS
+    before = (db / RECORD_FILE).read_bytes()
+    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "16", "-o", str(db), "--resume", check=False)
+    assert_one_line_error(proc, "could not be loaded")
+    assert proc.returncode == 2 and (db / RECORD_FILE).read_bytes() == before
+    with pytest.raises(TvmsqzError, match="could not be loaded"):  # what `compile --database` says
+        compile_module(import_onnx(tiny[0])[0], spec, database=db)
 
 
 def test_database_for_another_target_is_refused(tiny, tuned, tmp_path):

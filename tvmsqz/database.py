@@ -1,9 +1,11 @@
 """MetaSchedule databases: find, validate and load them for a target.
 
 A tuning database is MetaSchedule's JSON pair (`database_workload.json`,
-`database_tuning_record.json`) in one folder. Records are keyed by workload; the target they were
-tuned for is checked here (kind, CPU, triple, architecture) so that a database tuned for another
-machine class is refused with a clear message instead of silently producing slow or wrong code.
+`database_tuning_record.json`) in one folder, in MetaSchedule's own format (`tune.records` writes
+it); other files there (`tuning_summary.json`, the tuning lock `.tvmsqz.lock`) are not read here.
+Records are keyed by workload; the target they were tuned for is checked here (kind, CPU, triple,
+architecture) so that a database tuned for another machine class is refused with a clear message
+instead of silently producing slow or wrong code.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import json
 from pathlib import Path
 
 from .errors import TvmsqzError
-from .targets import TargetSpec
+from .fsutil import atomic_write
+from .spec import TargetSpec
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -66,9 +69,18 @@ def check_database(path: Path, spec: TargetSpec) -> int:
 
 def load_database(path: Path, spec: TargetSpec):
     """Open a validated database read-only (as a MetaSchedule `Database`)."""
+    check_database(path, spec)
+    return open_json_database(path)
+
+
+def open_json_database(path: Path):
+    """MetaSchedule's `JSONDatabase` over a folder that `check_database` accepted, read-only.
+
+    Read-only by contract: nothing may commit to it (its C++ appends unchecked lines). It also
+    catches what the JSON check cannot, a record whose trace MetaSchedule cannot parse.
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    check_database(path, spec)
     try:
         return ms.database.JSONDatabase(
             path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
@@ -108,8 +120,8 @@ def merge_databases(sources: list[Path], dest: Path) -> int:
                 seen.add(line)
                 record_lines.append(line)
     dest.mkdir(parents=True, exist_ok=True)
+    # Workloads first: a `dest` that is also the first source keeps its workloads on their lines,
+    # so its old records stay valid until the new record file replaces them.
     for name, lines in ((WORKLOAD_FILE, workload_lines), (RECORD_FILE, record_lines)):
-        tmp = dest / (name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
-        tmp.replace(dest / name)
+        atomic_write(dest / name, "".join(line + "\n" for line in lines))
     return len(record_lines)

@@ -1,0 +1,47 @@
+"""The tuning tasks of a model: exactly the kernels `build.compile_module` looks up later.
+
+Tasks come from `build.prepare(mod, spec, fuse=...)` under the target, so each tuned workload
+is the PrimFunc the compiler later finds in the database. Kernels without a reduction block
+(reshape, concatenate, copies, elementwise) are skipped: their design space has a single point,
+so tuning them only wastes trials; they run as TVM legalized them.
+"""
+
+from __future__ import annotations
+
+from ..spec import TargetSpec
+
+
+def worth_tuning(mod) -> bool:
+    """A kernel is worth tuning when it has a reduction block (conv, dense, pool, mean).
+
+    Reshape, concatenate and other copies have none: their search space is one schedule.
+    """
+    from tvm.s_tir.analysis import find_anchor_sblock
+
+    try:
+        return find_anchor_sblock(mod) is not None
+    except Exception:  # noqa: BLE001 - an unusual kernel: let MetaSchedule try it
+        return True
+
+
+def extract(mod, spec: TargetSpec, *, fuse: bool | None = None):
+    """(tasks to tune, names skipped) for `mod` as `compile_module` will see it."""
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    from ..build import prepare
+
+    prepared = prepare(mod, spec, fuse=fuse)
+    tasks, skipped = [], []
+    for task in extract_tasks(prepared, spec.target):
+        (tasks if worth_tuning(task.dispatched[0]) else skipped).append(task)
+    return tasks, sorted(t.task_name for t in skipped)
+
+
+def kernel_flops(mod) -> float:
+    """FLOPs of one call of a kernel (0 when TVM cannot count them): the allocator's prior."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(mod))
+    except Exception:  # noqa: BLE001
+        return 0.0
