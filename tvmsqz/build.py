@@ -38,12 +38,25 @@ def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
 
 
 def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None):
-    """High-level Relax -> (fused,) legalized Relax with one PrimFunc per kernel (tuning input)."""
+    """High-level Relax -> legalized Relax with one PrimFunc per kernel (the tuning input).
+
+    The target's backend names its activation layout (`layout_passes`: NCHW[x]c on x86, nothing
+    for NCHW targets). With `fuse` (the Fire modules without a concat copy), a blocked layout
+    gets `concat_free.WriteIntoConcat` after fusion (each expand conv writes its own channel
+    blocks of one buffer); an NCHW target gets `fuse.fuse_fire` (one kernel per Fire module).
+    """
     import tvm
     from tvm import relax
 
     backend = get_backend(spec)
-    if resolve_fuse(spec, fuse):
+    layout = backend.layout_passes(spec)
+    fire = resolve_fuse(spec, fuse)
+    after_fusion = []
+    if fire and layout:
+        from .concat_free import WriteIntoConcat
+
+        after_fusion.append(WriteIntoConcat())
+    elif fire:
         from .fuse import fuse_fire
 
         # Per-target fusion choices (e.g. folding the squeeze conv in) come from the target data,
@@ -54,7 +67,9 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None):
         seq = tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
+            *layout,
             relax.get_pipeline("zero"),
+            *after_fusion,
             *backend.pre_tuning_passes(spec),
         ])
         return seq(mod)

@@ -147,7 +147,9 @@ def run_cmd(
     """Run an artifact on this host and print the top classes."""
     import numpy as np
 
-    from .runtime import check_input, load, top_k
+    from .runtime import check_input, load, prefer_runtime_lib, top_k
+
+    prefer_runtime_lib()  # as on a device: libtvm_runtime.so only, when tvm is not imported yet
 
     if output is not None:
         from .build import check_writable
@@ -237,13 +239,39 @@ def tune_cmd(
     fuse: Optional[bool] = FuseOpt,
     rpc_tracker: Optional[str] = TrackerOpt,
     rpc_key: Optional[str] = KeyOpt,
+    space: Optional[str] = typer.Option(None, "--space", help="Design space: 'blocked' (the direct-conv space for "
+                                        "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own)."),
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
+    if space not in (None, "blocked", "generic"):
+        raise TvmsqzError(f"--space must be 'blocked' or 'generic', not {space!r}")
     spec, backend = _backend(target)
     _summary, line = backend.tune_model(model, spec, trials=trials, output=output, resume=resume, batch=batch,
                                         input_shape=input_shape, fuse=fuse, rpc_tracker=rpc_tracker,
-                                        rpc_key=rpc_key, log=err_console)
+                                        rpc_key=rpc_key, space=space, log=err_console)
     console.print(line)
+
+
+@app.command("package")
+def package_cmd(
+    artifact: Path = typer.Argument(..., help="A .so written by `tvmsqz compile` (with its manifest)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Bundle folder to write (replaced if it is a bundle)."),
+    tar: bool = typer.Option(False, "--tar", help="Also write OUTPUT.tar.gz (one folder inside)."),
+    strip: bool = typer.Option(True, "--strip/--no-strip", help="Strip the runtime libraries with the target's strip."),
+    runtime_from: Optional[Path] = typer.Option(None, "--runtime-from", help="Take the TVM runtime from this "
+                                                "site-packages folder, install prefix or wheel file (e.g. armv7)."),
+) -> None:
+    """Bundle ARTIFACT with the TVM runtime and runners for its architecture: no TVM install needed."""
+    from .bundle import build_bundle
+
+    bundle = build_bundle(artifact, output, tar=tar, strip=strip, runtime_from=runtime_from,
+                          log=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False))
+    sizes = bundle["sizes"]
+    console.print(f"wrote {output} ({bundle['arch']}: runtime {sizes['runtime_bytes'] / 1e6:.1f} MB, model "
+                  f"{sizes['model_bytes'] / 1e6:.1f} MB, runners {sizes['runner_bytes'] / 1e6:.2f} MB)"
+                  + (f" and {bundle['tar']}" if "tar" in bundle else "")
+                  + f"; run it with {output}/bin/tvmsqz-run or python3 {output}/bin/tvmsqz-run.py", highlight=False,
+                  soft_wrap=True)
 
 
 @device_app.command("serve")

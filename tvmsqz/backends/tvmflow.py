@@ -69,7 +69,8 @@ def default_tuning_dir(spec: TargetSpec) -> Path:
 
 def tune_model(model: str, spec: TargetSpec, *, trials: int, output: Path | None = None, resume: bool = False,
                batch: int = 1, input_shape: str | None = None, fuse: bool | None = None,
-               rpc_tracker: str | None = None, rpc_key: str | None = None, log=None, **_: Any) -> tuple[dict, str]:
+               rpc_tracker: str | None = None, rpc_key: str | None = None, space: str | None = None, log=None,
+               **_: Any) -> tuple[dict, str]:
     """MetaSchedule + XGBoost over every kernel of `model`; (summary, line to print)."""
     from ..frontend import load_model
     from ..tune import tune_model as run_tuning
@@ -77,7 +78,7 @@ def tune_model(model: str, spec: TargetSpec, *, trials: int, output: Path | None
     out = output or default_tuning_dir(spec)
     loaded = load_model(model, batch=batch, input_shape=input_shape)
     summary = run_tuning(loaded.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=fuse,
-                         rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=log)
+                         rpc_tracker=rpc_tracker, rpc_key=rpc_key, space=space, log=log)
     return summary, (f"database: {out} ({summary['records']} records, {summary['tuned_tasks']}/"
                      f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s)")
 

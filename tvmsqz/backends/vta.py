@@ -95,7 +95,7 @@ def tune_model(model: str, spec: TargetSpec, *, trials: int, output: Path | None
     from ..backends.tvmflow import default_tuning_dir
     from ..vta import tune_vta
 
-    _refuse({k: v for k, v in options.items() if k not in ("resume", "rpc_key")})
+    _refuse({k: v for k, v in options.items() if k not in ("resume", "rpc_key", "space")})
     out = output or default_tuning_dir(spec)
     if out.suffix != ".json":
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""One tuning run: setup, warm start from earlier records, the batch loop, the summary.
+"""One tuning run: setup, warm start (earlier records, or the shipped database's), the batch loop, the summary.
 
 The loop replaces MetaSchedule's task scheduler so that trials go where model time is
 (`allocator.Allocator`), and drives search, builder, runner, database and cost model from Python
@@ -11,6 +11,17 @@ folder's earlier records), and every measured candidate is committed to the fold
 `records.TuningFolder` (durable, checked appends) before it counts. Builder and runner come from
 the target's backend (`tuning_builder_runner`), which knows local pools, RPC devices and GPUs;
 nothing here branches on a target family.
+
+Warm start, two kinds. `--resume` continues the folder's own records (counted, seeding the search
+and the cost model, never measured again). A new or empty folder instead starts from the target's
+shipped database (`database.shipped_database`: the one tuned on this CPU model, else the portable
+one), unless `warm=False` (`--cold`): the best few shipped records of every task whose workload it
+holds are measured again on this host first, committed with this host's times, and seed the search
+and the cost model like the folder's own would. Those measurements are trials of the run.
+
+The run ends when the allocator has spent `trials`, every task is exhausted, the time budget is
+spent (checked between batches, so the run ends at a batch boundary), or on Ctrl-C; the summary
+says which (`stopped`).
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ from typing import Any
 from ..errors import TvmsqzError
 from ..fsutil import folder_lock
 from ..spec import TargetSpec, host_cores
-from .allocator import MIN_BATCH, Allocator, TaskState, default_batch, default_population, estimated_model_ms
+from .allocator import (MIN_BATCH, Allocator, TaskState, default_batch, default_population, estimated_model_ms,
+                        median_run_s)
+from .budget import UNBOUNDED_TRIALS, format_duration, resolve_trials, sizing_trials
 from .progress import Progress
 from .records import TuningFolder, check_folder_path
 from .signals import Interrupted, StopRequest, TuningInterrupted
@@ -77,20 +90,11 @@ def _floats(values) -> list[float]:
     return [float(v.value if hasattr(v, "value") else v) for v in (values or [])]
 
 
-def _median(values: list[float]) -> float | None:
-    """Median run time; None for none, or for MetaSchedule's 1e10 failure marker."""
-    if not values:
-        return None
-    values = sorted(values)
-    median = values[len(values) // 2]
-    return median if 0 < median < 1e9 else None
-
-
 def _run_secs(result) -> float | None:
     """Median run time in seconds of a runner result, None when it failed."""
     if result.error_msg is not None:
         return None
-    return _median(_floats(result.run_secs))
+    return median_run_s(_floats(result.run_secs))
 
 
 def _remove_artifact(builder, path: str | None) -> None:
@@ -117,24 +121,32 @@ def _batch_from_env() -> int | None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def tune_model(mod, spec: TargetSpec, *, trials: int, work_dir: Path, resume: bool = False,
+def tune_model(mod, spec: TargetSpec, *, trials: int | None = None, work_dir: Path, resume: bool = False,
                fuse: bool | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None,
                log=None, batch: int | None = None, population: int | None = None,
-               seed: int | None = None) -> dict:
+               seed: int | None = None, space: str | None = None, time_budget: float | None = None,
+               warm: bool = True) -> dict:
     """Tune every worthwhile kernel of `mod` for `spec`; records go to `work_dir`.
 
     `trials` is the total number of measurements in `work_dir`, those of earlier sessions
-    included (so `resume=True` with the same number finishes an interrupted run). The folder is
-    locked for the whole run: a second tune of the same folder waits (saying so on `log`), then
-    resumes from the first one's records. `log` is a rich Console for progress (None: silent).
-    Returns a summary dict: `records`, `tasks`, `tuned_tasks`, `skipped`, `untuned`, `trials`,
-    `new_trials`, `seconds`, `seconds_per_trial`, `best_estimated_ms`, `history`
-    [(trials, estimated_ms, wall_s)], `per_task`, `interrupted`.
+    included (so `resume=True` with the same number finishes an interrupted run); None means
+    unbounded with a `time_budget`, else `budget.DEFAULT_TRIALS`. `time_budget` (wall seconds,
+    counted once the folder is locked) ends the run at the first batch boundary past it; with
+    `trials` too, whichever comes first. `warm` (on unless `--cold`): in a folder without
+    records, first re-measure the shipped database's best records of each task on this host.
+    The folder is locked for the whole run: a second tune of the same folder waits (saying so
+    on `log`), then resumes from the first one's records. `log` is a rich Console for progress
+    (None: silent). Returns a summary dict: `records`, `tasks`, `tuned_tasks`, `skipped`,
+    `untuned`, `trials`, `new_trials`, `budget` (None: unbounded), `time_budget_s`, `stopped`
+    ("trials", "time budget", "exhausted", "interrupted"), `warm_start` (None, or what the
+    shipped warm start re-measured), `seconds`, `seconds_per_trial`, `best_estimated_ms`,
+    `history` [(trials, estimated_ms, wall_s)], `per_task`, `interrupted`. `space` picks the
+    design space per task through the backend ("blocked": the direct-conv space for blocked
+    convs, "generic": MetaSchedule's own; None: the target's choice).
     """
     start = time.perf_counter()
     work_dir = Path(work_dir)
-    if trials < 1:
-        raise TvmsqzError("--trials must be at least 1")
+    trials = resolve_trials(trials, time_budget)
     if spec.tvm_config is None:
         raise TvmsqzError(f"target {spec.name} does not tune with MetaSchedule")
     rpc = rpc_settings(spec, rpc_tracker, rpc_key)
@@ -155,15 +167,20 @@ def tune_model(mod, spec: TargetSpec, *, trials: int, work_dir: Path, resume: bo
         # records of the one before it, and counts them against `trials`.
         folder = TuningFolder.open(work_dir, spec, resume)
         state = Session(spec, folder, log, start, folder.read_summary() if resume else {})
+        state.time_budget = time_budget
+        state.deadline = None if time_budget is None else time.perf_counter() + time_budget
+        state.warm = warm and folder.records == 0  # a folder with records resumes from its own
         for repair in folder.repairs:
             state.say(f"[yellow]repaired database: {repair}[/yellow]")
         failed = True
         try:
-            state.setup(mod, fuse=fuse, rpc=rpc, trials=trials, batch=batch, population=population, seed=seed)
+            state.setup(mod, fuse=fuse, rpc=rpc, trials=trials, batch=batch, population=population, seed=seed,
+                        space=space)
             state.loop()
             failed = False
         except (Interrupted, KeyboardInterrupt):
             state.interrupted = True
+            state.stopped = "interrupted"
             failed = False
         finally:
             state.close()
@@ -220,6 +237,12 @@ class Session:
         self.population = 0
         self.stop = StopRequest(self._on_first_interrupt)
         self.timings = {"setup": 0.0, "search": 0.0, "build": 0.0, "run": 0.0, "learn": 0.0}
+        self.time_budget: float | None = None
+        self.deadline: float | None = None  # perf_counter() at which the time budget is spent
+        self.warm = False  # re-measure the shipped database's best records first (`_reuse_shipped`)
+        self.warm_start: dict | None = previous.get("warm_start")  # the summary's record of it
+        self.sizing = 0  # the trial count batches and the warm start are sized for
+        self.stopped: str | None = None
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -235,7 +258,7 @@ class Session:
     # -- setup ----------------------------------------------------------------------------------
 
     def setup(self, mod, *, fuse: bool | None, rpc: dict | None, trials: int, batch: int | None,
-              population: int | None, seed: int | None) -> None:
+              population: int | None, seed: int | None, space: str | None = None) -> None:
         from ..builder import import_tensor_intrin
 
         self.stop.__enter__()
@@ -249,7 +272,8 @@ class Session:
         extracted, self.skipped = extract(mod, self.spec, fuse=fuse)
         if not extracted:
             raise TvmsqzError("nothing to tune: the model has no kernel with a reduction (conv, dense, pool)")
-        self.batch = batch or default_batch(trials, len(extracted))
+        self.sizing = sizing_trials(trials, self.time_budget)
+        self.batch = batch or default_batch(self.sizing, len(extracted))
         self.population = population or default_population(self.batch)
         # Local workers start now and import TVM while the runner starts and the first search
         # runs. A batch of 4 builds in ~1 s on one worker; a second would only cost start-up CPU.
@@ -264,7 +288,8 @@ class Session:
             task_mod = task.dispatched[0]
             self.tasks.append(TaskState(task.task_name, int(task.weight), kernel_flops(task_mod)))
             self.contexts.append(ms.TuneContext(
-                mod=task_mod, target=self.spec.target, space_generator="post-order-apply",
+                mod=task_mod, target=self.spec.target,
+                space_generator=self.backend.space_generator(self.spec, task_mod, space),
                 search_strategy=ms.search_strategy.EvolutionarySearch(population_size=self.population),
                 task_name=task.task_name, logger=logger,
                 rand_state=-1 if seed is None else seed + n, num_threads=host_threads))
@@ -277,7 +302,7 @@ class Session:
         self.allocator = Allocator(self.tasks, trials, self.batch)
         self.timings["setup"] = time.perf_counter() - self.start
         where = f"devices {rpc['key']} at {rpc['tracker']}" if rpc else f"this host, {measure_threads} threads"
-        self.say(f"tuning {len(self.tasks)} kernels for {self.spec.name} on {where}: {trials} trials, "
+        self.say(f"tuning {len(self.tasks)} kernels for {self.spec.name} on {where}: {self._limits(trials)}, "
                  f"{self.batch} per search round (population {self.population}), XGBoost cost model; "
                  f"database {self.folder.path}")
         if self.skipped:
@@ -291,7 +316,16 @@ class Session:
         if trials < len(self.tasks):
             self.say(f"[yellow]--trials {trials} is below the {len(self.tasks)} kernels to tune: each still "
                      f"gets one trial (an untuned kernel runs ~100x slower)[/yellow]")
-        self.progress = Progress(self.log, self.tasks, max(trials, len(self.tasks)), self.start)
+        shown = "inf" if trials >= UNBOUNDED_TRIALS else str(max(trials, len(self.tasks)))
+        self.progress = Progress(self.log, self.tasks, shown, self.start, time_budget=self.time_budget)
+
+    def _limits(self, trials: int) -> str:
+        """The run's limits in words: "64 trials", "until 30 min have passed", or both."""
+        parts = [] if trials >= UNBOUNDED_TRIALS else [f"{trials} trials"]
+        if self.time_budget is not None:
+            parts.append(f"{'or ' if parts else 'until '}{format_duration(self.time_budget)} (time budget, "
+                         f"{'whichever comes first' if parts else 'trials unbounded'})")
+        return " ".join(parts)
 
     def _warm_start(self) -> None:
         """Count earlier trials per task, set each task's best, train the cost model on them.
@@ -316,7 +350,7 @@ class Session:
             for rec in records:
                 if not rec.workload.same_as(known):
                     continue
-                self.tasks[i].account(_median(_floats(rec.run_secs)))
+                self.tasks[i].account(median_run_s(_floats(rec.run_secs)))
                 self.database.commit_tuning_record(TuningRecord(
                     trace=rec.trace, workload=workload, run_secs=rec.run_secs, target=rec.target,
                     args_info=rec.args_info))
@@ -336,9 +370,15 @@ class Session:
     # -- loop -----------------------------------------------------------------------------------
 
     def loop(self) -> None:
+        """The batches, the shipped warm start first; `stopped` says why it ended."""
+        if self.warm:
+            self._reuse_shipped()
         while True:
+            if self._out_of_time():
+                return
             pick = self.allocator.next()
             if pick is None:
+                self.stopped = "exhausted" if all(t.exhausted for t in self.tasks) else "trials"
                 return
             index, n = pick
             try:
@@ -356,6 +396,94 @@ class Session:
                          f"{lines[-1][:160] if lines else ''}); it keeps its best record so far[/red]")
             if self.stop.count:
                 raise Interrupted
+
+    def _out_of_time(self) -> bool:
+        """Whether the time budget is spent (then `stopped` says so); asked between batches only.
+
+        The first batch always runs, so even a budget that setup used up leaves a database.
+        """
+        if self.deadline is None or time.perf_counter() < self.deadline or not any(t.new_trials for t in self.tasks):
+            return False
+        if self.stopped is None:
+            self.stopped = "time budget"
+            untuned = [t.name for t in self.tasks if not t.covered and not t.exhausted]
+            self.say(f"[yellow]time budget of {format_duration(self.time_budget)} spent after "
+                     f"{sum(t.new_trials for t in self.tasks)} trials of this run: stopping at this batch boundary"
+                     + (f"; no record yet for {', '.join(untuned)} (tune longer with --resume)" if untuned else "")
+                     + "[/yellow]")
+        return True
+
+    # -- warm start from the shipped database ---------------------------------------------------
+
+    def _reuse_shipped(self) -> None:
+        """Measure the shipped database's best records of each task again, on this host, first.
+
+        Shipped times come from the machine that tuned them; the records that were fastest there
+        are the likeliest to be fast here too, but only a measurement here says how fast. Each
+        re-measured record is committed to the folder with this host's times (so it is a record
+        of this database and a trial of this run), seeds the search and trains the cost model.
+        """
+        from ..database import database_problem, shipped_database
+        from .shipped import best_records, per_task, shipped_model_ms
+
+        source, notes = shipped_database(self.spec)
+        for note in notes:
+            self.say(f"[yellow]warm start: {note}[/yellow]")
+        self.warm_start = {"source": None if source is None else str(source), "records": 0, "tasks": 0,
+                           "per_task": []}
+        if source is not None and source.resolve() == self.folder.path.resolve():
+            source = None
+        why = None if source is None else database_problem(source, self.spec)
+        if source is None or why is not None:
+            self.say(f"[dim]warm start: {'no shipped database for ' + self.spec.name if why is None else why}; "
+                     f"tuning cold[/dim]")
+            return
+        self.progress.phase(f"reading the best shipped records from {source}")
+        found = best_records(source, self.workloads, self.spec, per_task(self.sizing, len(self.tasks)))
+        if not any(found):
+            self.say(f"[dim]warm start: nothing to re-measure, {source} has no record for these "
+                     f"{len(self.tasks)} kernels; tuning cold[/dim]")
+            return
+        shipped_ms = shipped_model_ms(self.tasks, found)
+        for index, shipped in enumerate(found):
+            if shipped and not self._out_of_time():
+                self._remeasure(index, shipped)
+        done = [(self.tasks[i], recs) for i, recs in enumerate(found) if recs and self.tasks[i].new_trials]
+        here_ms = sum(t.best_s * t.calls for t, _ in done if t.best_s is not None) * 1e3
+        self.warm_start.update(records=sum(t.new_trials for t, _ in done), tasks=len(done),
+                               shipped_ms=round(shipped_ms, 4), here_ms=round(here_ms, 4))
+        self.say(f"warm start: re-measured {self.warm_start['records']} shipped records of {len(done)}/"
+                 f"{len(self.tasks)} kernels from {source} on this host: best {here_ms:.3f} ms here vs "
+                 f"{shipped_ms:.3f} ms shipped (sum of best x calls over those kernels); searching from them")
+
+    def _remeasure(self, index: int, shipped: list) -> None:
+        """Build, run and commit one task's shipped records (their traces, this host's times)."""
+        from tvm_ffi import structural_hash
+
+        task = self.tasks[index]
+        batch_start = time.perf_counter()
+        candidates, traces, times = [], [], []
+        for item in shipped:
+            try:
+                cand = item.record.as_measure_candidate()
+            except Exception:  # noqa: BLE001 - a trace that no longer replays on this workload
+                continue
+            self.seen[index].add(structural_hash(cand.sch.mod))  # the search must not propose it again
+            candidates.append(cand)
+            traces.append(item.record.trace)
+            times.append(item.shipped_s)
+        if not candidates:
+            return
+        self.progress.phase(f"re-measuring {len(candidates)} shipped records of {task.name}")
+        run_s = self._measure_and_commit(index, candidates, traces=traces)
+        valid = [s for s in run_s if s is not None]
+        self.warm_start["per_task"].append({
+            "name": task.name, "records": len(candidates), "valid": len(valid),
+            "shipped_us": round(min(times) * 1e6, 3),
+            "here_us": round(min(valid) * 1e6, 3) if valid else None})
+        self._batch_done(index, len(candidates), len(valid), batch_start)
+
+    # -- search -----------------------------------------------------------------------------------
 
     def _pretune(self, index: int) -> None:
         if index in self.pretuned:
@@ -409,9 +537,7 @@ class Session:
         return built, results
 
     def _batch(self, index: int, n: int) -> None:
-        from tvm.s_tir.meta_schedule.database import TuningRecord
-
-        task, ctx = self.tasks[index], self.contexts[index]
+        task = self.tasks[index]
         batch_start = time.perf_counter()
         self.progress.phase(f"searching {task.name}")
         candidates = self._new_candidates(index, n)
@@ -427,27 +553,41 @@ class Session:
                 self.say(f"[dim]{task.name}: no new candidates, done after {task.trials} trials[/dim]")
             return
         task.empty_batches = 0
+        run_s = self._measure_and_commit(index, candidates, notify=True)
+        self._batch_done(index, len(candidates), sum(s is not None for s in run_s), batch_start)
 
+    def _measure_and_commit(self, index: int, candidates: list, *, notify: bool = False,
+                            traces: list | None = None) -> list[float | None]:
+        """Build and run one task's candidates, commit each record, learn; run time per record kept.
+
+        `notify`: tell the task's search strategy (only for candidates it proposed). `traces`:
+        the traces to record instead of the candidates' own (a re-measured shipped record keeps
+        its trace exactly as shipped).
+        """
+        from tvm.s_tir.meta_schedule.database import TuningRecord
+
+        task, ctx = self.tasks[index], self.contexts[index]
         self.progress.phase(f"building {len(candidates)} candidates of {task.name}")
         built, results = self._measure(candidates, task.name)
-        ctx.notify_runner_results(candidates, results)
+        if notify:
+            ctx.notify_runner_results(candidates, results)
         stopping = self.stop.count > 0
-        n_valid = 0
+        kept: list[float | None] = []
         learn_c, learn_r = [], []
-        for cand, b, result in zip(candidates, built, results):
+        for n, (cand, b, result) in enumerate(zip(candidates, built, results)):
             _remove_artifact(self.builder, b.artifact_path)
             run_s = _run_secs(result)
             if stopping and run_s is None:
                 continue  # a failure after Ctrl-C may be the signal's doing: do not record it
             record = TuningRecord(
-                trace=cand.sch.trace, workload=self.workloads[index],
+                trace=cand.sch.trace if traces is None else traces[n], workload=self.workloads[index],
                 run_secs=_floats(result.run_secs) if run_s is not None else [1e10],  # 1e10: failed
                 target=self.spec.target, args_info=cand.args_info)
             # On disk first (TvmsqzError when it cannot be written): only then does it count.
             self.folder.commit_record(self.disk_index[index], record)
             self.database.commit_tuning_record(record)
             task.record(run_s)
-            n_valid += run_s is not None
+            kept.append(run_s)
             if b.error_msg is None:
                 learn_c.append(cand)
                 learn_r.append(result)
@@ -455,10 +595,14 @@ class Session:
         if learn_c:
             self.cost_model.update(ctx, learn_c, learn_r)
         self.timings["learn"] += time.perf_counter() - t_learn
-        self._check_failures(task, built, results, n_valid)
+        self._check_failures(task, built, results, sum(s is not None for s in kept))
+        return kept
+
+    def _batch_done(self, index: int, n: int, n_valid: int, batch_start: float) -> None:
+        """The tuning curve's point and the progress line after a batch."""
         spent = sum(t.trials for t in self.tasks)
         self.history.append([spent, estimated_model_ms(self.tasks), round(self.wall(), 2)])
-        self.progress.batch_done(index, len(candidates), n_valid, time.perf_counter() - batch_start)
+        self.progress.batch_done(index, n, n_valid, time.perf_counter() - batch_start)
 
     def _check_failures(self, task: TaskState, built: list, results: list, n_valid: int) -> None:
         """Give up a task that never measures; stop when every RPC device is gone."""
@@ -524,7 +668,10 @@ class Session:
             "skipped": self.skipped,
             "trials": sum(t.trials for t in self.tasks),
             "new_trials": new_trials,
-            "budget": self.allocator.budget if self.allocator else None,
+            "budget": self.allocator.budget if self.allocator and self.allocator.budget < UNBOUNDED_TRIALS else None,
+            "time_budget_s": self.time_budget,
+            "stopped": self.stopped,
+            "warm_start": self.warm_start,
             "batch": self.batch,
             "population": self.population,
             "seconds": seconds,

@@ -68,9 +68,33 @@ def post_database_passes(spec: TargetSpec) -> list:
     ]
 
 
+def layout_passes(spec: TargetSpec) -> list:
+    """The target's activation layout (target data `layout`): NCHW[x]c blocked by the vector
+    width, as measured fastest on x86; NCHW (nothing to do) where a target says so."""
+    from ...layout import blocked_layout_passes
+
+    layout = spec.data.get("layout") or {}
+    return blocked_layout_passes(int(layout["block"])) if layout.get("conv2d") == "NCHWc" else []
+
+
 def default_schedule(mod, spec: TargetSpec):
-    """CPU kernels without a tuned record stay as TVM legalized them (correct, slow)."""
-    return mod
+    """Blocked convolutions without a tuned record get the heuristic direct-conv schedule; other
+    CPU kernels stay as TVM legalized them (correct, slow)."""
+    from ...conv_space import apply_default
+
+    return apply_default(mod)
+
+
+def space_generator(spec: TargetSpec, task_mod, space: str | None = None):
+    """MetaSchedule's design space for one task: the blocked direct-conv space for blocked
+    convolutions (`tvmsqz.conv_space`), MetaSchedule's generic space for everything else and
+    when `space` (or the target data's `space`) is "generic"."""
+    from ...conv_space import is_blocked_conv, space_generator as conv_space
+
+    choice = space or spec.data.get("space", "blocked")
+    if choice == "blocked" and is_blocked_conv(task_mod["main"]):
+        return conv_space()
+    return "post-order-apply"
 
 
 def pass_config(spec: TargetSpec) -> dict:

@@ -127,6 +127,16 @@ def post_database_passes(spec: TargetSpec) -> list:
     return []
 
 
+def layout_passes(spec: TargetSpec) -> list:
+    """GPU kernels stay NCHW (dlight and the fused-conv rule are written for it)."""
+    return []
+
+
+def space_generator(spec: TargetSpec, task_mod, space: str | None = None):
+    """MetaSchedule's generic GPU space for every task."""
+    return "post-order-apply"
+
+
 def default_schedule(mod, spec: TargetSpec):
     """Schedule every kernel that no tuning record scheduled (`tirx.is_scheduled` unset)."""
     from tvm.s_tir import dlight as dl

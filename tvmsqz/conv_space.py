@@ -1,0 +1,138 @@
+"""A schedule space made for direct convolution in the channel-blocked layout (`tvmsqz.layout`).
+
+MetaSchedule's generic CPU space (multi-level tiling over every loop) is large and converges
+slowly on these convolutions; the NeoCPU schedule is known to be near the machine's peak for
+them. This module is that schedule with its few real choices left to the search:
+
+    parallel   n x output-channel tiles x output rows (fused), one thread per chunk
+    register   a tile of `ow_tile` output columns x `oc_tile` channel blocks of accumulators
+    reduce     input-channel blocks, kernel rows, kernel columns, then one channel lane:
+               each step broadcasts one input value against an `x`-lane vector of weights
+    vector     the innermost output-channel lane (the block)
+    epilogue   bias + ReLU (+ anything elementwise FuseOps put after the conv) applied to the
+               register tile right after it is computed; the padding is read in place
+
+`ow_tile` and `oc_tile` are perfect-tile samples (divisors, so no tail loops), the unroll depth
+is MetaSchedule's `unroll_explicit` sample: about 5 x 3 x 4 points per conv, which the XGBoost
+search covers in 32-64 trials. `schedule_conv(sch, block, ow_tile=..., oc_tile=...)` with fixed
+values is the untuned default.
+"""
+
+from __future__ import annotations
+
+from .layout import CONV_BLOCK
+
+#: Most accumulators a register tile may hold (AVX-512 has 32 vector registers; leave room
+#: for the broadcast input and the weight vectors).
+MAX_ACCUMULATORS = 24
+UNROLL_STEPS = (0, 16, 64, 512)
+
+
+def conv_block(sch):
+    """The blocked-conv reduction block of a (fused) kernel, or None.
+
+    Looked up by name: the lookup is part of the schedule's trace, and MetaSchedule replays
+    traces, so it must not depend on anything but the workload (a walk over child blocks did).
+    """
+    from tvm.s_tir import ScheduleError
+
+    try:
+        return sch.get_sblock(CONV_BLOCK)
+    except (ScheduleError, ValueError, RuntimeError):
+        return None
+
+
+def default_tiles(out_w: int, k_chunks: int) -> tuple[int, int]:
+    """Heuristic register tile for an untuned conv: widest divisor of the output width that,
+    with two channel blocks where possible, fits the accumulator budget."""
+    oc_tile = 2 if k_chunks % 2 == 0 else 1
+    ow_tile = max(d for d in range(1, out_w + 1) if out_w % d == 0 and d * oc_tile <= MAX_ACCUMULATORS // 2 + 2)
+    return ow_tile, oc_tile
+
+
+def schedule_conv(sch, block, *, ow_tile: int | None = None, oc_tile: int | None = None, sample: bool = False):
+    """Apply the blocked direct-conv schedule to `block` (see the module docstring)."""
+    n, oc, oh, ow, ob, ic, kh, kw = sch.get_loops(block)
+    (kernel,) = [r.source for r in sch.get(block).reads if len(r.source.shape) == 6]
+    in_lanes = int(kernel.shape[4])  # the input channel block (1 for the first conv)
+    for producer in sch.get_producers(block):  # the padding is read in place
+        if sch.get(producer).name_hint.endswith("pad"):
+            sch.compute_inline(producer)
+    out_w, k_chunks = int(sch.get(ow).extent), int(sch.get(oc).extent)
+    if sample:
+        ow_factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_ACCUMULATORS)
+        oc_factors = sch.sample_perfect_tile(oc, n=2, max_innermost_factor=4)
+    else:
+        if ow_tile is None or oc_tile is None:
+            ow_tile, oc_tile = default_tiles(out_w, k_chunks)
+        ow_factors, oc_factors = [None, ow_tile], [None, oc_tile]
+    ico, ici = sch.split(ic, [None, in_lanes])
+    owo, owi = sch.split(ow, ow_factors)
+    oco, oci = sch.split(oc, oc_factors)
+    sch.reorder(n, oco, oh, owo, ico, kh, kw, ici, oci, owi, ob)
+    outer = sch.fuse(n, oco, oh)
+    sch.parallel(outer)
+    _epilogue_at(sch, block, owo)
+    sch.vectorize(ob)
+    sch.unroll(owi)
+    sch.unroll(oci)
+    root = sch.get_sblock("root")
+    if sample:
+        step = sch.sample_categorical(list(UNROLL_STEPS), [0.25] * len(UNROLL_STEPS))
+        sch.annotate(root, "meta_schedule.unroll_explicit", step)
+    else:
+        sch.unroll(kw)
+    return sch
+
+
+def _epilogue_at(sch, block, loop) -> None:
+    """Inline the elementwise chain after the conv, then compute its last block per register tile."""
+    consumers = sch.get_consumers(block)
+    while consumers:
+        (consumer,) = consumers[:1]
+        nxt = sch.get_consumers(consumer)
+        if not nxt:
+            sch.reverse_compute_at(consumer, loop, preserve_unit_loops=True)
+            inner = sch.get_loops(consumer)[-1]
+            sch.vectorize(inner)
+            return
+        sch.compute_inline(consumer)
+        consumers = nxt
+
+
+def space_fn(sch) -> None:
+    """`ScheduleFn` body for MetaSchedule: the sampled blocked-conv schedule."""
+    block = conv_block(sch)
+    if block is not None:
+        schedule_conv(sch, block, sample=True)
+
+
+def space_generator():
+    """The MetaSchedule space generator for blocked-conv tasks (LLVM postprocessors and mutators)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.ScheduleFn(space_fn, sch_rules=[], postprocs="llvm", mutator_probs="llvm")
+
+
+def is_blocked_conv(func) -> bool:
+    """Whether a PrimFunc holds a blocked convolution (and so gets this space)."""
+    from tvm.s_tir import Schedule
+
+    return conv_block(Schedule(func)) is not None
+
+
+def apply_default(mod):
+    """Give every unscheduled blocked-conv kernel the heuristic schedule (no tuning record)."""
+    from tvm import tirx as tir
+    from tvm.s_tir import Schedule
+
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tir.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            continue
+        sch = Schedule(func)
+        block = conv_block(sch)
+        if block is None:
+            continue
+        schedule_conv(sch, block)
+        mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return mod
