@@ -156,8 +156,12 @@ def _builder_class():
             self.timeout_sec = timeout_sec
             self.f_export = f_export
             self.out_dir = tempfile.mkdtemp(prefix="tvmsqz-build-")
-            # Removed at interpreter exit even when nobody calls shutdown().
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self.out_dir, True)
+            # Removed at interpreter exit even when nobody calls shutdown(), and by the CLI's
+            # SIGTERM handler (fsutil's live temps) when the process is terminated.
+            from .fsutil import forget_temp, keep_temp
+
+            keep_temp(self.out_dir)
+            self._cleanup = weakref.finalize(self, _remove_out_dir, self.out_dir, forget_temp)
             self.builds = 0
             self.failures = 0
             self.seconds = 0.0
@@ -218,6 +222,11 @@ def _builder_class():
             self._cleanup()
 
     return PersistentBuilder
+
+
+def _remove_out_dir(out_dir: str, forget) -> None:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    forget(out_dir)
 
 
 def PersistentBuilder(**kwargs):  # noqa: N802 - a class to its users

@@ -7,6 +7,7 @@ and no partial artifact. Heavy imports (TVM, torch, ONNX) happen inside the comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,8 +57,13 @@ def _terminate(signum, frame) -> None:
     and be swallowed there, and the process would run on. Durable files are never half-written
     (atomic renames, whole-line appends), so exiting here loses nothing that was committed.
     """
+    import psutil
+
     from .fsutil import remove_live_temps
 
+    for child in psutil.Process().children(recursive=True):  # builder / runner workers
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
     remove_live_temps()
     err_console.print("[bold red]error:[/bold red] terminated", highlight=False)
     sys.stderr.flush()
@@ -71,6 +77,17 @@ def _backend(target: str):
 
     spec = get_target(target)
     return spec, get_backend(spec)
+
+
+def _say_default_database(spec, database: Optional[Path], no_tuning: bool) -> None:
+    """After compile/bench: why the default database applied when the folder alone does not say
+    (the user's own tuning output over the shipped one, a per-CPU database passed over)."""
+    if database is None and not no_tuning:
+        from .database import default_database_note
+
+        note = default_database_note(spec)
+        if note:
+            err_console.print(f"[dim]{note}[/dim]", highlight=False, soft_wrap=True)
 
 
 @app.command("models")
@@ -132,6 +149,7 @@ def compile_cmd(
     with err_console.status(f"compiling {model} for {spec.name}"):
         line = backend.compile_model(model, spec, output, batch=batch, input_shape=input_shape, database=database,
                                      no_tuning=no_tuning, fuse=fuse, max_memory=max_memory, log=err_console)
+    _say_default_database(spec, database, no_tuning)
     console.print(line)
 
 
@@ -217,6 +235,7 @@ def bench_cmd(
     report = backend.bench_model(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=database,
                                  no_tuning=no_tuning, fuse=fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker,
                                  rpc_key=rpc_key, log=err_console)
+    _say_default_database(spec, database, no_tuning)
     print_report(report, console)
     if json_out is not None:
         from .fsutil import atomic_write
@@ -229,8 +248,14 @@ def bench_cmd(
 def tune_cmd(
     model: str = typer.Argument(..., help="Built-in model name, .onnx/.net file."),
     target: str = TargetOpt,
-    trials: int = typer.Option(64, "--trials", min=1, help="Total measurement trials across all kernels "
-                               "(with --resume: the folder's total, trials already in it included)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Total measurement trials across all kernels "
+                                         "(default 64, unbounded with --time-budget alone; with --resume: the "
+                                         "folder's total, trials already in it included)."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock limit, e.g. 90s, 30m, 1.5h: "
+                                              "stop at the first batch boundary past it (with --trials: whichever "
+                                              "comes first)."),
+    cold: bool = typer.Option(False, "--cold", help="In a new folder, skip the warm start (re-measuring the "
+                              "shipped database's best records of these kernels on this CPU first)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: the user data "
                                           "folder, see `tvmsqz targets --json`; never the shipped schedules)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the records already in the database."),
@@ -243,12 +268,23 @@ def tune_cmd(
                                         "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own)."),
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
+    import inspect
+
+    from .tune.budget import DEFAULT_TRIALS, parse_duration
+
     if space not in (None, "blocked", "generic"):
         raise TvmsqzError(f"--space must be 'blocked' or 'generic', not {space!r}")
+    seconds = parse_duration(time_budget) if time_budget is not None else None
     spec, backend = _backend(target)
+    extra = {key: value for key, value in (("time_budget", seconds), ("cold", cold)) if value}
+    refused = [f"--{key.replace('_', '-')}" for key in extra if key not in inspect.signature(backend.tune_model).parameters]
+    if refused:  # a backend's tune that does not take them would silently ignore them
+        raise TvmsqzError(f"target {spec.name} does not take {', '.join(refused)}")
+    if trials is None and seconds is None:
+        trials = DEFAULT_TRIALS
     _summary, line = backend.tune_model(model, spec, trials=trials, output=output, resume=resume, batch=batch,
                                         input_shape=input_shape, fuse=fuse, rpc_tracker=rpc_tracker,
-                                        rpc_key=rpc_key, space=space, log=err_console)
+                                        rpc_key=rpc_key, space=space, log=err_console, **extra)
     console.print(line)
 
 

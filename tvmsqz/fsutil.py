@@ -32,6 +32,15 @@ LOCK_NAME = ".tvmsqz.lock"
 _LIVE: set[Path] = set()
 
 
+def keep_temp(path: Path | str) -> None:
+    """Register a temp file/folder made elsewhere (a builder's) for removal on SIGTERM."""
+    _LIVE.add(Path(path))
+
+
+def forget_temp(path: Path | str) -> None:
+    _LIVE.discard(Path(path))
+
+
 def remove_live_temps() -> None:
     """Delete every temp file/folder this process still holds (signal path: best effort)."""
     import shutil
