@@ -3,6 +3,7 @@
 #   1. the Debian cross toolchains (aarch64 and armhf) and qemu-user + binfmt_misc,
 #   2. an aarch64 Debian root (mmdebstrap --variant=extract) cached between runs,
 #   3. the pinned aarch64 TVM wheels installed into that root with the host's pip,
+#   3b. a copy of that root without TVM (numpy only), where bundles are run (`tvmsqz package`),
 # so that `tvmsqz device emulate start` can run a TVM RPC server under qemu-user.
 #
 # Idempotent: a rerun checks what is there and returns in about a second.
@@ -10,6 +11,7 @@
 # Environment (all optional):
 #   TVMSQZ_CACHE       cache folder (default ~/.cache/tvmsqz)
 #   TVMSQZ_ARM_ROOT    the aarch64 root (default $TVMSQZ_CACHE/arm64-root)
+#   TVMSQZ_ARM_BARE_ROOT  the TVM-less aarch64 root (default $TVMSQZ_CACHE/arm64-bare-root)
 #   TVMSQZ_ARM_MIRROR  Debian mirror for the root (default: the one this machine's apt uses)
 #   TVMSQZ_ARM_SUITE   Debian suite of the root (default bookworm, whose python3 is 3.11)
 #   PYTHON             the host Python whose pip installs the wheels (default python3)
@@ -131,11 +133,52 @@ else
   rm -rf "$ROOT.old"
 fi
 
+# ---------------------------------------------------------------- 3b. TVM-less aarch64 root
+# Where bundles (`tvmsqz package`) are run to prove that a device needs no TVM: a copy of the
+# Debian part of the root above (no /opt/tvm-site, so no TVM and no pip package), plus the
+# aarch64 numpy the Python runner needs, copied from the wheels installed above into Debian's
+# dist-packages. ~150 MB, ~2 s; rebuilt when the main root's stamp changes.
+BARE="${TVMSQZ_ARM_BARE_ROOT:-$CACHE/arm64-bare-root}"
+BARE_STAMP_WANT="bare-v1 $(cat "$STAMP")"
+if [ -f "$BARE/.tvmsqz-bare-stamp" ] && [ "$(cat "$BARE/.tvmsqz-bare-stamp")" = "$BARE_STAMP_WANT" ] \
+   && [ "${TVMSQZ_ARM_FORCE:-0}" != 1 ] && [ -x "$BARE/usr/bin/python3" ] && [ ! -e "$BARE/opt/tvm-site" ]; then
+  log "TVM-less aarch64 root: $BARE is current"
+else
+  log "building the TVM-less aarch64 root in $BARE"
+  TMPBARE="$BARE.tmp.$$"
+  rm -rf "$TMPBARE"
+  trap 'rm -rf "$TMPBARE"' EXIT
+  mkdir -p "$TMPBARE"
+  (cd "$ROOT" && tar --exclude=./opt/tvm-site --exclude=./.tvmsqz-stamp --exclude='./tmp/*' -cf - .) \
+    | (cd "$TMPBARE" && tar -xf -)
+  DIST="$TMPBARE/usr/lib/python3/dist-packages"
+  mkdir -p "$DIST"
+  for item in "$ROOT"/opt/tvm-site/numpy "$ROOT"/opt/tvm-site/numpy.libs "$ROOT"/opt/tvm-site/numpy-*.dist-info; do
+    [ -e "$item" ] && cp -a "$item" "$DIST/"
+  done
+  [ -d "$DIST/numpy" ] || die "no aarch64 numpy in $ROOT/opt/tvm-site to copy into the TVM-less root"
+  mkdir -p "$TMPBARE/tmp" && chmod 1777 "$TMPBARE/tmp"
+  printf '%s\n' "$BARE_STAMP_WANT" > "$TMPBARE/.tvmsqz-bare-stamp"
+  rm -rf "$BARE.old"
+  [ -e "$BARE" ] && mv "$BARE" "$BARE.old"
+  mv "$TMPBARE" "$BARE"
+  trap - EXIT
+  rm -rf "$BARE.old"
+fi
+
 # ---------------------------------------------------------------- 4. smoke check
 if [ "${TVMSQZ_ARM_SKIP_CHECK:-0}" != 1 ]; then
   # A pure exec check (no `import tvm`: that takes 6-8 s under qemu).
   out=$(chroot "$ROOT" /usr/bin/python3 -c 'import platform; print(platform.machine())' 2>&1) \
     || die "cannot run the aarch64 python3 in $ROOT: $out"
   [ "$out" = "aarch64" ] || die "the chrooted python3 reports '$out', expected aarch64"
+  # The TVM-less root: numpy imports, tvm must not.
+  out=$(chroot "$BARE" /usr/bin/python3 -c 'import numpy
+try:
+    import tvm
+    print("tvm importable")
+except ImportError:
+    print("ok")' 2>&1) || die "cannot run python3 + numpy in $BARE: $out"
+  [ "$out" = "ok" ] || die "the TVM-less root $BARE is not TVM-less: $out"
 fi
-log "ready: aarch64 root $ROOT (emulated device: tvmsqz device emulate start)"
+log "ready: aarch64 root $ROOT (emulated device: tvmsqz device emulate start), TVM-less root $BARE (bundles)"

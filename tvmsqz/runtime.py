@@ -6,6 +6,8 @@ This module is what a device runs, so it must not import the compiler side of tv
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +17,47 @@ import numpy as np
 from .errors import TvmsqzError
 from .manifest import manifest_path, read_manifest, verify_files  # noqa: F401 - re-exported
 from .quiet import quiet_stderr
+
+
+#: Set by `prefer_runtime_lib`: open artifacts through `libtvm_runtime.so` only.
+_PREFER_RUNTIME_LIB = False
+
+
+def prefer_runtime_lib() -> None:
+    """Ask that this process load TVM through `libtvm_runtime.so` only, as a device does.
+
+    The full wheel's `import tvm` maps `libtvm_compiler.so` (LLVM inside): ~110 MiB more RSS
+    than the runtime needs to run an artifact. TVM reads `TVM_USE_RUNTIME_LIB` once, at its
+    first import, so this only takes effect where nothing has imported tvm yet; `tvm_import`
+    applies it. Opt-in (`tvmsqz run`, the memory probe) rather than automatic: a process that
+    loads an artifact and compiles afterwards (a test session, a notebook) needs the compiler.
+    """
+    global _PREFER_RUNTIME_LIB
+    _PREFER_RUNTIME_LIB = True
+
+
+def tvm_import(device_type: str = "cpu"):
+    """`import tvm`, through the runtime library only when `prefer_runtime_lib` asked, tvm is not
+    imported yet and the artifact runs on the CPU (then TVM_USE_RUNTIME_LIB=1 is set for this
+    process). A runtime-only import loads no device sidecar (`libtvm_runtime_cuda.so` and the
+    like: TVM registers those with its backends, which runtime-only mode skips), so artifacts for
+    other devices keep the full import."""
+    if _PREFER_RUNTIME_LIB and device_type == "cpu" and "tvm" not in sys.modules:
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    import tvm
+
+    return tvm
+
+
+def tvm_libraries_mapped() -> list[str]:
+    """Names of the TVM libraries mapped into this process (`/proc/self/maps`): how to tell that
+    `libtvm_compiler.so` (or a source build's `libtvm.so`) stayed out. Empty where /proc is absent."""
+    try:
+        with open("/proc/self/maps") as fh:
+            names = {line.rsplit("/", 1)[-1].strip() for line in fh if "/libtvm" in line}
+    except OSError:
+        return []
+    return sorted(n for n in names if n.endswith(".so"))
 
 
 def load(path: str | Path, *, warn=None) -> "Artifact":
@@ -107,7 +150,7 @@ class Artifact:
     @classmethod
     def open(cls, path: str | Path, manifest: dict | None, device_type: str) -> "Artifact":
         """Load the module into a Relax VM on `device_type` (the backend's choice)."""
-        import tvm
+        tvm = tvm_import(device_type)
         from tvm.runtime.vm import VirtualMachine
 
         path = Path(path)

@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""tvmsqz-run.py: the Python runner of a tvmsqz bundle; needs python3, numpy and the bundle.
+
+    python3 bin/tvmsqz-run.py [--input x.npy] [-o y.npy] [--repeat N] [--warmup N]
+                              [--threads N] [--top K] [--seed S] [--json]
+
+It drives the bundled `lib/libtvm_ffi.so` and `lib/libtvm_runtime.so` through ctypes and the
+stable tvm-ffi C ABI (`tvm/ffi/c_api.h`): no `tvm` or `tvm_ffi` Python package, no compiled
+Python extension, so it runs on any Python 3.8+ of the device whatever its minor version (the
+`tvm_ffi` extension module is built for one CPython ABI only), and never maps
+`libtvm_compiler.so`. docs/bundle.md says why this was chosen over bundling tvm's Python
+package.
+
+Like the C++ runner it checks every file bundle.json lists (size, sha256) before the model is
+mapped (dlopen of a truncated shared object kills the process with SIGBUS), refuses an input of
+the wrong shape or dtype, and reports each refusal as one line on stderr with exit code 2. The
+seeded input (splitmix64, uniform in [-1, 1)) is bit-identical to the C++ runner's.
+
+This file is copied into bundles: it imports nothing from tvmsqz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import time
+
+FORMAT = "tvmsqz-bundle/1"
+BUNDLE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POOLED_ALLOCATOR = 2  # tvm::runtime::memory::AllocatorType::kPooled
+KDL_CPU = 1
+# tvm-ffi type indices (c_api.h, TVMFFITypeIndex)
+T_NONE, T_INT, T_BOOL, T_RAW_STR, T_OBJECT_BEGIN, T_TENSOR, T_ARRAY = 0, 1, 2, 8, 64, 70, 71
+
+
+class Refusal(Exception):
+    """A bundle, input or model this runner will not run: printed as one `error:` line."""
+
+
+# ----------------------------------------------------------------------------- the C ABI
+
+
+class _ByteArray(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("size", ctypes.c_size_t)]
+
+
+class _Value(ctypes.Union):
+    _fields_ = [("v_int64", ctypes.c_int64), ("v_float64", ctypes.c_double), ("v_ptr", ctypes.c_void_p)]
+
+
+class _Any(ctypes.Structure):
+    _fields_ = [("type_index", ctypes.c_int32), ("zero_padding", ctypes.c_uint32), ("v", _Value)]
+
+
+class _Object(ctypes.Structure):  # TVMFFIObject, the header of every heap object
+    _fields_ = [("combined_ref_count", ctypes.c_uint64), ("type_index", ctypes.c_int32),
+                ("padding", ctypes.c_uint32), ("deleter", ctypes.c_void_p)]
+
+
+class _ErrorCell(ctypes.Structure):  # follows the header of an Error object
+    _fields_ = [("kind", _ByteArray), ("message", _ByteArray)]
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    pass
+
+
+_DELETER = ctypes.CFUNCTYPE(None, ctypes.POINTER(_DLManagedTensor))
+_DLManagedTensor._fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER)]
+#: the input's DLPack deleter: numpy owns the memory. Module-level, so that it outlives every
+#: tensor (a callback freed before the tensor that calls it crashes the interpreter).
+_KEEP_MEMORY = _DELETER(lambda _: None)
+
+#: numpy dtype name -> DLPack (code, bits): kDLInt 0, kDLUInt 1, kDLFloat 2
+_DL_CODES = {"float32": (2, 32), "float16": (2, 16), "float64": (2, 64), "int8": (0, 8), "uint8": (1, 8),
+             "int32": (0, 32), "int64": (0, 64)}
+
+
+class Runtime:
+    """The two bundled libraries, and calls into tvm-ffi's global functions through them."""
+
+    def __init__(self, libdir: str):
+        mode = getattr(os, "RTLD_GLOBAL", 0x100) | getattr(os, "RTLD_NOW", 2)
+        try:
+            # tvm_ffi first: libtvm_runtime.so needs it, and the model finds both by symbol
+            self.ffi = ctypes.CDLL(os.path.join(libdir, "libtvm_ffi.so"), mode=mode)
+            self.rt = ctypes.CDLL(os.path.join(libdir, "libtvm_runtime.so"), mode=mode)
+        except OSError as exc:
+            raise Refusal(f"cannot load the bundled TVM runtime: {exc}") from None
+        f = self.ffi
+        f.TVMFFIFunctionGetGlobal.argtypes = [ctypes.POINTER(_ByteArray), ctypes.POINTER(ctypes.c_void_p)]
+        f.TVMFFIFunctionCall.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Any), ctypes.c_int32, ctypes.POINTER(_Any)]
+        f.TVMFFIObjectDecRef.argtypes = [ctypes.c_void_p]
+        f.TVMFFIErrorMoveFromRaised.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        f.TVMFFIErrorMoveFromRaised.restype = None
+        f.TVMFFITensorFromDLPack.argtypes = [ctypes.POINTER(_DLManagedTensor), ctypes.c_int32, ctypes.c_int32,
+                                             ctypes.POINTER(ctypes.c_void_p)]
+        f.TVMFFITensorToDLPack.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(_DLManagedTensor))]
+        self._globals: dict[str, int] = {}
+
+    def _raise(self, what: str) -> None:
+        err = ctypes.c_void_p()
+        self.ffi.TVMFFIErrorMoveFromRaised(ctypes.byref(err))
+        if not err.value:
+            raise Refusal(f"{what} failed")
+        cell = _ErrorCell.from_address(err.value + ctypes.sizeof(_Object))
+        kind = ctypes.string_at(cell.kind.data, cell.kind.size).decode(errors="replace")
+        message = ctypes.string_at(cell.message.data, cell.message.size).decode(errors="replace")
+        self.ffi.TVMFFIObjectDecRef(err)
+        raise Refusal(f"{what}: {kind}: {message.strip().splitlines()[0] if message.strip() else ''}")
+
+    def global_func(self, name: str) -> int:
+        if name not in self._globals:
+            raw = name.encode()
+            buf = ctypes.create_string_buffer(raw)
+            handle = ctypes.c_void_p()
+            if self.ffi.TVMFFIFunctionGetGlobal(ctypes.byref(_ByteArray(ctypes.addressof(buf), len(raw))),
+                                                ctypes.byref(handle)):
+                self._raise(f"looking up {name}")
+            if not handle.value:
+                raise Refusal(f"the bundled runtime has no function {name}")
+            self._globals[name] = handle.value
+        return self._globals[name]
+
+    def call(self, func: int, *args, what: str = "a runtime call") -> "Owned":
+        """Call a tvm-ffi Function with ints, strings and Owned objects; the result is owned."""
+        keep = []
+        packed = (_Any * max(1, len(args)))()
+        for slot, arg in zip(packed, args):
+            if isinstance(arg, Owned):
+                slot.type_index, slot.v.v_ptr = arg.type_index, arg.handle
+            elif isinstance(arg, bool):
+                slot.type_index, slot.v.v_int64 = T_BOOL, int(arg)
+            elif isinstance(arg, int):
+                slot.type_index, slot.v.v_int64 = T_INT, arg
+            else:
+                keep.append(ctypes.create_string_buffer(str(arg).encode()))
+                slot.type_index, slot.v.v_ptr = T_RAW_STR, ctypes.addressof(keep[-1])
+        result = _Any()
+        if self.ffi.TVMFFIFunctionCall(ctypes.c_void_p(func), packed, len(args), ctypes.byref(result)):
+            self._raise(what)
+        return Owned(self, result.type_index, result.v.v_ptr if result.type_index >= T_OBJECT_BEGIN else None)
+
+
+class Owned:
+    """A value returned by tvm-ffi; object values hold one reference, dropped by `release`."""
+
+    def __init__(self, runtime: Runtime, type_index: int, handle: int | None):
+        self.runtime, self.type_index, self.handle = runtime, type_index, handle
+
+    def release(self) -> None:
+        if self.handle:
+            self.runtime.ffi.TVMFFIObjectDecRef(ctypes.c_void_p(self.handle))
+            self.handle = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class Model:
+    """The bundled model in a Relax VM on the CPU, called with numpy arrays."""
+
+    def __init__(self, runtime: Runtime, path: str):
+        self.rt = runtime
+        get = runtime.global_func("ffi.ModuleGetFunction")
+        what = f"cannot load {path} as a TVM artifact"
+        self.lib = runtime.call(runtime.global_func("ffi.ModuleLoadFromFile"), path, what=what)
+        load_exec = runtime.call(get, self.lib, "vm_load_executable", True, what=what)
+        if not load_exec.handle:
+            raise Refusal(f"{what}: it has no Relax VM executable")
+        self.vm = runtime.call(load_exec.handle, what=what)
+        init = runtime.call(get, self.vm, "vm_initialization", False, what=what)
+        runtime.call(init.handle, KDL_CPU, 0, POOLED_ALLOCATOR, what=what)
+        self.main = runtime.call(get, self.vm, "main", False, what=what)
+        self._keep: list = []
+
+    def tensor(self, x):
+        """A tvm-ffi Tensor viewing `x` (which must stay alive): DLPack, no copy."""
+        shape = (ctypes.c_int64 * x.ndim)(*x.shape)
+        code, bits = _DL_CODES[x.dtype.name]
+        managed = _DLManagedTensor()
+        managed.dl_tensor = _DLTensor(x.ctypes.data, _DLDevice(KDL_CPU, 0), x.ndim, _DLDataType(code, bits, 1),
+                                      shape, None, 0)
+        managed.deleter = _KEEP_MEMORY
+        handle = ctypes.c_void_p()
+        if self.rt.ffi.TVMFFITensorFromDLPack(ctypes.byref(managed), 64, 1, ctypes.byref(handle)):
+            self.rt._raise("wrapping the input")
+        self._keep.append((x, shape, managed))
+        return Owned(self.rt, T_TENSOR, handle.value)
+
+    def close(self) -> None:
+        """Drop the VM and the module (in that order) while the library is still loaded."""
+        for obj in (self.main, self.vm, self.lib):
+            obj.release()
+
+    def __call__(self, arg: Owned) -> Owned:
+        return self.rt.call(self.main.handle, arg, what="the model failed on this input")
+
+    def to_numpy(self, out: Owned):
+        import numpy as np
+
+        if out.type_index == T_ARRAY:
+            out = self.rt.call(self.rt.global_func("ffi.ArrayGetItem"), out, 0)
+        if out.type_index != T_TENSOR:
+            raise Refusal(f"the model returned type {out.type_index}, not a tensor")
+        managed = ctypes.POINTER(_DLManagedTensor)()
+        if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
+            self.rt._raise("reading the output")
+        t = managed.contents.dl_tensor
+        dtype = next((n for n, cb in _DL_CODES.items() if cb == (t.dtype.code, t.dtype.bits)), None)
+        if dtype is None or t.device.device_type != KDL_CPU:
+            raise Refusal(f"the model returned an unsupported tensor (dtype code {t.dtype.code}/{t.dtype.bits})")
+        shape = tuple(t.shape[i] for i in range(t.ndim))
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * np.dtype(dtype).itemsize
+        raw = ctypes.string_at(t.data + t.byte_offset, nbytes)
+        managed.contents.deleter(managed)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+# ----------------------------------------------------------------------------- bundle checks
+
+
+def read_bundle(root: str) -> dict:
+    """bundle.json, with every file it lists checked (size, then sha256) before any is loaded."""
+    path = os.path.join(root, "bundle.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except OSError as exc:
+        raise Refusal(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise Refusal(f"{path} is corrupt (not JSON)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise Refusal(f"{path} is not a {FORMAT} manifest")
+    model_file = (manifest.get("model") or {}).get("file")
+    if model_file not in {e.get("file") for e in manifest.get("files", [])}:
+        raise Refusal(f"bundle.json lists no size and sha256 for the model {model_file}")
+    for entry in manifest.get("files", []):
+        full = os.path.join(root, entry["file"])
+        if not os.path.isfile(full):
+            raise Refusal(f"{full} is missing (listed in bundle.json): copy the bundle again")
+        size = os.path.getsize(full)
+        if size != entry["bytes"]:
+            raise Refusal(f"{full} is {size} bytes, bundle.json says {entry['bytes']}: truncated or replaced; "
+                          "copy the bundle again")
+        digest = hashlib.sha256()
+        with open(full, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry["sha256"]:
+            raise Refusal(f"{full} does not match the sha256 in bundle.json: modified or corrupt; "
+                          "copy the bundle again")
+    return manifest
+
+
+def seeded_input(seed: int, shape: list[int]):
+    """splitmix64 -> uniform [-1, 1) float32, bit-identical to the C++ runner's `SeededInput`."""
+    import numpy as np
+
+    n = int(np.prod(shape, dtype=np.int64))
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    return (2.0 * u - 1.0).astype(np.float32).reshape(shape)
+
+
+def load_input(path: str, spec: dict):
+    import numpy as np
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise Refusal(f"cannot read {path} as a .npy array: {exc}") from None
+    if list(x.shape) != list(spec["shape"]):
+        raise Refusal(f"input {path} has shape {list(x.shape)}, the model expects {list(spec['shape'])}")
+    if x.dtype.name != spec["dtype"]:
+        raise Refusal(f"input {path} has dtype {x.dtype.name}, the model expects {spec['dtype']}")
+    return x
+
+
+def aligned_copy(x, alignment: int = 64):
+    """`x` copied into a C-contiguous buffer whose data pointer is `alignment`-aligned (TVM's kernels
+    assume 64-byte aligned tensors)."""
+    import numpy as np
+
+    raw = np.empty(x.nbytes + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    out = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    return out
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM of this process (the figure tvmsqz.memprobe reports for every runtime); None where
+    /proc is not mounted (a bare chroot)."""
+    try:
+        with open("/proc/self/status") as fh:
+            found = [ln.split()[1] for ln in fh if ln.startswith("VmHWM:")]
+        return int(found[0]) * 1024 if found else None
+    except OSError:
+        return None
+
+
+def stats(ms: list[float]) -> dict:
+    """min/median/p90/mean/runs as tvmsqz.bench reports them (numpy's linear percentile)."""
+    import numpy as np
+
+    a = np.asarray(ms)
+    return {"min": float(a.min()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
+            "mean": float(a.mean()), "runs": int(a.size)}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other refusal
+        raise Refusal(f"{message} (see --help)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="tvmsqz-run.py", description="Run the bundled model.")
+    parser.add_argument("--input", "-i", help="input .npy (default: a seeded random tensor)")
+    parser.add_argument("-o", "--output", help="write the raw output array to this .npy")
+    parser.add_argument("--repeat", type=int, default=10, help="timed runs (default 10)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--threads", type=int, default=0, help="TVM threads (default: TVM_NUM_THREADS or all cores)")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="also print one JSON line (latency, peak RSS, top)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0 or args.top < 1 or args.seed < 0:
+        raise Refusal("--repeat and --top want integers >= 1, --warmup and --seed >= 0")
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when the runtime's pool starts
+
+    manifest = read_bundle(BUNDLE)
+    spec, model_info = manifest["input"], manifest["model"]
+    try:
+        import numpy as np
+    except ImportError:
+        raise Refusal("the Python runner needs numpy (apt install python3-numpy, or use bin/tvmsqz-run)") from None
+
+    if args.input:
+        x, source = load_input(args.input, spec), args.input
+    elif spec["dtype"] == "float32":
+        x, source = seeded_input(args.seed, spec["shape"]), f"seeded random, seed {args.seed}"
+    else:
+        raise Refusal("a seeded input is float32 only; pass --input x.npy")
+
+    runtime = Runtime(os.path.join(BUNDLE, "lib"))
+    model = Model(runtime, os.path.join(BUNDLE, model_info["file"]))
+    xa = aligned_copy(x)
+    arg = model.tensor(xa)
+    for _ in range(args.warmup):
+        model(arg).release()
+    ms = []
+    out = None
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        out = model(arg)
+        ms.append((time.perf_counter() - start) * 1e3)
+        if len(ms) < args.repeat:
+            out.release()
+    y = model.to_numpy(out)
+    for obj in (out, arg):
+        obj.release()
+    model.close()
+    if args.output:
+        tmp = f"{args.output}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, y)
+            os.replace(tmp, args.output)
+        except OSError as exc:
+            raise Refusal(f"cannot write {args.output}: {exc.strerror}") from None
+
+    with open(os.path.join(BUNDLE, model_info["labels"]), encoding="utf-8") as fh:
+        labels = fh.read().splitlines()
+    flat = y.reshape(y.shape[0], -1)[0] if y.ndim else y.reshape(1)
+    top = []
+    if y.dtype == np.float32:
+        order = sorted(range(flat.size), key=lambda i: (-flat[i], i))[:args.top]
+        top = [(int(i), float(flat[i])) for i in order]
+    named = len(labels) == flat.size
+    lat = stats(ms)
+    print(f"model {model_info['name']} ({manifest['target']}, {manifest['arch']}), input {spec['name']} "
+          f"{list(spec['shape'])} {spec['dtype']} ({source})")
+    print(f"output {list(y.shape)} {y.dtype.name}" + (f" -> {args.output}" if args.output else ""))
+    for rank, (cls, score) in enumerate(top, 1):
+        print(f"{rank:2d}  {cls:6d}  {score:12.5g}  {labels[cls] if named else ''}")
+    print(f"latency over {args.repeat} runs: median {lat['median']:.3f} ms, min {lat['min']:.3f} ms, "
+          f"mean {lat['mean']:.3f} ms")
+    if args.json:
+        print(json.dumps({"runner": "python", "arch": manifest["arch"], "output_shape": list(y.shape),
+                          "top": [list(t) for t in top], "latency_ms": lat, "peak_rss_bytes": peak_rss_bytes()}))
+    sys.stdout.flush()
+    return 0
+
+
+def _exit(code: int) -> None:
+    """Flush and leave without interpreter teardown: tvm-ffi objects still referenced from Python
+    frames would otherwise be released in arbitrary order after their library state is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    try:
+        _exit(main())
+    except Refusal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        _exit(130)

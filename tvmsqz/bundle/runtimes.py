@@ -1,0 +1,206 @@
+"""Where the TVM runtime libraries of an architecture come from: installed wheels, or wheel files.
+
+A bundle carries `libtvm_runtime.so` and `libtvm_ffi.so` of the artifact's architecture, and the
+runner is compiled against the `tvm_ffi` headers of the same wheel. Nothing is downloaded when a
+bundle is built: the sources are, in order,
+
+1. `--runtime-from PATH`: a site-packages folder holding `tvm/` and `tvm_ffi/` (or `lib/` +
+   `include/` of a runtime built from source), or an `apache_tvm*.whl` / `apache_tvm_ffi*.whl`
+   file or a folder of them;
+2. the site-packages folders this Python imports `tvm` and `tvm_ffi` from (x86-64 on this host);
+3. the aarch64 root that `scripts/setup_arm.sh` pip-installs the aarch64 wheels into
+   (`ROOT/opt/tvm-site`);
+4. wheel files in `$TVMSQZ_CACHE/wheels/` and in `$TVMSQZ_WHEELS` (folders, `:`-separated).
+
+Every candidate is checked by the ELF machine of its `libtvm_runtime.so`, so a source is never
+assumed to be of an architecture because of where it lies. Versions come from the wheels'
+dist-info and must equal the TVM that compiled the artifact.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TvmsqzError
+
+RUNTIME_LIBS = ("libtvm_ffi.so", "libtvm_runtime.so")
+#: where the two libraries and the headers lie inside a site-packages folder (or a wheel)
+_SITE_LAYOUT = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so", "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
+_SITE_INCLUDE = "tvm_ffi/include"
+#: a runtime built from source, installed with CMake: PREFIX/lib/*.so, PREFIX/include/tvm/ffi
+_PREFIX_LAYOUT = {"libtvm_runtime.so": "lib/libtvm_runtime.so", "libtvm_ffi.so": "lib/libtvm_ffi.so"}
+_PREFIX_INCLUDE = "include"
+_DIST = {"apache_tvm": "apache-tvm", "apache_tvm_ffi": "apache-tvm-ffi"}
+
+
+@dataclass(frozen=True)
+class RuntimeSource:
+    """The runtime of one architecture: library paths, the tvm_ffi include folder, versions."""
+
+    arch: str
+    libs: dict[str, Path]
+    include: Path
+    versions: dict[str, str] = field(default_factory=dict)
+    origin: str = ""
+
+
+def _machine(path: Path) -> str | None:
+    from ..backends.cpu.cross import elf_machine
+
+    try:
+        return elf_machine(path)
+    except (TvmsqzError, OSError):
+        return None
+
+
+def _dist_versions(site: Path) -> dict[str, str]:
+    """{"apache-tvm": "0.27.0.post1", ...} from the dist-info folders of a site-packages folder."""
+    out = {}
+    for info in site.glob("apache_tvm*.dist-info"):
+        name, _, version = info.name[: -len(".dist-info")].rpartition("-")
+        if name in _DIST:
+            out[_DIST[name]] = version
+    return out
+
+
+def _from_folder(folder: Path) -> RuntimeSource | None:
+    """A site-packages folder or a CMake install prefix holding both libraries and the headers."""
+    for layout, include in ((_SITE_LAYOUT, _SITE_INCLUDE), (_PREFIX_LAYOUT, _PREFIX_INCLUDE)):
+        libs = {name: folder / rel for name, rel in layout.items()}
+        if all(p.is_file() for p in libs.values()) and (folder / include / "tvm/ffi/c_api.h").is_file():
+            arch = _machine(libs["libtvm_runtime.so"])
+            if arch is None or _machine(libs["libtvm_ffi.so"]) != arch:
+                return None
+            return RuntimeSource(arch, libs, folder / include, _dist_versions(folder), f"{folder}")
+    return None
+
+
+def _wheel_arch(path: Path) -> str:
+    """The architecture in a wheel's platform tag (`...manylinux_2_28_aarch64.whl` -> "aarch64"),
+    used only to pair the two wheels; the ELF header of the library decides."""
+    tag = path.name[: -len(".whl")].rsplit("-", 1)[-1]
+    match = re.search(r"(x86_64|aarch64|armv7l|armv6l|i686|ppc64le|s390x|riscv64)", tag)
+    return match.group(1) if match else tag
+
+
+def _from_wheels(wheels: list[Path], cache: Path) -> list[RuntimeSource]:
+    """Runtimes assembled from pairs of apache-tvm / apache-tvm-ffi wheel files, by architecture.
+
+    Only the two libraries and the tvm_ffi headers are extracted (into `cache`, once per wheel):
+    the compiler library inside the apache-tvm wheel is never unpacked.
+    """
+    by_arch: dict[str, dict[str, Path]] = {}
+    for whl in wheels:
+        dist = whl.name.split("-", 1)[0]
+        if dist in _DIST:
+            by_arch.setdefault(_wheel_arch(whl), {})[dist] = whl
+    found = []
+    for arch, pair in sorted(by_arch.items()):
+        if set(pair) != set(_DIST):
+            continue
+        site = cache / "-".join(sorted(p.name[: -len(".whl")] for p in pair.values()))
+        if not (site / ".complete").is_file():
+            _extract(pair, site)
+        source = _from_folder(site)
+        if source is not None:
+            found.append(RuntimeSource(source.arch, source.libs, source.include, source.versions,
+                                       " + ".join(str(p) for p in pair.values())))
+    return found
+
+
+def _extract(pair: dict[str, Path], site: Path) -> None:
+    from ..fsutil import atomic_write
+
+    wanted = re.compile(r"^(tvm/lib/libtvm_runtime\.so|tvm_ffi/lib/libtvm_ffi\.so|tvm_ffi/include/.*"
+                        r"|apache_tvm[^/]*\.dist-info/METADATA)$")
+    for whl in pair.values():
+        try:
+            with zipfile.ZipFile(whl) as zf:
+                for name in zf.namelist():
+                    if wanted.match(name) and not name.endswith("/"):
+                        dest = site / name
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write(dest, zf.read(name))
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise TvmsqzError(f"cannot read the wheel {whl}: {exc}") from None
+    atomic_write(site / ".complete", "")
+
+
+def _installed_site() -> list[Path]:
+    """The site-packages folders of this Python's tvm and tvm_ffi (found without importing them)."""
+    sites = []
+    for name in ("tvm", "tvm_ffi"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            sites.append(Path(list(spec.submodule_search_locations)[0]).parent)
+    return sites[:1] if len(sites) == 2 and sites[0] == sites[1] else []
+
+
+def _wheel_dirs() -> list[Path]:
+    from ..paths import CACHE_DIR
+
+    dirs = [CACHE_DIR / "wheels"]
+    dirs += [Path(p) for p in os.environ.get("TVMSQZ_WHEELS", "").split(os.pathsep) if p]
+    return dirs
+
+
+def candidate_sources(runtime_from: Path | None = None) -> tuple[list[RuntimeSource], list[str]]:
+    """Every runtime found (first = preferred), and the places searched (for the error message)."""
+    from ..device.emulator import arm_root
+    from ..paths import CACHE_DIR
+
+    searched: list[str] = []
+    found: list[RuntimeSource] = []
+    wheel_cache = CACHE_DIR / "bundle" / "wheel-runtimes"
+    folders: list[Path] = []
+    wheels: list[Path] = []
+    if runtime_from is not None:
+        runtime_from = Path(runtime_from)
+        if not runtime_from.exists():
+            raise TvmsqzError(f"--runtime-from {runtime_from}: no such file or folder")
+        if runtime_from.suffix == ".whl":
+            wheels.append(runtime_from)
+        else:
+            folders.append(runtime_from)
+            wheels += sorted(runtime_from.glob("apache_tvm*.whl"))
+    folders += _installed_site() + [arm_root() / "opt/tvm-site"]
+    for folder in folders:
+        searched.append(str(folder))
+        source = _from_folder(folder)
+        if source is not None:
+            found.append(source)
+    for d in _wheel_dirs():
+        searched.append(f"{d}/*.whl")
+        if d.is_dir():
+            wheels += sorted(d.glob("apache_tvm*.whl"))
+    found += _from_wheels(wheels, wheel_cache)
+    return found, searched
+
+
+def find_runtime(arch: str, tvm_version: str | None, *, runtime_from: Path | None = None,
+                 arch_label: str | None = None) -> RuntimeSource:
+    """The runtime for `arch` ("x86_64", "aarch64", "arm"), of the TVM version that built the model.
+
+    TvmsqzError naming what was searched when there is none: apache-tvm publishes wheels for
+    x86-64 and aarch64 only, so armv7 needs a runtime built from source (`--runtime-from`).
+    """
+    found, searched = candidate_sources(runtime_from)
+    same_arch = [s for s in found if s.arch == arch]
+    if not same_arch:
+        label = arch_label or arch
+        raise TvmsqzError(f"no TVM runtime for {label} found (searched {', '.join(searched)}): apache-tvm "
+                          "publishes wheels for x86_64 and aarch64 only; for another architecture build "
+                          "libtvm_runtime.so and libtvm_ffi.so from source and pass --runtime-from PREFIX")
+    if tvm_version:
+        exact = [s for s in same_arch if s.versions.get("apache-tvm") in (tvm_version, None)]
+        if not exact:
+            have = ", ".join(f"{s.versions.get('apache-tvm')} ({s.origin})" for s in same_arch)
+            raise TvmsqzError(f"the artifact was compiled by TVM {tvm_version}, but the {arch} runtime found is "
+                              f"TVM {have}: a runtime must match its compiler")
+        return exact[0]
+    return same_arch[0]
