@@ -1,9 +1,10 @@
 """Latency, memory, accuracy parity and per-kernel profile, side by side with the peers.
 
-Everything is measured in one run on the same inputs with the same thread count, so the ratios
-(TVM / ONNX Runtime, TVM / PyTorch) mean something on a noisy machine even when absolute times
-drift. Runtimes are timed in alternating blocks with a short pause between them: interleaving
-single runs made TVM's and ORT's spinning worker threads fight over the cores.
+Everything is measured in one bench run on the same inputs, so the ratios (TVM / ONNX Runtime,
+TVM / the fastest fp32 peer) mean something on a noisy machine even when absolute times drift.
+Each runtime is timed in its own fresh process, one after the other (`tvmsqz.peers`), at the
+host's core count and again at one thread: timed side by side in one process, the runtimes'
+spinning thread pools fought over the cores (ONNX Runtime's median came out bimodal).
 """
 
 from __future__ import annotations
@@ -13,44 +14,15 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, peers
 from .errors import TvmsqzError
+from .peers import latency_stats  # noqa: F401 - re-exported: the timing rules live in peers
 from .spec import TargetSpec, host_cores
-
-WARMUP = 5
-BLOCKS = 5
-PAUSE_S = 0.05
-
-
-def latency_stats(samples_s: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s) * 1e3
-    return {"min": float(ms.min()), "median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
-            "mean": float(ms.mean()), "runs": int(ms.size)}
-
-
-def time_runtimes(runners: dict[str, Callable[[], None]], repeat: int, progress=None) -> dict[str, dict]:
-    """Warm up each runtime, then time them in alternating blocks."""
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for run in runners.values():
-        for _ in range(WARMUP):
-            run()
-    per_block = max(1, -(-repeat // BLOCKS))
-    while any(len(s) < repeat for s in samples.values()):
-        for name, run in runners.items():
-            time.sleep(PAUSE_S)
-            for _ in range(min(per_block, repeat - len(samples[name]))):
-                start = time.perf_counter()
-                run()
-                samples[name].append(time.perf_counter() - start)
-            if progress:
-                progress(name, len(samples[name]), repeat)
-    return {name: latency_stats(s) for name, s in samples.items()}
 
 
 def parity(outputs: np.ndarray, reference: np.ndarray, reference_name: str) -> dict[str, Any]:
@@ -108,16 +80,6 @@ def weight_bytes(model) -> int:
                 if attr.HasField("t"):
                     total += numpy_helper.to_array(attr.t).nbytes
     return int(total)
-
-
-def _ort_session(model_bytes: bytes):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = host_cores()
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
 def _versions() -> dict[str, str]:
@@ -205,57 +167,49 @@ def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_sh
     convention = getattr(loaded.info, "preprocess", "torchvision")
     names, inputs = parity_inputs(shape, convention)
     x = inputs[0]
-    ort_sess = _ort_session(loaded.onnx.SerializeToString())
-    ort_in = ort_sess.get_inputs()[0].name
+    inputs_path = workdir / "inputs.npy"  # what every worker runs: the first one is the timed input
+    np.save(inputs_path, np.stack(inputs))
 
+    remote = None
     if rpc_tracker:
         from .device import remote_bench
 
         remote = remote_bench(so_path, spec, rpc_tracker, rpc_key, inputs, repeat=repeat)
-        tvm_outputs = remote["outputs"]
-        latency = {"tvm": remote["latency"]}
         artifact = None
     else:
-        artifact = load(so_path)
-        tvm_outputs = [artifact.run(b) for b in inputs]
+        artifact = load(so_path)  # verified now; it runs in this process only for the profile, after the timing
 
-    runners: dict[str, Callable[[], None]] = {}
-    if artifact is not None:
-        runners["tvm"] = artifact.timer(x)
-    runners["onnxruntime"] = lambda: ort_sess.run(None, {ort_in: x})
-    torch_outputs = None
-    if with_torch and getattr(loaded.info, "source", None) == "torch":
-        import torch
+    torch_source = getattr(loaded.info, "source", None) == "torch"
+    skipped = {} if with_torch else {"torch": "not requested (--no-torch)"}
+    runtimes = [n for n in peers.RUNNERS if n not in skipped and not (remote and n == "tvm")]
+    sources = peers.Sources(onnx=onnx_path, workdir=workdir, artifact=None if remote else so_path,
+                            torch_model=loaded.info.name if torch_source else None, input_shape=tuple(shape))
+    thread_counts = [host_cores()] + ([1] if host_cores() > 1 else [])
+    got = peers.measure(sources, inputs_path, repeat, thread_counts, runtimes=runtimes, skipped=skipped, say=say)
+    measured, measured_1t = (_fp32_latency(got.latency.get(t, {})) for t in (thread_counts[0], thread_counts[-1]))
+    if remote:
+        measured = {"tvm": remote["latency"], **measured}
 
-        from .models import torch_model
-
-        torch.set_num_threads(host_cores())
-        net = torch_model(loaded.info.name)
-        tx = torch.from_numpy(x)
-
-        def torch_run() -> None:
-            with torch.inference_mode():
-                net(tx)
-
-        runners["torch"] = torch_run
-        with torch.inference_mode():
-            torch_outputs = [net(torch.from_numpy(b)).numpy() for b in inputs]
-
-    say(f"timing {', '.join(runners)}: {repeat} runs each after {WARMUP} warm-up runs")
-    measured = time_runtimes(runners, repeat)
-    if rpc_tracker:
-        measured.update(latency)
-
-    ort_outputs = np.concatenate([ort_sess.run(None, {ort_in: b})[0] for b in inputs])
-    tvm_stack = np.concatenate(tvm_outputs)
+    ort_outputs = got.outputs["onnxruntime"]
+    tvm_stack = np.concatenate(remote["outputs"]) if remote else got.outputs["tvm"]
     parity_report = parity(tvm_stack, ort_outputs, "onnxruntime")
-    if torch_outputs is not None:
-        parity_report["torch"] = parity(tvm_stack, np.concatenate(torch_outputs), "torch")
+    if "torch" in got.outputs:
+        parity_report["torch"] = parity(tvm_stack, got.outputs["torch"], "torch")
+    for name in ("openvino", "ncnn", *peers.REDUCED_PRECISION):  # each peer against the same reference
+        if name in got.outputs:
+            parity_report[name] = {"runtime": name, **parity(got.outputs[name], ort_outputs, "onnxruntime")}
     parity_report["samples"] = names
 
     say("measuring peak memory in fresh processes")
+    # TVM as a device runs it: libtvm_runtime.so only; the full wheel (compiler mapped) for reference
     tvm_mem = memory_probe("tvm", so_path, shape) if artifact is not None else {}
+    tvm_full_mem = memory_probe("tvm-full", so_path, shape) if artifact is not None else {}
     ort_mem = memory_probe("onnxruntime", onnx_path, shape)
+    from .bundle.bench import bench_bundle, memory_keys
+
+    # the runtime-only bundle (no TVM installed): C++ and Python runners, each in a fresh process
+    bundle = (bench_bundle(so_path, workdir, x, tvm_stack[:shape[0]], repeat=repeat, threads=host_cores(), say=say)
+              if artifact is not None else None)
     memory = {
         "tvm_peak_rss_bytes": tvm_mem.get("peak_rss_bytes"),
         "onnxruntime_peak_rss_bytes": ort_mem["peak_rss_bytes"],
@@ -265,12 +219,15 @@ def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_sh
         "weight_bytes": weight_bytes(loaded.onnx),
         "activation_bytes": report.activation_bytes,
         "artifact_bytes": so_path.stat().st_size,
+        "tvm_runtime_only": tvm_mem.get("runtime_only"),
+        "tvm_libraries": tvm_mem.get("tvm_libraries"),
+        **memory_keys(tvm_full_mem, ort_mem, bundle),
     }
     profile = artifact.profile(x) if artifact is not None else []
-    tvm_median = measured["tvm"]["median"]
     emulated = bool(measured["tvm"].get("emulated"))
     # an emulated device's time compared with native x86 peers would be a meaningless ratio
     comparable = not emulated
+    fastest, fastest_1t = _fastest_peer(measured), _fastest_peer(measured_1t)
     result: dict[str, Any] = {
         "model": loaded.name,
         "target": spec.name,
@@ -280,12 +237,23 @@ def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_sh
         "threads": host_cores(),
         "fused": report.fused,
         "emulated": emulated,
+        "methodology": peers.METHODOLOGY,
         "latency_ms": measured,
-        "ratio_vs_onnxruntime": tvm_median / measured["onnxruntime"]["median"] if comparable else None,
-        "ratio_vs_torch": tvm_median / measured["torch"]["median"] if "torch" in measured and comparable else None,
+        "latency_ms_1thread": measured_1t,
+        "ratio_vs_onnxruntime": _ratio(measured, "onnxruntime", comparable),
+        "ratio_vs_onnxruntime_1thread": _ratio(measured_1t, "onnxruntime", comparable),
+        "ratio_vs_torch": _ratio(measured, "torch", comparable),
+        "fastest_peer": fastest,
+        "ratio_vs_fastest_peer": _ratio(measured, fastest, comparable),
+        "fastest_peer_1thread": fastest_1t,
+        "ratio_vs_fastest_peer_1thread": _ratio(measured_1t, fastest_1t, comparable),
+        "reduced_precision": _reduced_precision(got, measured, thread_counts[0], comparable),
+        "peers_skipped": got.skipped,
+        "peer_info": got.info,
         "throughput_ips": {name: shape[0] / (m["median"] / 1e3) if comparable or name != "tvm" else None
                            for name, m in measured.items()},
         "memory": memory,
+        "bundle": bundle,
         "parity": parity_report,
         "profile": profile,
         "tuning": {"database": report.database, "kernels": len(report.kernels), "tuned": report.tuned,
@@ -293,9 +261,49 @@ def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_sh
         "compile_seconds": report.seconds,
         "artifact_sha256": manifest["artifact"]["sha256"],
         "machine": _machine(),
-        "versions": _versions(),
+        "versions": {**_versions(), **_peer_versions(got.info)},
     }
     return result
+
+
+def _fp32_latency(per_runtime: dict[str, dict]) -> dict[str, dict]:
+    """The fp32 runtimes' stats in report order (reduced-precision references are reported apart)."""
+    return {name: per_runtime[name] for name in peers.RUNNERS
+            if name in per_runtime and name not in peers.REDUCED_PRECISION}
+
+
+def _ratio(latency: dict[str, dict], peer: str | None, comparable: bool) -> float | None:
+    """TVM median / `peer` median; None when either was not measured or TVM ran emulated."""
+    if not comparable or peer is None or "tvm" not in latency or peer not in latency:
+        return None
+    return latency["tvm"]["median"] / latency[peer]["median"]
+
+
+def _fastest_peer(latency: dict[str, dict]) -> str | None:
+    """The fp32 deployment peer (ONNX Runtime, OpenVINO f32, ncnn) with the lowest median."""
+    measured = [name for name in peers.FP32_PEERS if name in latency]
+    return min(measured, key=lambda name: latency[name]["median"]) if measured else None
+
+
+def _reduced_precision(got: peers.Measurements, measured: dict[str, dict], threads: int,
+                       comparable: bool) -> dict[str, dict]:
+    """OpenVINO at its default precision, with the precision it reports it used: a reference
+    for what reduced precision buys, never ranked with the fp32 peers."""
+    out = {}
+    for name in peers.REDUCED_PRECISION:
+        stats = got.latency.get(threads, {}).get(name)
+        if stats is not None:
+            ratio = _ratio({"tvm": measured["tvm"], name: stats}, name, comparable) if "tvm" in measured else None
+            out[name] = {"precision": got.info.get(name, {}).get("precision"), "latency_ms": stats, "ratio": ratio}
+    return out
+
+
+def _peer_versions(info: dict[str, dict]) -> dict[str, str]:
+    """Versions of the optional peers that ran (the required ones are in `_versions`)."""
+    versions = {name: str(info[name]["version"]) for name in ("openvino", "ncnn") if name in info}
+    if "ncnn" in info and info["ncnn"].get("pnnx"):
+        versions["pnnx"] = str(info["ncnn"]["pnnx"])
+    return versions
 
 
 def _prebuilt(so_path: Path, spec: TargetSpec):
@@ -332,29 +340,28 @@ def print_report(report: dict[str, Any], console) -> None:
     title = f"{report['model']} on {report['target']} (batch {report['batch']}, {report['threads']} threads)"
     if report.get("emulated"):
         title += " [EMULATED device: timings are not ARM performance]"
-    lat = Table(title=title)
-    for col in ("runtime", "min ms", "median ms", "p90 ms", "images/s", "vs ORT"):
-        lat.add_column(col, justify="right" if col != "runtime" else "left")
-    ort_median = report["latency_ms"]["onnxruntime"]["median"]
-    for name, m in report["latency_ms"].items():
-        ips = report["throughput_ips"].get(name)
-        ratio = "-" if name == "tvm" and report.get("emulated") else f"{m['median'] / ort_median:.2f}x"
-        lat.add_row(name, f"{m['min']:.2f}", f"{m['median']:.2f}", f"{m['p90']:.2f}",
-                    "-" if ips is None else f"{ips:.1f}", ratio)
-    console.print(lat)
+    _print_latency(report, console, title)
     mem = report["memory"]
     memt = Table(title="memory")
-    for col in ("TVM peak RSS (model)", "ORT peak RSS (model)", "weights", "activations (planned)", "artifact"):
+    for col in ("TVM runtime-only peak RSS (model)", "ORT peak RSS (model)", "weights", "activations (planned)",
+                "artifact"):
         memt.add_column(col, justify="right")
     memt.add_row(f"{_mib(mem['tvm_peak_rss_bytes'])} ({_mib(mem.get('tvm_model_rss_bytes'))})",
                  f"{_mib(mem['onnxruntime_peak_rss_bytes'])} ({_mib(mem.get('onnxruntime_model_rss_bytes'))})",
                  _mib(mem["weight_bytes"]), _mib(mem["activation_bytes"]), _mib(mem["artifact_bytes"]))
     console.print(memt)
+    from .bundle.bench import print_bundle
+
+    print_bundle(report, console)
     par = Table(title=f"parity over {report['parity']['inputs']} samples")
-    for col in ("reference", "max abs diff", "max diff / range", "top-1 agree", "top-5 agree"):
+    for col in ("runtime", "reference"):
+        par.add_column(col, no_wrap=True)
+    for col in ("max abs diff", "max diff / range", "top-1 agree", "top-5 agree"):
         par.add_column(col, justify="right")
-    for p in [report["parity"]] + ([report["parity"]["torch"]] if "torch" in report["parity"] else []):
-        par.add_row(p["reference"], f"{p['max_abs_diff']:.2e}", f"{p['max_rel_diff']:.2e}",
+    rows = [report["parity"]] + [report["parity"][k] for k in ("torch", "openvino", "ncnn", *peers.REDUCED_PRECISION)
+                                 if k in report["parity"]]
+    for p in rows:
+        par.add_row(p.get("runtime", "tvm"), p["reference"], f"{p['max_abs_diff']:.2e}", f"{p['max_rel_diff']:.2e}",
                     f"{p['top1_agreement']:.0%}", f"{p['top5_agreement']:.0%}")
     console.print(par)
     if report["profile"]:
@@ -368,4 +375,36 @@ def print_report(report: dict[str, Any], console) -> None:
     console.print(f"tuning: {len(tuning['tuned'])}/{tuning['kernels']} kernels tuned"
                   + (f" from {tuning['database']}" if tuning["database"] else " (no database)")
                   + (f"; TVM/ORT median ratio {report['ratio_vs_onnxruntime']:.2f}"
-                     if report["ratio_vs_onnxruntime"] is not None else "; no ratio: emulated device"))
+                     if report["ratio_vs_onnxruntime"] is not None else "; no ratio: emulated device")
+                  + (f", TVM/{report['fastest_peer']} (fastest fp32 peer) {report['ratio_vs_fastest_peer']:.2f}"
+                     if report.get("ratio_vs_fastest_peer") is not None else ""))
+
+
+def _print_latency(report: dict[str, Any], console, title: str) -> None:
+    """The fp32 runtimes at the host's threads and at one, then the reduced-precision reference
+    on a line of its own, then the peers that did not run and why."""
+    from rich.table import Table
+
+    lat = Table(title=title, caption=f"{report.get('methodology', '')}; 1T: one thread")
+    one = report.get("latency_ms_1thread") or {}
+    lat.add_column("runtime", no_wrap=True)
+    for col in ("min ms", "median ms", "p90 ms", "img/s", "vs ORT", "1T median ms", "1T vs ORT"):
+        lat.add_column(col, justify="right")
+
+    def vs_ort(latency: dict, name: str) -> str:
+        if name not in latency or "onnxruntime" not in latency or (name == "tvm" and report.get("emulated")):
+            return "-"
+        return f"{latency[name]['median'] / latency['onnxruntime']['median']:.2f}x"
+
+    for name, m in report["latency_ms"].items():
+        ips = report["throughput_ips"].get(name)
+        lat.add_row(name, f"{m['min']:.2f}", f"{m['median']:.2f}", f"{m['p90']:.2f}",
+                    "-" if ips is None else f"{ips:.1f}", vs_ort(report["latency_ms"], name),
+                    f"{one[name]['median']:.2f}" if name in one else "-", vs_ort(one, name))
+    console.print(lat)
+    for name, ref in (report.get("reduced_precision") or {}).items():
+        ratio = "" if ref["ratio"] is None else f", TVM / it {ref['ratio']:.2f}x"
+        console.print(f"reduced precision (not an fp32 peer): {name} at {ref['precision']}: median "
+                      f"{ref['latency_ms']['median']:.2f} ms{ratio}")
+    for name, why in (report.get("peers_skipped") or {}).items():
+        console.print(f"[dim]skipped {name}: {why}[/dim]")
