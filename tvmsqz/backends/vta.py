@@ -1,8 +1,10 @@
 """VTA family: int8 SqueezeNet on the Versatile Tensor Accelerator, run on tvmsqz's simulator.
 
-The VTA flow is not TVM's build flow: `tvmsqz.vta` quantises the model, lowers the Fire
-convolutions to VTA instruction streams (a `.vta.npz` sidecar) and compiles the rest for the host
-CPU with TVM. This backend is its one door: the CLI and `runtime` call the same command hooks as
+The VTA flow is not TVM's build flow: `tvmsqz.vta` quantises the model, lowers every
+convolution and max-pool to VTA instruction streams (a `.vta.npz` sidecar) and compiles the rest
+(for SqueezeNet: the first conv's im2col layout step, global average pooling, softmax) for the
+host CPU with TVM. `bench` reports per layer where it ran, simulated cycles, DRAM bytes and MACs
+per cycle against the GEMM core's peak. This backend is its one door: the CLI and `runtime` call the same command hooks as
 for the other families (`compile_model`, `bench_model`, `tune_model`, `load_artifact`).
 """
 

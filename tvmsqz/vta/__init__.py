@@ -7,9 +7,12 @@ Layers (each usable on its own):
             deadlock detection, cycle estimate and DRAM traffic
   program   sequential program + data dependencies -> dependency tokens
   lower     one int8 conv layer (or fused expand pair) -> VTA program, with tiling
+  pool      one int8 max-pool -> VTA program on the ALU (MAX over the window's taps)
   tune      evolutionary tiling search scored by simulated cycles, JSON database
-  graph     ONNX -> small graph, numpy fp32 interpreter, VTA/host partition
-  quant     power-of-two int8 post-training quantisation, quantised numpy reference
+  graph     ONNX -> small graph, numpy fp32 interpreter, im2col rewrite of the first conv,
+            VTA/host partition (every conv and max-pool on VTA; what stays on the host, why)
+  quant     power-of-two int8 post-training quantisation (weights per channel, zero points
+            where they fold exactly), quantised numpy reference
   host      host segments as Relax functions compiled with TVM for the CPU
   artifact  compile_vta / load_vta / bench_vta / tune_vta
 

@@ -21,9 +21,9 @@ import numpy as np
 from tvmsqz.errors import TvmsqzError
 
 from .config import VTAConfig, load_config
-from .graph import Graph, VTAUnit, from_onnx, partition
-from .lower import Branch, ConvLayer, VTAProgram, Tiling, TilingError, default_tiling, lower_conv
-from .quant import HostSegment, quantize_graph
+from .graph import Graph, VTAUnit, from_onnx, host_reason, partition, prepare
+from .lower import VTAProgram, Tiling, TilingError
+from .quant import HostSegment, QuantNet, quantize_graph, unit_layer
 from .tune import load_db, lookup, tune_layers
 
 FORMAT = "tvmsqz-vta-artifact/1"
@@ -79,17 +79,10 @@ def _calibration(images, convention, size) -> list:
     return out
 
 
-def shape_layers(graph: Graph) -> list:
-    """ConvLayers with the VTA layers' shapes (zero weights): enough to tune tilings."""
-    layers = []
-    for st in partition(graph):
-        if isinstance(st, VTAUnit):
-            _, c, h, w = graph.shapes[st.input]
-            brs = [Branch(np.zeros(op.attrs["weight"].shape, np.int8), op.attrs["pad"]) for op in st.convs]
-            o = sum(b.weight.shape[0] for b in brs)
-            layers.append(ConvLayer(st.name, c, h, w, brs, np.zeros(o, np.int32), 8,
-                                    st.convs[0].attrs["relu"], st.convs[0].attrs["stride"]))
-    return layers
+def shape_layers(graph: Graph, cfg: VTAConfig | None = None, pools: bool = True) -> list:
+    """Shape-only layers (zero weights) of every VTA unit, lowered as `compile_vta` lowers them
+    (per-channel shifts): enough to tune tilings."""
+    return [unit_layer(st, graph) for st in partition(graph, cfg=cfg, pools=pools) if isinstance(st, VTAUnit)]
 
 
 def default_tiling_db() -> Path | None:
@@ -110,33 +103,61 @@ def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None) -> tupl
     for L in layers:
         t = lookup(db, L, cfg)
         sources.append("database" if t is not None else "default")
-        tilings.append(t if t is not None else default_tiling(L, cfg))
+        tilings.append(t if t is not None else L.default_tiling(cfg))
     return tilings, sources
 
 
 # ---------------------------------------------------------------------------- compile
 
+def placement(qn: QuantNet, pools: bool = True) -> list:
+    """Where every graph op runs: the VTA layer (by index) or host segment, and for the host why."""
+    rows = []
+    vi = 0
+    for st in qn.stages:
+        if isinstance(st, HostSegment):
+            for op in st.ops:
+                rows.append({"op": op.name or op.output, "kind": op.kind, "where": "host", "segment": f"seg{st.index}",
+                             "why": host_reason(op, pools=pools)})
+            if not st.ops:
+                rows.append({"op": f"quantize {st.inputs[0][0]}", "kind": "quantize", "where": "host",
+                             "segment": f"seg{st.index}", "why": "the fp32 model input becomes int8 blocks"})
+        else:
+            L = qn.layers[st.output]
+            for op in (st.convs or [st.pool]):
+                rows.append({"op": op.name or op.output, "kind": op.kind, "where": "vta", "layer": vi,
+                             "vta_layer": st.name, **({"im2col_of": op.attrs["im2col_of"]}
+                                                      if "im2col_of" in op.attrs else {})})
+            rows[-1]["layer_macs"] = L.macs
+            vi += 1
+    return rows
+
+
 def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, config=None,
-                tiling_db: Path | None = None, host_target=None) -> dict:
-    """Quantise, partition and lower a model for VTA; write the artifact; return its manifest."""
+                tiling_db: Path | None = None, host_target=None, first_conv: str = "im2col",
+                pools: bool = True) -> dict:
+    """Quantise, partition and lower a model for VTA; write the artifact; return its manifest.
+
+    `first_conv`: "im2col" (default; the first conv's windows gathered on the host, a 1x1 GEMM
+    on VTA) or "pad" (its 3 channels zero-padded to 16 on VTA: 49 GEMM blocks per pixel instead
+    of 10). `pools=False` keeps the max-pools on the host (both for comparison)."""
     from .host import compile_host, host_target as default_host_target
 
     t0 = time.time()
     output = Path(output)
     cfg = load_config(config)
     model, info, name = _load_model(onnx_model_or_name)
-    graph = from_onnx(model)
+    graph = prepare(from_onnx(model), first_conv)
     convention, size = _preprocess_for(info, graph)
-    qn = quantize_graph(graph, _calibration(calibration_images, convention, size))
+    qn = quantize_graph(graph, _calibration(calibration_images, convention, size), cfg=cfg, pools=pools)
     units = qn.vta_units()
     layers = [qn.layers[u.output] for u in units]
     tilings, sources = choose_tilings(layers, cfg, tiling_db)
     programs = []
     for L, t in zip(layers, tilings):
         try:
-            programs.append(lower_conv(L, t, cfg))
+            programs.append(L.lower(t, cfg))
         except TilingError:
-            programs.append(lower_conv(L, default_tiling(L, cfg), cfg))
+            programs.append(L.lower(L.default_tiling(cfg), cfg))
     t_lower = time.time()
     target = host_target or default_host_target()
     lib = compile_host(qn, target)
@@ -154,14 +175,17 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     macs_off, macs_total = qn.macs()
     layer_meta = []
     for i, (u, L, p, src) in enumerate(zip(units, layers, programs, sources)):
-        layer_meta.append({
-            "index": i, "name": L.name, "input": u.input, "output": u.output,
+        meta = {
+            "index": i, "name": L.name, "kind": L.kind, "input": u.input, "output": u.output,
             "convs": [op.name for op in u.convs], "in_channels": L.in_channels, "out_channels": L.out_channels,
             "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "inp_offset": p.inp_offset,
             "out_offset": p.out_offset, "dram_size": p.dram_size, "macs": p.macs, "tiling": p.tiling.to_json(),
-            "tiling_source": src, "shift": L.shift, "relu": L.relu, "weight_exponent": qn.wexp[u.output],
-            "instructions": int(len(p.insns)), "uops": p.meta["uops"],
-        })
+            "tiling_source": src, "instructions": int(len(p.insns)), "uops": p.meta["uops"],
+        }
+        if L.kind == "conv":
+            meta.update(shift=L.shifts.tolist() if L.uniform_shift is None else L.uniform_shift, relu=L.relu,
+                        weight_exponent=qn.wexp[u.output])
+        layer_meta.append(meta)
     manifest = {
         "format": FORMAT,
         "model": name,
@@ -171,11 +195,16 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
         "host_target": str(target),
         "stages": stage_list,
         "layers": layer_meta,
-        "tensors": {t: {"shape": list(graph.shapes[t]), "exponent": qn.qexp.get(t)} for t in graph.shapes},
-        "quantization": {"scheme": "int8, power-of-two scales, per-tensor", "calibration_images": qn.calibration["images"]},
+        "tensors": {t: {"shape": list(graph.shapes[t]), "exponent": qn.qexp.get(t),
+                        **({"zero_point": [int(v) for v in qn.zero[t]]} if t in qn.zero else {})}
+                    for t in graph.shapes},
+        "quantization": {"scheme": "int8, power-of-two scales: activations per tensor (zero points where they fold "
+                                   "exactly), weights per output channel", "calibration_images": qn.calibration["images"]},
         "macs_offloaded": int(macs_off),
         "macs_total": int(macs_total),
         "mac_offload_share": macs_off / macs_total if macs_total else 0.0,
+        "options": {"first_conv": first_conv, "pools": pools},
+        "placement": placement(qn, pools),
         "note": "VTA part runs on tvmsqz's behavioural simulator; no FPGA board has run it",
     }
     arrays = {"manifest": np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)}
@@ -231,6 +260,10 @@ class VTAModel:
         env = {m["input"]["name"]: x}
         per_layer = []
         host_s = sim_s = 0.0
+        peak = self.cfg.batch * self.cfg.block * self.cfg.block  # MACs per GEMM micro-op iteration
+        ops_of = {}
+        for row in m.get("placement", []):
+            ops_of.setdefault(row.get("segment"), []).append(row)
         for st in m["stages"]:
             t0 = time.time()
             if st["kind"] == "host":
@@ -239,7 +272,12 @@ class VTAModel:
                     env[t] = v
                     if record is not None:
                         record[t] = v
-                host_s += time.time() - t0
+                dt = time.time() - t0
+                host_s += dt
+                rows = ops_of.get(st["function"], [])
+                per_layer.append({"name": st["function"], "where": "host", "kind": "+".join(r["kind"] for r in rows),
+                                  "ops": [r["op"] for r in rows], "why": sorted({r["why"] for r in rows}),
+                                  "host_ms": round(1e3 * dt, 2)})
             else:
                 i = st["layer"]
                 p = self.programs[i]
@@ -250,22 +288,29 @@ class VTAModel:
                 dt = time.time() - t0
                 sim_s += dt
                 s = stats.as_dict()
-                per_layer.append({"name": p.name, "cycles": s["cycles"], "dram_bytes": s["dram_bytes"],
+                issued = s["gemm_uop_iters"] * peak
+                per_layer.append({"name": p.name, "where": "vta", "kind": m["layers"][i].get("kind", "conv"),
+                                  "cycles": s["cycles"], "dram_bytes": s["dram_bytes"],
                                   "macs": p.macs, "macs_per_cycle": round(p.macs / max(1, s["cycles"]), 2),
+                                  "peak_macs_per_cycle": peak,
+                                  "peak_share": round(p.macs / max(1, s["cycles"]) / peak, 4),
+                                  "gemm_lane_use": round(p.macs / issued, 4) if issued else None,
                                   "instructions": s["instructions"], "gemm_uop_iters": s["gemm_uop_iters"],
                                   "alu_uop_iters": s["alu_uop_iters"], "tiling": p.tiling.to_json(),
                                   "queue_busy_cycles": s["queue_busy_cycles"], "sim_seconds": round(dt, 4)})
-        cycles = sum(L["cycles"] for L in per_layer)
+        vta_rows = [L for L in per_layer if L["where"] == "vta"]
+        cycles = sum(L["cycles"] for L in vta_rows)
         self.last_stats = {
             "cycles": cycles,
             "simulated_ms": cycles / (self.cfg.cycles.clock_mhz * 1e3),
-            "dram_bytes": sum(L["dram_bytes"] for L in per_layer),
+            "dram_bytes": sum(L["dram_bytes"] for L in vta_rows),
             "macs_offloaded": m["macs_offloaded"],
             "macs_total": m["macs_total"],
             "mac_offload_share": m["mac_offload_share"],
             "host_seconds": round(host_s, 4),
             "sim_seconds": round(sim_s, 4),
-            "layers": per_layer,
+            "layers": vta_rows,
+            "stages": per_layer,
             "estimate": True,
         }
         return env[m["output"]]
@@ -339,6 +384,16 @@ def _fp32_session(model: VTAModel, fp32_model=None):
     return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
 
 
+def _kl(p: np.ndarray, q: np.ndarray) -> float | None:
+    """KL(fp32 || int8) of two class distributions: how far the int8 model's probabilities are
+    from fp32's over all classes, which top-1 (decided by near-ties on some photos) does not
+    show. None when the outputs are not probability vectors."""
+    p, q = p.astype(np.float64), q.astype(np.float64)
+    if p.min() < 0 or q.min() < 0 or abs(p.sum() - 1) > 1e-3 or abs(q.sum() - 1) > 1e-3:
+        return None
+    return round(float(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)))), 5)
+
+
 def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
     """Run the artifact on real photos (default: `tvmsqz.images.sample_images()`) and compare
     with the fp32 model (ONNX Runtime): top-1 agreement, top-5 overlap, simulated cycles, DRAM
@@ -380,8 +435,12 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
                      "fp32_label": names[r5[0]] if names and len(names) == len(ref) else None,
                      "vta_label": names[y5[0]] if names and len(names) == len(y) else None,
                      "top1_agrees": bool(r5[0] == y5[0]), "top5_overlap": len(set(r5) & set(y5)) / 5,
-                     "max_abs_diff": float(np.abs(ref - y).max())})
+                     "max_abs_diff": float(np.abs(ref - y).max()), "kl_vs_fp32": _kl(ref, y),
+                     "simulated_cycles": stats["cycles"], "simulated_ms": round(stats["simulated_ms"], 3),
+                     "host_ms": round(1e3 * stats["host_seconds"], 2),
+                     "simulator_wall_s": round(stats["sim_seconds"], 3)})
     n = len(named)
+    host_rows = [r for r in m.get("placement", []) if r["where"] == "host"]
     return {
         "target": "vta",
         "device": "tvmsqz VTA behavioural simulator (cycle estimate; no FPGA board has run this)",
@@ -396,8 +455,13 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
         "macs_total": m["macs_total"],
         "top1_agreement_vs_fp32": agree / n,
         "top5_overlap_vs_fp32": overlap / n,
+        "mean_kl_vs_fp32": (round(float(np.mean([r["kl_vs_fp32"] for r in rows])), 5)
+                            if all(r["kl_vs_fp32"] is not None for r in rows) else None),
         "per_image": rows,
-        "per_layer": stats["layers"],
+        "per_layer": stats["stages"],
+        "on_host": [{k: r[k] for k in ("op", "kind", "segment", "why")} for r in host_rows],
+        "host_ms_per_image": round(float(np.mean([r["host_ms"] for r in rows])), 2),
+        "host_note": "host ms: TVM-compiled host segments on this machine's CPU, not a board's ARM cores",
         "wall_seconds_per_image": {"mean": round(float(np.mean(wall)), 3), "host": stats["host_seconds"],
                                    "simulator": stats["sim_seconds"]},
     }
@@ -405,15 +469,18 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
 
 # ---------------------------------------------------------------------------- tune
 
-def tune_vta(model, trials: int, output_db: Path, *, config=None, progress=None, seed: int = 0) -> dict:
-    """Search tilings of every VTA layer of `model` (simulated cycles), saving to `output_db`
-    (resumable: records already there seed the search and are kept)."""
+def tune_vta(model, trials: int, output_db: Path, *, config=None, progress=None, seed: int = 0,
+             first_conv: str = "im2col", pools: bool = True) -> dict:
+    """Search tilings of every VTA layer of `model` (convolutions and max-pools; simulated
+    cycles), saving to `output_db` (resumable: records already there seed the search and are
+    kept). `first_conv`/`pools` as for `compile_vta`, so that the layers searched are the ones
+    that compile lowers."""
     if int(trials) < 1:
         raise TvmsqzError("trials must be at least 1")
     cfg = load_config(config)
     onnx_model, _, _ = _load_model(model)
-    graph = from_onnx(onnx_model)
-    layers = shape_layers(graph)
+    graph = prepare(from_onnx(onnx_model), first_conv)
+    layers = shape_layers(graph, cfg, pools)
     res = tune_layers(layers, cfg, int(trials), Path(output_db), progress=progress, seed=seed)
     db = load_db(Path(output_db))
     from .tune import record_key

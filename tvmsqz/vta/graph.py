@@ -5,11 +5,19 @@ Supported ONNX ops: Conv (groups 1, symmetric pads), Relu, MaxPool, AveragePool 
 GlobalAveragePool, Concat, Add, Flatten, Reshape (to 2-D), Softmax, Dropout/Identity.
 A Relu that is a Conv's only consumer is folded into the Conv.
 
-Partition rule: a convolution runs on VTA when its input and output channel counts are
-multiples of 16 (so not the 3-channel first conv, nor the 1000-class classifier); a Concat whose
-inputs are all VTA convolutions of one tensor (a Fire module's expand1x1 + expand3x3) becomes one
-fused VTA layer. Everything else (first conv, pooling, bypass additions, classifier, softmax)
-runs on the host.
+`prepare(graph, first_conv="im2col")` rewrites a convolution that reads the model input with a
+channel count that is not a multiple of 16 (SqueezeNet's conv1: 3 channels, 7x7 stride 2) into
+an `im2col` layout op on the host + a 1x1 convolution over the k*k*C window values (147 -> 160
+lanes: 10 GEMM blocks per output pixel instead of 49 with channels padded 3 -> 16). VTA's loads
+move whole 16-byte blocks, so this gather cannot happen on VTA; on the host it is a copy.
+
+Partition rule: every convolution runs on VTA, its channel counts padded to multiples of 16 (the
+padding lanes carry zero weights; a classifier's 1000 outputs become 1008 and the host drops the
+last 8), unless its padding exceeds the LOAD pad fields (15) or no tiling fits the buffers. A
+Concat whose inputs are all VTA convolutions of one tensor with whole 16-channel blocks (a Fire
+module's expand1x1 + expand3x3) becomes one fused VTA layer. A MaxPool whose input comes from
+VTA runs on VTA's ALU (`pool.py`) when it is exact there (no window overhang, or a non-negative
+input). What stays on the host, and why, is `host_reason`.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import onnx
 from onnx import numpy_helper
 
 from tvmsqz.errors import TvmsqzError
+
+from .pool import pool_out
 
 
 @dataclass
@@ -153,15 +163,6 @@ def _fold_relu(graph: Graph) -> None:
     graph.ops = keep
 
 
-def _pool_out(n, k, s, p0, p1, ceil):
-    if ceil:
-        o = -(-(n + p0 + p1 - k) // s) + 1
-        if (o - 1) * s >= n + p0:  # last window must start inside the input (ONNX/Caffe rule)
-            o -= 1
-        return o
-    return (n + p0 + p1 - k) // s + 1
-
-
 def infer_shapes(graph: Graph) -> None:
     sh = {graph.input_name: graph.input_shape}
     for op in graph.ops:
@@ -172,10 +173,13 @@ def infer_shapes(graph: Graph) -> None:
             sh[op.output] = (1, o, (x[2] + 2 * p - k) // s + 1, (x[3] + 2 * p - k) // s + 1)
         elif op.kind in ("maxpool", "avgpool"):
             k, s, p = op.attrs["kernel"], op.attrs["stride"], op.attrs["pads"]
-            sh[op.output] = (1, x[1], _pool_out(x[2], k, s, p[0], p[2], op.attrs["ceil"]),
-                             _pool_out(x[3], k, s, p[1], p[3], op.attrs["ceil"]))
+            sh[op.output] = (1, x[1], pool_out(x[2], k, s, p[0], p[2], op.attrs["ceil"]),
+                             pool_out(x[3], k, s, p[1], p[3], op.attrs["ceil"]))
         elif op.kind == "gap":
             sh[op.output] = (1, x[1], 1, 1)
+        elif op.kind == "im2col":
+            k, s, p = op.attrs["kernel"], op.attrs["stride"], op.attrs["pad"]
+            sh[op.output] = (1, x[1] * k * k, (x[2] + 2 * p - k) // s + 1, (x[3] + 2 * p - k) // s + 1)
         elif op.kind == "concat":
             sh[op.output] = (1, sum(sh[i][1] for i in op.inputs), x[2], x[3])
         elif op.kind == "flatten":
@@ -186,6 +190,17 @@ def infer_shapes(graph: Graph) -> None:
 
 
 # ---------------------------------------------------------------------------- numpy fp32
+
+def im2col_nchw(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    """(1, C, H, W) -> (1, k*k*C, Ho, Wo): channel (ky*k + kx)*C + c holds x[c] at tap (ky, kx) of
+    each output pixel's window (tap-major, so a tap's C values are adjacent lanes)."""
+    xp = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
+    ho = (xp.shape[1] - k) // stride + 1
+    wo = (xp.shape[2] - k) // stride + 1
+    taps = [xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
+            for ky in range(k) for kx in range(k)]
+    return np.concatenate(taps)[None]
+
 
 def conv2d_nchw(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int) -> np.ndarray:
     """float32 convolution by im2col + matmul (batch 1)."""
@@ -206,8 +221,8 @@ def conv2d_nchw(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int,
 
 def pool2d(x: np.ndarray, kind: str, k: int, s: int, pads, ceil: int) -> np.ndarray:
     _, c, h, w = x.shape
-    ho = _pool_out(h, k, s, pads[0], pads[2], ceil)
-    wo = _pool_out(w, k, s, pads[1], pads[3], ceil)
+    ho = pool_out(h, k, s, pads[0], pads[2], ceil)
+    wo = pool_out(w, k, s, pads[1], pads[3], ceil)
     fill = -np.inf if kind == "maxpool" else 0.0
     ph = max(0, (ho - 1) * s + k - h - pads[0])
     pw = max(0, (wo - 1) * s + k - w - pads[1])
@@ -239,6 +254,8 @@ def eval_op(op: Op, args: list) -> np.ndarray:
         return pool2d(x, k, op.attrs["kernel"], op.attrs["stride"], op.attrs["pads"], op.attrs["ceil"])
     if k == "gap":
         return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+    if k == "im2col":
+        return im2col_nchw(x, op.attrs["kernel"], op.attrs["stride"], op.attrs["pad"])
     if k == "concat":
         return np.concatenate(args, axis=1)
     if k == "add":
@@ -268,36 +285,124 @@ def run_fp32(graph: Graph, x: np.ndarray, keep: set | None = None) -> tuple[np.n
     return env[graph.output_name], kept
 
 
+# ---------------------------------------------------------------------------- VTA rewrite
+
+FIRST_CONV_MODES = ("im2col", "pad")
+
+
+def prepare(graph: Graph, first_conv: str = "im2col") -> Graph:
+    """The graph the VTA flow compiles. With `first_conv="im2col"`, each conv that reads the
+    model input, has k > 1 and a channel count that is not a multiple of 16, and needs fewer
+    GEMM blocks per pixel as a 1x1 conv over its windows (ceil(k*k*C/16) < k*k*ceil(C/16)),
+    becomes `im2col` (host) + 1x1 conv (VTA) with weights permuted to the tap-major order.
+    `"pad"` keeps it as it is: it runs on VTA with its channels zero-padded to 16."""
+    if first_conv not in FIRST_CONV_MODES:
+        raise TvmsqzError(f"first_conv must be one of {', '.join(FIRST_CONV_MODES)}, not {first_conv!r}")
+    ops = []
+    for op in graph.ops:
+        if first_conv == "im2col" and op.kind == "conv" and op.inputs[0] == graph.input_name:
+            o, c, k, _ = op.attrs["weight"].shape
+            if k > 1 and c % 16 and -(-c * k * k // 16) < k * k * -(-c // 16):
+                cols = f"{op.output}/im2col"
+                ops.append(Op("im2col", list(op.inputs), cols,
+                              {"kernel": k, "stride": op.attrs["stride"], "pad": op.attrs["pad"]}, f"{op.name}/im2col"))
+                w = op.attrs["weight"].transpose(0, 2, 3, 1).reshape(o, k * k * c, 1, 1)
+                ops.append(Op("conv", [cols], op.output, {**op.attrs, "weight": np.ascontiguousarray(w),
+                                                          "stride": 1, "pad": 0, "im2col_of": [c, k]}, op.name))
+                continue
+        ops.append(op)
+    g = Graph(ops, graph.input_name, graph.input_shape, graph.output_name)
+    infer_shapes(g)
+    return g
+
+
 # ---------------------------------------------------------------------------- partition
 
 @dataclass
 class VTAUnit:
-    """One VTA layer: one conv, or several convs of one input fused through their Concat."""
+    """One VTA layer: one conv, several convs of one input fused through their Concat, or a
+    max-pool (`pool`, then `convs` is empty)."""
 
     name: str
     convs: list  # Op
     input: str
     output: str
+    pool: Op | None = None
+    nonneg: bool = False  # pool units: the input is known to be >= 0 (zero padding is exact)
+
+    @property
+    def kind(self) -> str:
+        return "maxpool" if self.pool is not None else "conv"
 
 
-def vta_eligible(op: Op, graph: Graph) -> bool:
-    if op.kind != "conv":
+def conv_fits(op: Op, graph: Graph, cfg=None) -> bool:
+    """Whether some tiling of this conv fits VTA's buffers and instruction fields (checked on a
+    shape-only layer: the default tiling search fails exactly when nothing fits)."""
+    from .config import load_config
+    from .lower import Branch, ConvLayer, TilingError, default_tiling
+
+    cfg = cfg or load_config()
+    _, c, h, w = graph.shapes[op.inputs[0]]
+    wz = np.zeros(op.attrs["weight"].shape, np.int8)
+    layer = ConvLayer(op.name, c, h, w, [Branch(wz, op.attrs["pad"])], np.zeros(wz.shape[0], np.int32), 8,
+                      op.attrs["relu"], op.attrs["stride"])
+    try:
+        default_tiling(layer, cfg)
+        return True
+    except TilingError:
         return False
-    o, c, k, _ = op.attrs["weight"].shape
-    return c % 16 == 0 and o % 16 == 0 and op.attrs["pad"] <= 15
 
 
-def partition(graph: Graph) -> list:
-    """Stages in execution order: `VTAUnit`s and lists of host `Op`s."""
+def vta_eligible(op: Op, graph: Graph, cfg=None) -> bool:
+    """A conv runs on VTA unless its padding exceeds the 4-bit LOAD pad fields or nothing fits."""
+    if op.kind != "conv" or op.attrs["pad"] > 15:
+        return False
+    return conv_fits(op, graph, cfg)
+
+
+def pool_layer(op: Op, graph: Graph, nonneg: bool):
+    """The `PoolLayer` of a MaxPool op (its VTA form; whether it is exact there is its own check)."""
+    from .pool import PoolLayer
+
+    _, c, h, w = graph.shapes[op.inputs[0]]
+    return PoolLayer(op.name or op.output, c, h, w, op.attrs["kernel"], op.attrs["stride"],
+                     tuple(op.attrs["pads"]), op.attrs["ceil"], nonneg)
+
+
+def pool_on_vta(op: Op, graph: Graph, nonneg: bool, cfg=None) -> bool:
+    """A MaxPool runs on VTA when a tiling of it is exact and fits (see `pool.py`)."""
+    from .config import load_config
+    from .lower import TilingError
+
+    try:
+        pool_layer(op, graph, nonneg).default_tiling(cfg or load_config())
+        return True
+    except TilingError:
+        return False
+
+
+def _relu_output(unit: VTAUnit, nonneg: set) -> bool:
+    """Whether the unit's output is known to be >= 0 (a ReLU, or a pool of such a tensor): what
+    lets a later pool with overhang use VTA's zero padding."""
+    if unit.pool is not None:
+        return unit.input in nonneg
+    return all(op.attrs["relu"] for op in unit.convs)
+
+
+def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
+    """Stages in execution order: `VTAUnit`s and lists of host `Op`s. `pools=False` keeps every
+    max-pool on the host (for comparison)."""
     cons = graph.consumers()
     prod = graph.producers()
+    eligible = {op.output: vta_eligible(op, graph, cfg) for op in graph.ops if op.kind == "conv"}
     fused_into: dict[str, str] = {}  # conv output -> concat output
     units: dict[str, VTAUnit] = {}
     for op in graph.ops:
         if op.kind != "concat":
             continue
         srcs = [prod.get(i) for i in op.inputs]
-        if all(s is not None and vta_eligible(s, graph) and len(cons.get(s.output, [])) == 1 for s in srcs) \
+        if all(s is not None and eligible.get(s.output) and len(cons.get(s.output, [])) == 1
+               and s.attrs["weight"].shape[0] % 16 == 0 for s in srcs) \
                 and len({s.inputs[0] for s in srcs}) == 1 \
                 and len({graph.shapes[s.output][2:] for s in srcs}) == 1 and len({s.attrs["stride"] for s in srcs}) == 1:
             name = op.name or op.output
@@ -306,19 +411,54 @@ def partition(graph: Graph) -> list:
                 fused_into[s.output] = op.output
     stages: list = []
     host: list = []
+    on_vta: set = set()  # tensors VTA produces (int8, blocked layout)
+    nonneg: set = set()  # of those, the ones known to be >= 0
     for op in graph.ops:
         if op.output in fused_into:
             continue
         unit = units.get(op.output)
-        if unit is None and vta_eligible(op, graph):
+        if unit is None and op.kind == "conv" and eligible[op.output]:
             unit = VTAUnit(op.name or op.output, [op], op.inputs[0], op.output)
+        if unit is None and pools and op.kind == "maxpool" and op.inputs[0] in on_vta \
+                and pool_on_vta(op, graph, op.inputs[0] in nonneg, cfg):
+            unit = VTAUnit(op.name or op.output, [], op.inputs[0], op.output, pool=op,
+                           nonneg=op.inputs[0] in nonneg)
         if unit is not None:
-            if host:
-                stages.append(host)
+            if host or (unit.input == graph.input_name and not stages):
+                stages.append(host)  # may be empty: a segment that only quantises the model input
                 host = []
             stages.append(unit)
+            on_vta.add(unit.output)
+            if _relu_output(unit, nonneg):
+                nonneg.add(unit.output)
         else:
             host.append(op)
     if host:
         stages.append(host)
     return stages
+
+
+_HOST_REASONS = {
+    "im2col": "layout step: gathers each conv window into channels so the conv runs as a 1x1 GEMM "
+              "(VTA's loads move whole 16-byte blocks and cannot gather bytes)",
+    "gap": "global average: a division by H*W (not a power of two) and the classifier's final scale; few ops",
+    "softmax": "needs exp and a division; the ALU has min/max/add/shift/mul only",
+    "flatten": "a reshape of the host's own tensor: no data movement",
+    "avgpool": "average: a division by the window size, which the ALU cannot do exactly",
+    "add": "residual addition of two int8 tensors with different scales: not lowered to the ALU",
+    "concat": "inputs are not all VTA convolutions of one tensor with whole 16-channel blocks",
+    "relu": "a ReLU not folded into a conv",
+}
+
+
+def host_reason(op: Op, *, pools: bool = True) -> str:
+    """Why `op` runs on the host (for the placement report)."""
+    if op.kind == "maxpool":
+        if not pools:
+            return "max-pools kept on the host (pools=False)"
+        return "input is computed on the host, or the windows overhang a possibly negative input (VTA pads with 0)"
+    if op.kind == "conv":
+        if op.attrs["pad"] > 15:
+            return "padding above 15 does not fit the LOAD pad fields"
+        return "no tiling fits VTA's buffers"
+    return _HOST_REASONS.get(op.kind, "no VTA lowering for this op")

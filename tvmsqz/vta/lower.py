@@ -5,7 +5,11 @@ Data layouts in DRAM (BATCH=1, BLOCK=16):
   activations  (C/16, H, W, 16) int8           element (cb, y, x) = 16 bytes
   weights      per output block ob: (C_in/16, KH, KW) elements of (16 out, 16 in) int8
   bias         (C_out/16, 16) int32             loaded into the accumulator once
+  shifts       (C_out/16, 16) int32             per-channel requantisation shifts (if not one)
   output       (C_out/16, Ho, Wo, 16) int8      branches concatenated along channels
+
+Channel counts round up to whole blocks: padding input lanes meet zero weights, padding output
+lanes (the classifier's 1000 -> 1008) get zero weights, bias and shift, so they store 0.
 
 Tiling (`Tiling`): output tiles of h x w pixels and oc blocks, reducing over ic input blocks
 per GEMM; `nbuf` slots in the input and weight buffers and `nacc` accumulator slots give
@@ -17,7 +21,8 @@ channel tiles are the outer loop (what stays resident between tiles). Per tile:
   ALU ADD bias ; ALU SHR shift ; ALU MAX lo ; ALU MIN 127 ; STORE per output block
 
 Rounding is folded into the bias (bias + 2**(shift-1)), so requantisation is exactly the ALU's
-arithmetic shift and clip. GEMM micro-ops loop over (output block, input block, kernel tap);
+arithmetic shift and clip; with per-channel shifts the SHR reads them lane-wise from a vector
+in the accumulator (like the bias ADD) instead of an immediate, at the same cost. GEMM micro-ops loop over (output block, input block, kernel tap);
 the instruction's two loops walk output rows and columns.
 """
 
@@ -61,17 +66,39 @@ class ConvLayer:
     width: int
     branches: list
     bias: np.ndarray  # (sum O,) int32, *without* the rounding term
-    shift: int
+    shift: int | np.ndarray  # one right shift for the layer, or one per output channel
     relu: bool = True
     stride: int = 1
+
+    kind = "conv"
+
+    @property
+    def out_range(self) -> tuple[int, int]:
+        """The requantised output's clip range (the ReLU is the lower bound 0)."""
+        return (0 if self.relu else -128), 127
+
+    @property
+    def shifts(self) -> np.ndarray:
+        """(sum O,) int64 per-channel shifts (a scalar shift broadcast)."""
+        return np.broadcast_to(np.asarray(self.shift, dtype=np.int64), (self.out_channels,)).copy()
+
+    @property
+    def uniform_shift(self) -> int | None:
+        """The layer's one shift if `shift` is a scalar (SHR with an immediate), else None (an
+        array, even of equal values: SHR by a per-lane shift vector held in the accumulator, so
+        that a shape-only layer of the tiling search lowers to the same program)."""
+        return int(self.shift) if np.ndim(self.shift) == 0 else None
 
     def __post_init__(self):
         sizes = {self._out_size(b) for b in self.branches}
         if len(sizes) != 1:
             raise ValueError(f"{self.name}: branches give different output sizes {sizes}")
-        for b in self.branches:
-            if b.weight.shape[0] % 16 or b.weight.dtype != np.int8:
-                raise ValueError(f"{self.name}: branch weights must be int8 with O % 16 == 0")
+        for k, b in enumerate(self.branches):
+            if b.weight.dtype != np.int8:
+                raise ValueError(f"{self.name}: branch weights must be int8")
+            if b.weight.shape[0] % 16 and k != len(self.branches) - 1:
+                # the concatenated output is blocked by 16: only the last branch may end in a partial block
+                raise ValueError(f"{self.name}: only the last branch may have O % 16 != 0")
             if b.weight.shape[1] != self.in_channels:
                 raise ValueError(f"{self.name}: weight input channels {b.weight.shape[1]} != {self.in_channels}")
 
@@ -93,12 +120,33 @@ class ConvLayer:
         return int(sum(b.weight.shape[0] * b.weight.shape[1] * b.kernel[0] * b.kernel[1] for b in self.branches) * ho * wo)
 
     def shape_key(self) -> str:
+        """What the program's shape depends on (tiling database key): sizes, and whether the
+        requantisation shifts per channel (one more vector load, a different SHR)."""
         br = "+".join(f"o{b.weight.shape[0]}k{b.kernel[0]}x{b.kernel[1]}p{b.pad}" for b in self.branches)
-        return f"c{self.in_channels}h{self.height}w{self.width}s{self.stride}_{br}"
+        extra = "_pcs" if self.uniform_shift is None else ""
+        return f"c{self.in_channels}h{self.height}w{self.width}s{self.stride}_{br}{extra}"
 
     def shape_dict(self) -> dict:
         return {"in_channels": self.in_channels, "height": self.height, "width": self.width, "stride": self.stride,
-                "branches": [{"out": int(b.weight.shape[0]), "kernel": list(b.kernel), "pad": b.pad} for b in self.branches]}
+                "branches": [{"out": int(b.weight.shape[0]), "kernel": list(b.kernel), "pad": b.pad} for b in self.branches],
+                "per_channel_shift": self.uniform_shift is None}
+
+    # The layer interface shared with `pool.PoolLayer`: what the tiling search, the compiler and
+    # the quantised reference call, so that they need not know which kind of layer they hold.
+    def lower(self, tiling: "Tiling", cfg: VTAConfig) -> "VTAProgram":
+        return lower_conv(self, tiling, cfg)
+
+    def check_tiling(self, tiling: "Tiling", cfg: VTAConfig) -> dict:
+        return check_tiling(self, tiling, cfg)
+
+    def default_tiling(self, cfg: VTAConfig) -> "Tiling":
+        return default_tiling(self, cfg)
+
+    def tiling_space(self, cfg: VTAConfig) -> dict:
+        return tiling_space(self, cfg)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return reference_conv(self, x)
 
 
 @dataclass(frozen=True)
@@ -153,11 +201,13 @@ def unpack_activation(p: np.ndarray, channels: int | None = None) -> np.ndarray:
 
 
 def layer_geometry(layer: ConvLayer, block: int = 16):
+    """(input blocks, per output block (branch, KH, KW, pad, block within branch)); channel
+    counts are rounded up to whole blocks (the padding lanes carry zero weights)."""
     ib = ceil_div(layer.in_channels, block)
     obs = []  # per output block: (branch index, KH, KW, pad, weight block offset within branch)
     for bi, b in enumerate(layer.branches):
         kh, kw = b.kernel
-        for o in range(b.weight.shape[0] // block):
+        for o in range(ceil_div(b.weight.shape[0], block)):
             obs.append((bi, kh, kw, b.pad, o))
     return ib, obs
 
@@ -168,9 +218,9 @@ def pack_weights(layer: ConvLayer, block: int = 16) -> tuple[np.ndarray, list[in
     ib, obs = layer_geometry(layer, block)
     elems, offsets, pos = [], [], 0
     for bi, kh, kw, _pad, o in obs:
-        w = layer.branches[bi].weight[o * block:(o + 1) * block]  # (16, I, kh, kw)
+        w = layer.branches[bi].weight[o * block:(o + 1) * block]  # (<=16, I, kh, kw)
         wp = np.zeros((block, ib * block, kh, kw), dtype=np.int8)
-        wp[:, : w.shape[1]] = w
+        wp[: w.shape[0], : w.shape[1]] = w
         # -> (ib, kh, kw, 16 out, 16 in)
         e = wp.reshape(block, ib, block, kh, kw).transpose(1, 3, 4, 0, 2).reshape(-1, block, block)
         offsets.append(pos)
@@ -197,18 +247,22 @@ def reference_conv(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
         outs.append(acc)
     acc = np.concatenate(outs) + requant_bias(layer)[:, None, None]
     acc = ((acc + (1 << 31)) % (1 << 32)) - (1 << 31)  # int32 accumulator
-    y = shift_arith(acc, layer.shift)
-    lo = 0 if layer.relu else -128
-    return np.clip(y, lo, 127).astype(np.int8)[None]
+    y = shift_arith(acc, layer.shifts[:, None, None])
+    lo, hi = layer.out_range
+    return np.clip(y, lo, hi).astype(np.int8)[None]
 
 
-def shift_arith(x: np.ndarray, s: int) -> np.ndarray:
-    return (x >> s) if s >= 0 else (x << -s)
+def shift_arith(x: np.ndarray, s) -> np.ndarray:
+    """The ALU's SHR: arithmetic right shift, a negative amount shifting left (lane-wise when
+    `s` is an array)."""
+    s = np.asarray(s, dtype=np.int64)
+    return np.where(s >= 0, x >> np.maximum(s, 0), x << np.maximum(-s, 0))
 
 
 def requant_bias(layer: ConvLayer) -> np.ndarray:
-    """The bias the accumulator gets: bias + rounding term 2**(shift-1)."""
-    rnd = (1 << (layer.shift - 1)) if layer.shift > 0 else 0
+    """The bias the accumulator gets: bias + rounding term 2**(shift-1) (per channel)."""
+    sh = layer.shifts
+    rnd = np.where(sh > 0, np.left_shift(1, np.maximum(sh - 1, 0)), 0)
     return layer.bias.astype(np.int64) + rnd
 
 
@@ -304,7 +358,8 @@ def check_tiling(layer: ConvLayer, t: Tiling, cfg: VTAConfig) -> dict:
     inp_slot = t.ic * hin * win
     wgt_slot = max(sum(t.ic * obs[j][1] * obs[j][2] for j in range(o0, o0 + t.oc)) for o0 in range(0, ob, t.oc))
     acc_slot = t.oc * t.h * t.w
-    need = {"inp": t.nbuf * inp_slot, "wgt": t.nbuf * wgt_slot, "acc": t.nacc * acc_slot + ob}
+    consts = ob * (1 if layer.uniform_shift is not None else 2)  # bias (+ per-channel shift) vectors
+    need = {"inp": t.nbuf * inp_slot, "wgt": t.nbuf * wgt_slot, "acc": t.nacc * acc_slot + consts}
     if need["inp"] > cfg.inp_depth:
         raise TilingError(f"input buffer: {need['inp']} > {cfg.inp_depth}")
     if need["wgt"] > cfg.wgt_depth:
@@ -319,6 +374,98 @@ def check_tiling(layer: ConvLayer, t: Tiling, cfg: VTAConfig) -> dict:
     if max(b.pad for b in layer.branches) > 15:
         raise TilingError("padding above 15")
     return {"inp_slot": inp_slot, "wgt_slot": wgt_slot, "acc_slot": acc_slot, "hin": hin, "win": win, **need}
+
+
+class UopKernels:
+    """Micro-op kernels of one program and the compute queue's micro-op buffer.
+
+    Kernels are deduplicated by key and stored consecutively in the program's DRAM micro-op
+    section; `ensure` emits a LOAD UOP only when the kernel is not resident (the buffer is
+    refilled from the start when full). The compute queue runs in order, so these loads need
+    no dependency tokens.
+    """
+
+    def __init__(self, pb: ProgramBuilder, cfg: VTAConfig):
+        self.pb, self.cfg = pb, cfg
+        self.kernels: dict = {}
+        self.dram: dict = {}  # key -> uop offset in the DRAM section
+        self.chunks: list = []
+        self.total = 0
+        self.cache: OrderedDict = OrderedDict()
+        self.ptr = 0
+
+    def kernel(self, key, make):
+        """Register the kernel `make()` ((dst, src, wgt) rows) under `key` once; returns `key`."""
+        if key not in self.kernels:
+            k = np.asarray(make(), dtype=np.int64).reshape(-1, 3)
+            self.kernels[key] = k
+            self.dram[key] = self.total
+            self.chunks.append(isa.encode_uops(k, self.cfg))
+            self.total += len(k)
+        return key
+
+    def size(self, key) -> int:
+        return len(self.kernels[key])
+
+    def ensure(self, key) -> int:
+        """Base index of kernel `key` in the micro-op buffer, loading it if needed."""
+        if key in self.cache:
+            return self.cache[key]
+        n = self.size(key)
+        if self.ptr + n > self.cfg.uop_depth:
+            self.cache.clear()
+            self.ptr = 0
+        base = self.ptr
+        ins = isa.mem_insn(isa.LOAD, isa.MEM_UOP, base, 0, 1, n, n)
+        ins["_rel"] = ("uop", self.dram[key])
+        self.pb.emit(ins)
+        self.cache[key] = base
+        self.ptr += n
+        return base
+
+    def blob(self) -> np.ndarray:
+        return np.concatenate(self.chunks).view(np.uint8) if self.chunks else np.zeros(0, np.uint8)
+
+
+def _elem_bytes(memory_type: int, cfg: VTAConfig) -> int:
+    """Bytes per DRAM address unit of a memory type (ACC_8BIT loads int8 data: 16 bytes)."""
+    return {isa.MEM_UOP: cfg.uop_elem_bytes, isa.MEM_WGT: cfg.wgt_elem_bytes, isa.MEM_INP: cfg.inp_elem_bytes,
+            isa.MEM_ACC: cfg.acc_elem_bytes, isa.MEM_ACC_8BIT: cfg.inp_elem_bytes,
+            isa.MEM_OUT: cfg.out_elem_bytes}[memory_type]
+
+
+def assemble(name: str, pb: ProgramBuilder, uops: UopKernels, consts: list, in_shape: tuple, out_shape: tuple,
+             cfg: VTAConfig, *, macs: int, tiling: "Tiling", meta: dict) -> VTAProgram:
+    """Lay out the layer's DRAM segment (micro-ops, the `consts` sections in order, input,
+    output; each aligned to 256 bytes), resolve every LOAD/STORE's `_rel` = (section, element
+    offset) into its `dram_base`, and encode the instruction stream.
+
+    Addresses are resolved only here because the micro-op section's size is known only after
+    the whole program has been emitted."""
+    sections = [("uop", uops.blob())] + [(n, np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for n, a in consts]
+    sections += [("inp", np.zeros(int(np.prod(in_shape)), np.uint8)), ("out", np.zeros(int(np.prod(out_shape)), np.uint8))]
+    offsets, pos = {}, 0
+    for sec, data in sections:
+        offsets[sec] = pos
+        pos = align(pos + data.nbytes)
+    const = np.zeros(offsets["inp"], dtype=np.uint8)
+    for sec, data in sections[:-2]:
+        const[offsets[sec]:offsets[sec] + data.nbytes] = data
+    insns = pb.finalize()
+    for ins in insns:
+        rel = ins.pop("_rel", None)
+        if rel is not None:
+            sec, elem = rel
+            ins["dram_base"] = offsets[sec] // _elem_bytes(ins["memory_type"], cfg) + elem
+    try:
+        words = isa.encode_program(insns, cfg)
+    except isa.EncodingError as exc:
+        raise TilingError(f"{name}: {exc}") from None
+    return VTAProgram(
+        name=name, insns=words, dram_const=const, inp_offset=offsets["inp"], out_offset=offsets["out"],
+        dram_size=pos, in_shape=tuple(in_shape), out_shape=tuple(out_shape), macs=macs, tiling=tiling,
+        meta={"instructions": len(insns), "uops": uops.total, **meta},
+    )
 
 
 def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
@@ -340,28 +487,19 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
     if bias.min() < -(1 << 31) or bias.max() >= (1 << 31):
         raise TilingError(f"{layer.name}: bias does not fit int32")
     bias_elems = np.zeros((ob, blk), dtype=np.int32)
-    bias_elems.reshape(-1)[: len(bias)] = bias.astype(np.int32)
+    bias_elems.reshape(-1)[: len(bias)] = bias.astype(np.int32)  # padding channels: bias 0 -> output 0
+    consts = [("wgt", wgt_elems), ("bias", bias_elems)]
+    shift = layer.uniform_shift
+    if shift is None:  # per-channel shifts: one more vector per output block, SHR reads it
+        shift_elems = np.zeros((ob, blk), dtype=np.int32)
+        shift_elems.reshape(-1)[: layer.out_channels] = layer.shifts
+        consts.append(("shift", shift_elems))
 
     inp_slot_base = [k * geo["inp_slot"] for k in range(t.nbuf)]
     wgt_slot_base = [k * geo["wgt_slot"] for k in range(t.nbuf)]
     acc_slot_base = [k * geo["acc_slot"] for k in range(t.nacc)]
     bias_base = cfg.acc_depth - ob
-
-    # ---- micro-op kernels (deduplicated), stored consecutively in DRAM
-    kernels: dict[tuple, np.ndarray] = {}
-    kernel_dram: dict[tuple, int] = {}
-    kernel_chunks: list[np.ndarray] = []
-    n_uops_total = 0
-
-    def kernel(key, make):
-        nonlocal n_uops_total
-        if key not in kernels:
-            k = np.asarray(make(), dtype=np.int64).reshape(-1, 3)
-            kernels[key] = k
-            kernel_dram[key] = n_uops_total
-            kernel_chunks.append(isa.encode_uops(k, cfg))
-            n_uops_total += len(k)
-        return key
+    shift_base = bias_base - ob
 
     def gemm_uops(th, tw, o0, islot, wslot, aslot):
         hin = (th - 1) * s + khm
@@ -380,40 +518,22 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
                         wpos += 1
         return rows
 
-    # ---- DRAM layout
-    wgt_bytes = wgt_elems.nbytes
-    bias_bytes = bias_elems.nbytes
     in_shape = (ib, h, w, blk)
     out_shape = (ob, ho, wo, blk)
 
     pb = ProgramBuilder()
-    # uop buffer cache (compute queue, in order: no tokens needed)
-    uop_cache: OrderedDict = OrderedDict()
-    uop_ptr = [0]
-    uop_loads: list[tuple[int, tuple]] = []  # (insn index, kernel key) patched with DRAM base later
-
-    def ensure_uops(key) -> int:
-        if key in uop_cache:
-            return uop_cache[key]
-        n = len(kernels[key])
-        if uop_ptr[0] + n > cfg.uop_depth:
-            uop_cache.clear()
-            uop_ptr[0] = 0
-        base = uop_ptr[0]
-        idx = pb.emit(isa.mem_insn(isa.LOAD, isa.MEM_UOP, base, 0, 1, n, n))
-        uop_loads.append((idx, key))
-        uop_cache[key] = base
-        uop_ptr[0] += n
-        return base
-
+    uops = UopKernels(pb, cfg)
     icache = _SlotCache(t.nbuf)
     wcache = _SlotCache(t.nbuf)
     acc_last_reader = [None] * t.nacc
     acc_next = 0
     last_store = None
 
-    # bias into the accumulator (compute queue)
-    bias_load = pb.emit(isa.mem_insn(isa.LOAD, isa.MEM_ACC, bias_base, 0, 1, ob, ob))
+    # bias (and per-channel shifts) into the accumulator (compute queue)
+    for base, sec in ((bias_base, "bias"), (shift_base, "shift"))[: 1 if shift is not None else 2]:
+        ins = isa.mem_insn(isa.LOAD, isa.MEM_ACC, base, 0, 1, ob, ob)
+        ins["_rel"] = (sec, 0)
+        pb.emit(ins)
 
     sp_tiles = [(r0, rh, c0, cw) for r0, rh in _tiles(ho, t.h) for c0, cw in _tiles(wo, t.w)]
     oc_tiles = list(range(0, ob, t.oc))
@@ -429,8 +549,8 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
         abase = acc_slot_base[aslot]
         p = th * tw
         # reset accumulators (waits for the STOREs that drained this slot)
-        rkey = kernel(("alu", abase, 0), lambda: [(abase, 0, 0)])
-        ub = ensure_uops(rkey)
+        rkey = uops.kernel(("alu", abase, 0), lambda: [(abase, 0, 0)])
+        ub = uops.ensure(rkey)
         pb.emit(isa.gemm_insn(ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
                               reset_reg=1), after=(acc_last_reader[aslot],))
         # input window of this spatial tile
@@ -449,9 +569,9 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
             if not ihit:
                 last = None
                 for il in range(t.ic):
-                    ins = isa.mem_insn(isa.LOAD, isa.MEM_INP, ibase + il * hin * win,
-                                       (i0 + il) * h * w + ry0 * w + rx0, ry1 - ry0, rx1 - rx0, w,
+                    ins = isa.mem_insn(isa.LOAD, isa.MEM_INP, ibase + il * hin * win, 0, ry1 - ry0, rx1 - rx0, w,
                                        ypad0, ypad1, xpad0, xpad1)
+                    ins["_rel"] = ("inp", (i0 + il) * h * w + ry0 * w + rx0)
                     last = pb.emit(ins, after=(icache.last_reader[islot],) if il == 0 else ())
                 icache.filled_by[islot] = last
             wslot, whit = wcache.lookup(("wgt", o0, i0))
@@ -464,15 +584,15 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
                     _bi, kh, kw, _pad, _o = obs[o0 + ol]
                     kk = kh * kw
                     ins = isa.mem_insn(isa.LOAD, isa.MEM_WGT, wbase + pos, 0, 1, t.ic * kk, t.ic * kk)
-                    ins["_wgt_elem"] = wgt_off[o0 + ol] + i0 * kk
+                    ins["_rel"] = ("wgt", wgt_off[o0 + ol] + i0 * kk)
                     last = pb.emit(ins, after=(wcache.last_reader[wslot],) if first else ())
                     first = False
                     pos += t.ic * kk
                 wcache.filled_by[wslot] = last
-            gkey = kernel(("gemm", th, tw, o0, ibase, wbase, abase),
-                          lambda: gemm_uops(th, tw, o0, ibase, wbase, abase))
-            ub = ensure_uops(gkey)
-            nu = len(kernels[gkey])
+            gkey = uops.kernel(("gemm", th, tw, o0, ibase, wbase, abase),
+                               lambda: gemm_uops(th, tw, o0, ibase, wbase, abase))
+            ub = uops.ensure(gkey)
+            nu = uops.size(gkey)
             g = pb.emit(isa.gemm_insn(ub, ub + nu, iter_out=th, iter_in=tw, dst_factor_out=tw, dst_factor_in=1,
                                       src_factor_out=s * win, src_factor_in=s),
                         after=(icache.filled_by[islot], wcache.filled_by[wslot]))
@@ -480,59 +600,43 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
             wcache.last_reader[wslot] = g
             n_gemm_steps += 1
         # requantise: + bias (incl. rounding), >> shift, clip
-        bkey = kernel(("alu", abase, bias_base + o0), lambda: [(abase, bias_base + o0, 0)])
-        ub = ensure_uops(bkey)
+        bkey = uops.kernel(("alu", abase, bias_base + o0), lambda: [(abase, bias_base + o0, 0)])
+        ub = uops.ensure(bkey)
         pb.emit(isa.alu_insn(isa.ALU_ADD, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
                              src_factor_out=1, src_factor_in=0))
-        ub = ensure_uops(rkey)
-        pb.emit(isa.alu_insn(isa.ALU_SHR, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
-                             use_imm=1, imm=layer.shift))
+        if shift is None:
+            skey = uops.kernel(("alu", abase, shift_base + o0), lambda: [(abase, shift_base + o0, 0)])
+            ub = uops.ensure(skey)
+            pb.emit(isa.alu_insn(isa.ALU_SHR, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p,
+                                 dst_factor_in=1, src_factor_out=1, src_factor_in=0))
+            ub = uops.ensure(rkey)
+        else:
+            ub = uops.ensure(rkey)
+            pb.emit(isa.alu_insn(isa.ALU_SHR, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p,
+                                 dst_factor_in=1, use_imm=1, imm=shift))
+        lo, hi = layer.out_range
         pb.emit(isa.alu_insn(isa.ALU_MAX, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
-                             use_imm=1, imm=0 if layer.relu else -128))
+                             use_imm=1, imm=lo))
         last_alu = pb.emit(isa.alu_insn(isa.ALU_MIN, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p,
-                                        dst_factor_in=1, use_imm=1, imm=127))
-        for ol in range(t.oc):
-            ins = isa.mem_insn(isa.STORE, isa.MEM_OUT, abase + ol * p, 0, th, tw, wo)
-            ins["_out_elem"] = (o0 + ol) * ho * wo + r0 * wo + c0
-            last_store = pb.emit(ins, after=(last_alu,) if ol == 0 else ())
+                                        dst_factor_in=1, use_imm=1, imm=hi))
+        last_store = emit_stores(pb, abase, t.oc, th, tw, o0 * ho * wo + r0 * wo + c0, ho * wo, wo, last_alu)
         acc_last_reader[aslot] = last_store
     pb.emit(isa.finish_insn(), after=(last_store,))
+    return assemble(layer.name, pb, uops, consts, in_shape, out_shape, cfg,
+                    macs=layer.macs, tiling=tiling, meta={"gemm_steps": n_gemm_steps, **geo})
 
-    # ---- DRAM layout, then patch DRAM addresses
-    uop_bytes = n_uops_total * cfg.uop_elem_bytes
-    uop_off = 0
-    wgt_off_b = align(uop_bytes)
-    bias_off = align(wgt_off_b + wgt_bytes)
-    inp_off = align(bias_off + bias_bytes)
-    out_off = align(inp_off + int(np.prod(in_shape)))
-    dram_size = align(out_off + int(np.prod(out_shape)))
-    const = np.zeros(inp_off, dtype=np.uint8)
-    if kernel_chunks:
-        allu = np.concatenate(kernel_chunks)
-        const[uop_off:uop_off + uop_bytes] = allu.view(np.uint8)
-    const[wgt_off_b:wgt_off_b + wgt_bytes] = wgt_elems.reshape(-1).view(np.uint8)
-    const[bias_off:bias_off + bias_bytes] = bias_elems.reshape(-1).view(np.uint8)
 
-    insns = pb.finalize()
-    for idx, key in uop_loads:
-        insns[idx]["dram_base"] = uop_off // cfg.uop_elem_bytes + kernel_dram[key]
-    insns[bias_load]["dram_base"] = bias_off // cfg.acc_elem_bytes
-    for ins in insns:
-        if ins["opcode"] == isa.LOAD and ins["memory_type"] == isa.MEM_WGT:
-            ins["dram_base"] = wgt_off_b // cfg.wgt_elem_bytes + ins.pop("_wgt_elem")
-        elif ins["opcode"] == isa.LOAD and ins["memory_type"] == isa.MEM_INP:
-            ins["dram_base"] += inp_off // cfg.inp_elem_bytes
-        elif ins["opcode"] == isa.STORE:
-            ins["dram_base"] = out_off // cfg.out_elem_bytes + ins.pop("_out_elem")
-    try:
-        words = isa.encode_program(insns, cfg)
-    except isa.EncodingError as exc:
-        raise TilingError(f"{layer.name}: {exc}") from None
-    return VTAProgram(
-        name=layer.name, insns=words, dram_const=const, inp_offset=inp_off, out_offset=out_off,
-        dram_size=dram_size, in_shape=in_shape, out_shape=out_shape, macs=layer.macs, tiling=tiling,
-        meta={"instructions": len(insns), "uops": n_uops_total, "gemm_steps": n_gemm_steps, **geo},
-    )
+def emit_stores(pb: ProgramBuilder, abase: int, nblocks: int, th: int, tw: int, out_elem: int, block_stride: int,
+                row_stride: int, after: int) -> int:
+    """STORE a tile of `nblocks` channel blocks (th x tw pixels each, consecutive in the
+    accumulator from `abase`) to the output at element `out_elem`; the first STORE waits for
+    `after` (the last ALU op of the tile). Returns the last STORE's index."""
+    last = None
+    for ol in range(nblocks):
+        ins = isa.mem_insn(isa.STORE, isa.MEM_OUT, abase + ol * th * tw, 0, th, tw, row_stride)
+        ins["_rel"] = ("out", out_elem + ol * block_stride)
+        last = pb.emit(ins, after=(after,) if ol == 0 else ())
+    return last
 
 
 # ---------------------------------------------------------------------------- tiling space
@@ -549,9 +653,10 @@ def tiling_space(layer: ConvLayer, cfg: VTAConfig) -> dict[str, list]:
             "oc": divisors(len(obs)), "ic": divisors(ib), "nbuf": [1, 2], "nacc": [1, 2], "order": ["spatial", "oc"]}
 
 
-def is_valid(layer: ConvLayer, t: Tiling, cfg: VTAConfig) -> bool:
+def is_valid(layer, t: Tiling, cfg: VTAConfig) -> bool:
+    """Whether `t` fits `layer` (any layer kind: it asks the layer's own check)."""
     try:
-        check_tiling(layer, t, cfg)
+        layer.check_tiling(t, cfg)
         return True
     except TilingError:
         return False

@@ -6,7 +6,9 @@ so the fused expand pair shares it), biases int32 with scale 2**-(a_in + wexp), 
 
     q_out = clip((acc + bias + 2**(shift-1)) >> shift, lo, 127),  shift = a_in + wexp - a_out
 
-with lo = 0 after a ReLU (-128 otherwise): requantisation is the ALU's shift and clip. The
+with lo = 0 after a ReLU (-128 otherwise): requantisation is the ALU's shift and clip. A
+max-pool on VTA keeps its input's scale (max commutes with the monotone quantiser), so its
+output exponent is its input's, not calibrated. The
 activation exponents are calibrated on real images: for each tensor, the exponent that
 minimises the mean squared quantisation error over the calibration activations (between "no
 clipping" and 4 bits finer, so outliers may clip). The host quantises with
@@ -22,38 +24,71 @@ import numpy as np
 
 from tvmsqz.errors import TvmsqzError
 
-from .graph import Graph, VTAUnit, eval_op, partition, run_fp32
-from .lower import Branch, ConvLayer, pack_activation, reference_conv, unpack_activation
+from .graph import Graph, VTAUnit, eval_op, partition, pool_layer, run_fp32
+from .lower import Branch, ConvLayer, pack_activation, unpack_activation
 
 MAX_SAMPLES = 400_000
 
 
-def quantize_np(x: np.ndarray, a: int) -> np.ndarray:
-    return np.clip(np.floor(x.astype(np.float32) * np.float32(2.0 ** a) + np.float32(0.5)), -128, 127).astype(np.int8)
+def _per_channel(z, ndim: int):
+    """Zero points (C,) shaped to broadcast over an NCHW tensor; 0 when there are none."""
+    return np.float32(0) if z is None else np.asarray(z, np.float32).reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def dequantize_np(q: np.ndarray, a: int) -> np.ndarray:
-    return q.astype(np.float32) * np.float32(2.0 ** -a)
+def quantize_np(x: np.ndarray, a: int, z=None) -> np.ndarray:
+    """clip(floor(x * 2**a + 0.5) + z, -128, 127) as int8 (`z`: integer zero point per channel);
+    the host's TVM code does the same float32 operations in the same order."""
+    x = x.astype(np.float32)
+    return np.clip(np.floor(x * np.float32(2.0 ** a) + np.float32(0.5)) + _per_channel(z, x.ndim),
+                   -128, 127).astype(np.int8)
 
 
-def choose_exponent(samples: np.ndarray, amax: float, lo: int = -128) -> int:
+def dequantize_np(q: np.ndarray, a: int, z=None) -> np.ndarray:
+    """(q - z) * 2**-a in float32: the inverse of `quantize_np` on the codes."""
+    return (q.astype(np.float32) - _per_channel(z, q.ndim)) * np.float32(2.0 ** -a)
+
+
+def _best_exponent(amax: float, error, hi: int = 127) -> int:
+    """The exponent in [no clipping, 4 bits finer] with the least `error(a)`; the coarsest wins ties."""
     if amax <= 0:
         return 0
-    a0 = math.floor(math.log2(127.0 / amax))
-    best, best_err = a0, None
-    for a in range(a0, a0 + 5):
-        q = np.clip(np.floor(samples * 2.0 ** a + 0.5), lo, 127) * 2.0 ** -a
-        err = float(np.mean((q - samples) ** 2))
-        if best_err is None or err < best_err:
-            best, best_err = a, err
-    return best
+    a0 = math.floor(math.log2(hi / amax))
+    return min(range(a0, a0 + 5), key=lambda a: (error(a), a))
+
+
+def choose_exponent(samples: np.ndarray, amax: float, lo: int = -128, hi: int = 127) -> int:
+    """MSE-optimal exponent for codes in [lo, hi] ([0, 255]: a ReLU output stored with zero
+    point -128)."""
+    def error(a):
+        q = np.clip(np.floor(samples * 2.0 ** a + 0.5), lo, hi) * 2.0 ** -a
+        return float(np.mean((q - samples) ** 2))
+
+    return _best_exponent(amax, error, hi)
+
+
+def zero_point(mid: np.ndarray, a: int) -> np.ndarray:
+    """Integer per-channel zero points that centre each channel's range [lo, hi] (mid = its
+    middle) in int8 at exponent `a` (floor(m + 0.5): a half-integer middle, as for integer
+    pixel values, maps [lo, hi] onto exactly [-128, 127])."""
+    return np.clip(-np.floor(mid * 2.0 ** a + 0.5), -128, 127).astype(np.int64)
+
+
+def choose_exponent_zp(samples: np.ndarray, chans: np.ndarray, mid: np.ndarray) -> int:
+    """`choose_exponent` for a tensor with zero points: the error of each exponent is measured
+    with its own integer zero points (rounding the zero point is part of the error)."""
+    def error(a):
+        z = zero_point(mid, a)[chans]
+        q = (np.clip(np.floor(samples * 2.0 ** a + 0.5) + z, -128, 127) - z) * 2.0 ** -a
+        return float(np.mean((q - samples) ** 2))
+
+    return _best_exponent(float(np.abs(samples - mid[chans]).max()), error)
 
 
 @dataclass
 class HostSegment:
     index: int
     ops: list  # graph Ops
-    inputs: list  # [(tensor, "q"|"f")]
+    inputs: list  # [(tensor, "q"|"f")]: int8 in VTA's blocked layout, or float32
     outputs: list
 
 
@@ -62,9 +97,10 @@ class QuantNet:
     graph: Graph
     stages: list  # HostSegment | VTAUnit
     qexp: dict  # tensor -> exponent
-    layers: dict  # unit output tensor -> ConvLayer
+    layers: dict  # unit output tensor -> ConvLayer | PoolLayer
     wexp: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    zero: dict = field(default_factory=dict)  # tensor -> (C,) int zero points (host-quantised inputs only)
 
     # ------------------------------------------------------------------ queries
     def vta_units(self) -> list:
@@ -90,14 +126,14 @@ class QuantNet:
         for (t, rep), v in zip(seg.inputs, args):
             if rep == "q":
                 c = self.graph.shapes[t][1]
-                v = dequantize_np(unpack_activation(v, c), self.qexp[t])
+                v = dequantize_np(unpack_activation(v, c), self.qexp[t], self.zero.get(t))
             env[t] = v
         for op in seg.ops:
             env[op.output] = eval_op(op, [env[i] for i in op.inputs])
         outs = []
         for t, rep in seg.outputs:
             v = env[t]
-            outs.append(pack_activation(quantize_np(v, self.qexp[t])) if rep == "q" else v)
+            outs.append(pack_activation(quantize_np(v, self.qexp[t], self.zero.get(t))) if rep == "q" else v)
         return outs
 
     def run(self, x: np.ndarray, host=None, vta=None, record: dict | None = None) -> np.ndarray:
@@ -115,8 +151,7 @@ class QuantNet:
                 layer = self.layers[st.output]
                 xin = env[st.input]
                 if vta is None:
-                    c = layer.in_channels
-                    y = pack_activation(reference_conv(layer, unpack_activation(xin, c)))
+                    y = pack_activation(layer.reference(unpack_activation(xin, layer.in_channels)))
                 else:
                     y = vta(st, layer, xin)
                 env[st.output] = y
@@ -133,6 +168,10 @@ def _boundaries(graph: Graph, stages: list) -> tuple[list, set]:
         if isinstance(st, VTAUnit):
             q_tensors.add(st.input)
             q_tensors.add(st.output)
+
+    def rep(t):
+        return "q" if t in q_tensors else "f"
+
     # which stage consumes each tensor
     later_use: dict = {}
     for si, st in enumerate(stages):
@@ -144,68 +183,218 @@ def _boundaries(graph: Graph, stages: list) -> tuple[list, set]:
         if isinstance(st, VTAUnit):
             out_stages.append(st)
             continue
+        if not st:  # the VTA layer after it reads the model input: quantise and pack it, nothing else
+            t = stages[si + 1].input
+            out_stages.append(HostSegment(len([s for s in out_stages if isinstance(s, HostSegment)]), [],
+                                          [(t, "f")], [(t, "q")]))
+            continue
         produced = {op.output for op in st}
         inputs = []
         for op in st:
             for t in op.inputs:
                 if t not in produced and t not in [i for i, _ in inputs]:
-                    inputs.append((t, "q" if t in q_tensors else "f"))
+                    inputs.append((t, rep(t)))
         outputs = []
         for op in st:
             t = op.output
             if t == graph.output_name or any(s > si for s in later_use.get(t, [])):
-                outputs.append((t, "q" if t in q_tensors else "f"))
+                outputs.append((t, rep(t)))
         out_stages.append(HostSegment(len([s for s in out_stages if isinstance(s, HostSegment)]), list(st),
                                       inputs, outputs))
     return out_stages, q_tensors
 
 
-def quantize_graph(graph: Graph, calibration: list, *, progress=None) -> QuantNet:
+def conv_layer(unit: VTAUnit, graph: Graph, branches: list | None = None, bias: np.ndarray | None = None,
+               shift=8, relu: bool | None = None) -> ConvLayer:
+    """The `ConvLayer` of a conv unit; without `branches` a shape-only one (zero weights), which
+    is all the tiling search needs. `relu=None`: the graph's ReLU (clip at 0)."""
+    if branches is None:
+        branches = [Branch(np.zeros(op.attrs["weight"].shape, np.int8), op.attrs["pad"]) for op in unit.convs]
+        bias = np.zeros(sum(b.weight.shape[0] for b in branches), np.int32)
+    relus = {op.attrs["relu"] for op in unit.convs}
+    if len(relus) != 1:
+        raise TvmsqzError(f"{unit.name}: fused convolutions must all have (or all lack) a ReLU")
+    _, c, h, w = graph.shapes[unit.input]
+    return ConvLayer(unit.name, c, h, w, branches, bias, shift, relu=relus.pop() if relu is None else relu,
+                     stride=unit.convs[0].attrs["stride"])
+
+
+def unit_layer(unit: VTAUnit, graph: Graph, *, per_channel: bool = True):
+    """Shape-only layer of any VTA unit (conv or max-pool), lowering to the same program shape
+    as `quantize_graph`'s layer with the same options."""
+    if unit.pool is not None:
+        return pool_layer(unit.pool, graph, unit.nonneg)
+    o = sum(op.attrs["weight"].shape[0] for op in unit.convs)
+    return conv_layer(unit, graph, shift=np.full(o, 8) if per_channel else 8)
+
+
+def weight_exponents(amax: np.ndarray, bias: np.ndarray, a_in: int, per_channel: bool = True) -> np.ndarray:
+    """Power-of-two weight exponents, one per output channel (`amax`: each filter's largest
+    |weight|), or one for all of them.
+
+    Per channel, each filter uses the int8 range by itself: on the Deep Compression model that
+    is 4-15 dB more weight SQNR than one exponent per layer (the classifier: 30 -> 40 dB), and it
+    costs VTA nothing, because the requantising SHR takes a per-lane shift vector from the
+    accumulator just as the bias ADD takes the bias. An all-zero filter gets the layer's
+    exponent; an exponent is lowered where the bias would not fit int32."""
+    top = float(amax.max())
+    layer_e = math.floor(math.log2(127.0 / top)) if top > 0 else 0
+    if not per_channel:
+        return np.full(len(amax), layer_e, dtype=np.int64)
+    safe = np.where(amax > 0, amax, top if top > 0 else 1.0)
+    e = np.floor(np.log2(127.0 / safe)).astype(np.int64)
+    limit = np.abs(bias) * 2.0 ** (a_in + e)
+    while (limit >= 2 ** 30).any():
+        e = np.where(limit >= 2 ** 30, e - 1, e)
+        limit = np.abs(bias) * 2.0 ** (a_in + e)
+    return e
+
+
+OFFSET = -128  # zero point of a VTA-produced ReLU output: codes -128..127 stand for 0..255
+
+
+def zero_point_tensors(graph: Graph, stages: list) -> dict:
+    """Tensors quantised with a zero point, and which kind:
+
+    "centre" (per channel, calibrated): host-quantised tensors read on VTA only by convolutions
+      without padding (the model input's im2col for conv1). Caffe preprocessing leaves photo
+      values in [-124, 151]: one signed int8 range at step 1 cannot hold that, so without a zero
+      point the input loses a bit (step 2); per channel each colour spans its own 255 steps.
+    "offset" (-128): outputs of VTA convolutions with a ReLU whose readers are convolutions
+      without padding, max-pools without overhang (their outputs the same, recursively) or the
+      host. Such a ReLU output uses only [0, 127] of int8; with the offset it uses 0..255, a bit
+      more precision, for free on VTA: the producer's bias takes -128 * 2**shift (the ReLU
+      clip becomes the int8 clip) and the readers' biases take +128 * sum(w).
+
+    A zero point folds exactly into a reading convolution's int32 bias (acc(q) = acc(x) +
+    sum(w * z)) only where VTA's zero padding never enters: hence the no-padding conditions."""
+    readers: dict = {}
+    for st in stages:
+        for t in ([st.input] if isinstance(st, VTAUnit) else [t for t, _ in st.inputs]):
+            readers.setdefault(t, []).append(st)
+    units = {st.output: st for st in stages if isinstance(st, VTAUnit)}
+
+    def conv_reader(st) -> bool:
+        return isinstance(st, VTAUnit) and st.pool is None and all(op.attrs["pad"] == 0 for op in st.convs)
+
+    def offset_ok(t: str) -> bool:
+        for st in readers.get(t, []):
+            if isinstance(st, HostSegment) or conv_reader(st):
+                continue
+            if st.pool is not None and not any(pool_layer(st.pool, graph, st.nonneg).padding) and offset_ok(st.output):
+                continue
+            return False
+        return bool(readers.get(t))
+
+    kinds = {}
+    for st in stages:
+        if isinstance(st, HostSegment):
+            for t, rep in st.outputs:
+                vta_readers = [r for r in readers.get(t, []) if isinstance(r, VTAUnit)]
+                if rep == "q" and vta_readers and all(conv_reader(r) for r in vta_readers):
+                    kinds[t] = "centre"
+        elif st.pool is None and all(op.attrs["relu"] for op in st.convs) and offset_ok(st.output):
+            kinds[st.output] = "offset"
+        elif st.pool is not None and kinds.get(st.input) == "offset":
+            kinds[st.output] = "offset"  # inherits its input's zero point, like its exponent
+    return {t: k for t, k in kinds.items() if t in units or k == "centre"}
+
+
+def quantize_graph(graph: Graph, calibration: list, *, progress=None, cfg=None, pools: bool = True,
+                   per_channel: bool = True, zero_points: bool = True) -> QuantNet:
     """Calibrate on `calibration` (list of preprocessed (1,3,H,W) float32 inputs) and build the
-    quantised network."""
+    quantised network (`cfg`, `pools`: see `graph.partition`; `per_channel`: one weight
+    exponent per output channel, see `weight_exponents`; `zero_points`: see
+    `zero_point_tensors`; the last two are switches for comparison)."""
     if not calibration:
         raise TvmsqzError("calibration needs at least one image")
-    stages, q_tensors = _boundaries(graph, partition(graph))
+    stages, q_tensors = _boundaries(graph, partition(graph, cfg=cfg, pools=pools))
     units = [s for s in stages if isinstance(s, VTAUnit)]
     if not units:
         raise TvmsqzError("no convolution of this model can run on VTA")
+    inherited = {u.output: u.input for u in units if u.pool is not None}  # pool output -> its input
+    # sorted: the subsamples come from one RNG, so the order must not depend on string hashing
+    calibrated = sorted(q_tensors - set(inherited))
+    zkind = zero_point_tensors(graph, stages) if zero_points else {}
+    zp = {t for t, k in zkind.items() if k == "centre"}
     rng = np.random.default_rng(0)
-    samples: dict = {t: [] for t in q_tensors}
-    amax: dict = {t: 0.0 for t in q_tensors}
+    samples: dict = {t: [] for t in calibrated}
+    chans: dict = {t: [] for t in zp}
+    cmin: dict = {t: np.inf for t in zp}
+    cmax: dict = {t: -np.inf for t in zp}
+    amax: dict = {t: 0.0 for t in calibrated}
+    per = MAX_SAMPLES // len(calibration)
     for n, x in enumerate(calibration):
-        _, kept = run_fp32(graph, x, keep=q_tensors | {graph.input_name})
+        _, kept = run_fp32(graph, x, keep=set(calibrated) | {graph.input_name})
         kept.setdefault(graph.input_name, np.asarray(x, np.float32))
-        for t in q_tensors:
-            v = kept[t].reshape(-1)
+        for t in calibrated:
+            arr = kept[t]
+            v = arr.reshape(-1)
             amax[t] = max(amax[t], float(np.abs(v).max()))
-            per = MAX_SAMPLES // len(calibration)
-            samples[t].append(v if v.size <= per else rng.choice(v, per, replace=False))
+            idx = np.arange(v.size) if v.size <= per else rng.choice(v.size, per, replace=False)
+            samples[t].append(v[idx])
+            if t in zp:
+                cmin[t] = np.minimum(cmin[t], arr.min(axis=(0, 2, 3)))
+                cmax[t] = np.maximum(cmax[t], arr.max(axis=(0, 2, 3)))
+                chans[t].append((idx // (arr.shape[2] * arr.shape[3])) % arr.shape[1])
         if progress:
             progress(n + 1, len(calibration))
-    qexp = {}
-    for t in q_tensors:
+    qexp, zero = {}, {}
+    for t in calibrated:
         allv = np.concatenate(samples[t]).astype(np.float64)
-        qexp[t] = choose_exponent(allv, amax[t], 0 if allv.min() >= 0 else -128)
+        if t in zp:
+            lo_c, hi_c = cmin[t], cmax[t]
+            src = graph.producers().get(t)
+            if src is not None and src.kind == "im2col":  # one zero point per source channel, tiled over taps:
+                c = graph.shapes[src.inputs[0]][1]  # the host may then quantise before the gather
+                lo_c = np.tile(lo_c.reshape(-1, c).min(axis=0), len(lo_c) // c)
+                hi_c = np.tile(hi_c.reshape(-1, c).max(axis=0), len(hi_c) // c)
+            mid = (lo_c.astype(np.float64) + hi_c) / 2
+            qexp[t] = choose_exponent_zp(allv, np.concatenate(chans[t]), mid)
+            zero[t] = zero_point(mid, qexp[t])
+        elif zkind.get(t) == "offset":
+            qexp[t] = choose_exponent(allv, amax[t], 0, 127 - OFFSET)
+            zero[t] = np.full(graph.shapes[t][1], OFFSET, np.int64)
+        else:
+            qexp[t] = choose_exponent(allv, amax[t], 0 if allv.min() >= 0 else -128)
+    for u in units:  # in execution order, so a pool of a pool inherits the right exponent
+        if u.pool is not None:
+            qexp[u.output] = qexp[u.input]
+            if u.input in zero:
+                zero[u.output] = zero[u.input]
     layers, wexp = {}, {}
     for u in units:
-        ws = [op.attrs["weight"] for op in u.convs]
-        wmax = max(float(np.abs(w).max()) for w in ws)
-        we = math.floor(math.log2(127.0 / wmax)) if wmax > 0 else 0
+        if u.pool is not None:
+            layers[u.output] = pool_layer(u.pool, graph, u.nonneg)
+            continue
         a_in, a_out = qexp[u.input], qexp[u.output]
-        branches, biases = [], []
+        wmax = np.concatenate([np.abs(op.attrs["weight"]).reshape(op.attrs["weight"].shape[0], -1).max(axis=1)
+                               for op in u.convs])
+        b = np.concatenate([op.attrs["bias"] for op in u.convs]).astype(np.float64)
+        we = weight_exponents(wmax, b, a_in, per_channel)
+        branches, o = [], 0
         for op in u.convs:
-            wq = np.clip(np.round(op.attrs["weight"] * 2.0 ** we), -127, 127).astype(np.int8)
+            n = op.attrs["weight"].shape[0]
+            e = we[o:o + n].reshape(-1, 1, 1, 1)
+            wq = np.clip(np.round(op.attrs["weight"] * 2.0 ** e), -127, 127).astype(np.int8)
             branches.append(Branch(wq, op.attrs["pad"]))
-            biases.append(np.round(op.attrs["bias"].astype(np.float64) * 2.0 ** (a_in + we)))
-        bias = np.concatenate(biases)
+            o += n
+        bias = np.round(b * 2.0 ** (a_in + we))
+        if u.input in zero:  # acc sees q = x + z: take sum(w * z) back out of the bias
+            z = zero[u.input].reshape(1, -1, 1, 1)
+            bias -= np.concatenate([(br.weight.astype(np.int64) * z).sum(axis=(1, 2, 3)) for br in branches])
+        shift = a_in + we - a_out
+        relu = None
+        if zkind.get(u.output) == "offset":  # + OFFSET after the shift, folded into the bias
+            if shift.min() < -7:
+                raise TvmsqzError(f"{u.name}: left shift too large to fold the output zero point")
+            bias += OFFSET * 2.0 ** shift
+            relu = False  # the ReLU clip at 0 is now the int8 clip at -128
         if np.abs(bias).max() >= 2 ** 31 - 2 ** 16:
             raise TvmsqzError(f"{u.name}: quantised bias overflows int32")
-        relus = {op.attrs["relu"] for op in u.convs}
-        if len(relus) != 1:
-            raise TvmsqzError(f"{u.name}: fused convolutions must all have (or all lack) a ReLU")
-        _, c, h, w = graph.shapes[u.input]
-        layers[u.output] = ConvLayer(u.name, c, h, w, branches, bias.astype(np.int32), a_in + we - a_out,
-                                     relu=relus.pop(), stride=u.convs[0].attrs["stride"])
-        wexp[u.output] = we
+        layers[u.output] = conv_layer(u, graph, branches, bias.astype(np.int32),
+                                      shift if per_channel else int(shift[0]), relu)
+        wexp[u.output] = [int(v) for v in we] if per_channel else int(we[0])
     return QuantNet(graph, stages, qexp, layers, wexp,
-                    calibration={"images": len(calibration), "amax": {k: float(v) for k, v in amax.items()}})
+                    calibration={"images": len(calibration), "amax": {k: float(v) for k, v in amax.items()}},
+                    zero=zero)

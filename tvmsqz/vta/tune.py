@@ -27,7 +27,10 @@ from tvmsqz.errors import TvmsqzError
 from tvmsqz.fsutil import atomic_write
 
 from .config import VTAConfig
-from .lower import (ConvLayer, Tiling, TilingError, default_tiling, is_valid, lower_conv, tiling_space)
+from .lower import Tiling, TilingError, is_valid
+
+# A layer is a `lower.ConvLayer` or a `pool.PoolLayer`: both offer shape_key(), shape_dict(),
+# lower(), check_tiling(), default_tiling() and tiling_space(), which is all the search uses.
 
 FORMAT = "tvmsqz-vta-tilings/1"
 
@@ -39,7 +42,7 @@ def config_fingerprint(cfg: VTAConfig) -> str:
     return "vta-" + hashlib.sha256(blob).hexdigest()[:12]
 
 
-def record_key(layer: ConvLayer, cfg: VTAConfig) -> str:
+def record_key(layer, cfg: VTAConfig) -> str:
     return f"{config_fingerprint(cfg)}/{layer.shape_key()}"
 
 
@@ -61,7 +64,7 @@ def save_db(db: dict, path: Path) -> None:
     atomic_write(path, json.dumps(db, indent=1))
 
 
-def lookup(db: dict, layer: ConvLayer, cfg: VTAConfig) -> Tiling | None:
+def lookup(db: dict, layer, cfg: VTAConfig) -> Tiling | None:
     rec = db.get("records", {}).get(record_key(layer, cfg))
     if not rec:
         return None
@@ -69,10 +72,10 @@ def lookup(db: dict, layer: ConvLayer, cfg: VTAConfig) -> Tiling | None:
     return t if is_valid(layer, t, cfg) else None
 
 
-def measure(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> int | None:
+def measure(layer, tiling: Tiling, cfg: VTAConfig) -> int | None:
     """Simulated cycles of `layer` lowered with `tiling` (None when it does not fit)."""
     try:
-        prog = lower_conv(layer, tiling, cfg)
+        prog = layer.lower(tiling, cfg)
     except TilingError:
         return None
     _, stats = prog.run(None, cfg, timing_only=True)
@@ -108,16 +111,16 @@ def _mutate(t: Tiling, other: Tiling | None, space: dict, rng: random.Random) ->
     return Tiling(**d)
 
 
-def search_layer(layer: ConvLayer, cfg: VTAConfig, trials: int, record: dict | None = None,
+def search_layer(layer, cfg: VTAConfig, trials: int, record: dict | None = None,
                  seed: int = 0) -> dict:
     """Run `trials` new measurements for one layer; returns the updated record."""
     rng = random.Random(f"{seed}/{layer.shape_key()}/{len((record or {}).get('measured', []))}")
-    space = tiling_space(layer, cfg)
+    space = layer.tiling_space(cfg)
     record = dict(record or {})
     measured = {_key(Tiling.from_json(t)): c for t, c in record.get("measured", [])}
     results = [(Tiling.from_json(t), c) for t, c in record.get("measured", []) if c is not None]
     if "default_cycles" not in record:
-        d = default_tiling(layer, cfg)
+        d = layer.default_tiling(cfg)
         c = measure(layer, d, cfg)
         record["default"] = d.to_json()
         record["default_cycles"] = c
