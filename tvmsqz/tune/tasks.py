@@ -32,9 +32,38 @@ def extract(mod, spec: TargetSpec, *, fuse: bool | None = None):
 
     prepared = prepare(mod, spec, fuse=fuse)
     tasks, skipped = [], []
-    for task in extract_tasks(prepared, spec.target):
+    for task in [*extract_tasks(prepared, spec.target), *inplace_tasks(prepared, spec)]:
         (tasks if worth_tuning(task.dispatched[0]) else skipped).append(task)
     return tasks, sorted(t.task_name for t in skipped)
+
+
+def inplace_tasks(prepared, spec: TargetSpec) -> list:
+    """Tasks for the kernels only `call_tir_inplace` calls (the second branch of a concat-free
+    Fire module): MetaSchedule's extraction (TVM 0.27) follows `call_tir` alone, so without this
+    the heaviest convolutions would never be tuned. The database lookup at compile time covers
+    every PrimFunc, so these records apply like any other."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir.meta_schedule import ExtractedTask
+
+    inplace = tvm.ir.Op.get("relax.call_tir_inplace")
+    calls: dict[str, int] = {}
+
+    @relax.expr_functor.visitor
+    class _Calls(relax.PyExprVisitor):
+        def visit_call_(self, call) -> None:  # noqa: N802 - TVM visitor naming
+            if call.op.same_as(inplace):
+                calls[call.args[0].name_hint] = calls.get(call.args[0].name_hint, 0) + 1
+            super().visit_call_(call)
+
+    for _, func in prepared.functions.items():
+        if isinstance(func, relax.Function):
+            _Calls().visit_expr(func)
+    tasks = []
+    for name, weight in sorted(calls.items()):
+        task_mod = tvm.IRModule({"main": prepared[name].with_attr("global_symbol", "main")})
+        tasks.append(ExtractedTask(name, task_mod, spec.target, [task_mod], weight))
+    return tasks
 
 
 def kernel_flops(mod) -> float:
