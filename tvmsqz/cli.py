@@ -277,7 +277,8 @@ def tune_cmd(
     seconds = parse_duration(time_budget) if time_budget is not None else None
     spec, backend = _backend(target)
     extra = {key: value for key, value in (("time_budget", seconds), ("cold", cold)) if value}
-    refused = [f"--{key.replace('_', '-')}" for key in extra if key not in inspect.signature(backend.tune_model).parameters]
+    takes = inspect.signature(backend.tune_model).parameters
+    refused = [f"--{key.replace('_', '-')}" for key in extra if key not in takes]
     if refused:  # a backend's tune that does not take them would silently ignore them
         raise TvmsqzError(f"target {spec.name} does not take {', '.join(refused)}")
     if trials is None and seconds is None:

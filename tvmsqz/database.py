@@ -6,13 +6,31 @@ it); other files there (`tuning_summary.json`, the tuning lock `.tvmsqz.lock`) a
 Records are keyed by workload; the target they were tuned for is checked here (kind, CPU, triple,
 architecture) so that a database tuned for another machine class is refused with a clear message
 instead of silently producing slow or wrong code.
+
+Which database `compile`/`bench` apply without `--database` (`choose_database`), first match:
+
+1. the user's own tuning output (`user_tuning_dir`, where `tune` writes without `-o`), when it
+   holds a valid database for the target: the user tuned on this machine, so it is said and used;
+2. `schedules/<target>/<cpu>/`, a database tuned *on* this host's CPU model (`host_cpu_name`,
+   LLVM's name: "znver4", "sapphirerapids"), when it exists and validates. It is tuned for the
+   same portable target (`mcpu` stays e.g. x86-64-v4: records are keyed by target, so every
+   database in the target's folder applies on every host of that class); the folder name is
+   provenance and the lookup key, not another target;
+3. the portable `schedules/<target>/` itself.
+
+A candidate that exists but fails validation is passed over with a note, never applied.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .errors import TvmsqzError
 from .fsutil import atomic_write
 from .spec import TargetSpec
@@ -89,10 +107,119 @@ def open_json_database(path: Path):
         raise TvmsqzError(f"database {path} could not be loaded: {str(exc).strip().splitlines()[-1]}") from None
 
 
-def default_database(spec: TargetSpec) -> Path | None:
-    """The shipped database for a target, when one exists."""
+# ----------------------------------------------------------------------------- the default database
+
+_CPU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: (folder, target identity, file stamps) -> None (valid) or why not: compile and the CLI's note
+#: both ask, and a shipped record file is tens of MB of JSON to check.
+_CHECKED: dict[tuple, str | None] = {}
+
+
+@dataclass(frozen=True)
+class DatabaseChoice:
+    """The database `compile`/`bench` apply without `--database`, where it comes from, and notes.
+
+    `origin` is "user" (the user's own tuning output), "cpu" (shipped, tuned on this CPU model),
+    "portable" (shipped, the target's folder) or "none"; `notes` say what was passed over, and
+    why, or that the user's own output won over the shipped database.
+    """
+
+    path: Path | None
+    origin: str
+    notes: tuple[str, ...] = ()
+
+
+def host_cpu_name() -> str | None:
+    """LLVM's name of this host's CPU ("znver4", "sapphirerapids"): the per-CPU folder's name.
+
+    `TVMSQZ_HOST_CPU` overrides it (to apply, or tune from, another CPU's database). None when
+    LLVM only knows "generic" or TVM cannot say.
+    """
+    name = os.environ.get("TVMSQZ_HOST_CPU") or _llvm_host_cpu()
+    return name if name and name != "generic" and _CPU_NAME.fullmatch(name) else None
+
+
+@functools.lru_cache(maxsize=1)
+def _llvm_host_cpu() -> str:
+    try:
+        from tvm.target.codegen import llvm_get_system_cpu
+
+        return str(llvm_get_system_cpu())
+    except Exception:  # noqa: BLE001 - a TVM without LLVM: no per-CPU database, not an error
+        return ""
+
+
+def user_tuning_dir(spec: TargetSpec) -> Path:
+    """Where `tune` writes without `-o`: the user data folder, never the shipped schedules."""
+    return paths.USER_SCHEDULES_DIR / (spec.schedules or spec.name)
+
+
+def database_problem(path: Path, spec: TargetSpec) -> str | None:
+    """Why `path` cannot be applied for `spec` (None: it can); remembered per file state."""
+    if not has_database(path):
+        return "no tuning database there"
+    files = [path / WORKLOAD_FILE, path / RECORD_FILE]
+    key = (str(path.resolve()), json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True),
+           tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    if key not in _CHECKED:
+        try:
+            _CHECKED[key] = None if check_database(path, spec) else "it holds no record"
+        except TvmsqzError as exc:
+            _CHECKED[key] = str(exc)
+    return _CHECKED[key]
+
+
+def shipped_database(spec: TargetSpec) -> tuple[Path | None, list[str]]:
+    """(the shipped database to use on this host, notes on what was passed over).
+
+    The folder tuned on this host's CPU model (`schedules/<target>/<cpu>/`) when it exists and
+    validates, else the portable `schedules/<target>/` when it holds a database, else None.
+    """
     folder = spec.schedules_dir
-    return folder if folder is not None and has_database(folder) else None
+    if folder is None or not folder.is_dir():
+        return None, []
+    notes = []
+    # The CPU name costs a TVM import: ask only when some per-CPU database is shipped at all.
+    if any(has_database(sub) for sub in folder.iterdir() if sub.is_dir()):
+        cpu = host_cpu_name()
+        per_cpu = folder / cpu if cpu else None
+        if per_cpu is not None and per_cpu.is_dir():
+            why = database_problem(per_cpu, spec)
+            if why is None:
+                return per_cpu, notes
+            notes.append(f"passed over {per_cpu} (tuned on this CPU, {cpu}): {why}")
+    return (folder if has_database(folder) else None), notes
+
+
+def choose_database(spec: TargetSpec) -> DatabaseChoice:
+    """The database `compile`/`bench` apply without `--database` (see the module docstring)."""
+    notes: list[str] = []
+    user = user_tuning_dir(spec)
+    if has_database(user):
+        why = database_problem(user, spec)
+        if why is None:
+            shipped, _ = shipped_database(spec)
+            instead = f" over the shipped {shipped}" if shipped is not None else ""
+            return DatabaseChoice(user, "user", (
+                f"tuning database: your own tuning output {user}, preferred{instead} "
+                f"(--database DIR applies another, --no-tuning none)",))
+        notes.append(f"passed over your tuning output {user}: {why}")
+    shipped, passed = shipped_database(spec)
+    notes += passed
+    if shipped is None:
+        return DatabaseChoice(None, "none", tuple(notes))
+    return DatabaseChoice(shipped, "portable" if shipped == spec.schedules_dir else "cpu", tuple(notes))
+
+
+def default_database(spec: TargetSpec) -> Path | None:
+    """The database `compile`/`bench` apply without `--database` (None: none applies)."""
+    return choose_database(spec).path
+
+
+def default_database_note(spec: TargetSpec) -> str | None:
+    """What `compile`/`bench` say about the default choice beyond the folder they name, if anything."""
+    notes = choose_database(spec).notes
+    return "; ".join(notes) if notes else None
 
 
 def merge_databases(sources: list[Path], dest: Path) -> int:

@@ -34,7 +34,8 @@ def _shipped(name: str) -> Path:
 
 
 TARGETS_DIR = _shipped("targets")
-SCHEDULES_DIR = _shipped("schedules")
+# `TVMSQZ_SCHEDULES`: another shipped-schedules root (tests; a site-wide copy of the databases).
+SCHEDULES_DIR = Path(os.environ["TVMSQZ_SCHEDULES"]) if os.environ.get("TVMSQZ_SCHEDULES") else _shipped("schedules")
 USER_DATA_DIR = Path(os.environ.get("TVMSQZ_DATA") or platformdirs.user_data_dir("tvmsqz"))
 USER_SCHEDULES_DIR = USER_DATA_DIR / "schedules"
 CACHE_DIR = Path(os.environ.get("TVMSQZ_CACHE") or platformdirs.user_cache_dir("tvmsqz"))

@@ -61,26 +61,35 @@ def bench_model(model: str, spec: TargetSpec, *, database: Path | None = None, n
 
 
 def default_tuning_dir(spec: TargetSpec) -> Path:
-    """Where `tune` writes without `-o`: the user data folder, never the shipped schedules."""
-    from ..paths import USER_SCHEDULES_DIR
+    """Where `tune` writes without `-o`: the user data folder, never the shipped schedules.
 
-    return USER_SCHEDULES_DIR / (spec.schedules or spec.name)
+    `database.choose_database` prefers a valid database there over the shipped ones.
+    """
+    from ..database import user_tuning_dir
+
+    return user_tuning_dir(spec)
 
 
-def tune_model(model: str, spec: TargetSpec, *, trials: int, output: Path | None = None, resume: bool = False,
-               batch: int = 1, input_shape: str | None = None, fuse: bool | None = None,
-               rpc_tracker: str | None = None, rpc_key: str | None = None, space: str | None = None, log=None,
-               **_: Any) -> tuple[dict, str]:
-    """MetaSchedule + XGBoost over every kernel of `model`; (summary, line to print)."""
+def tune_model(model: str, spec: TargetSpec, *, trials: int | None = None, output: Path | None = None,
+               resume: bool = False, batch: int = 1, input_shape: str | None = None, fuse: bool | None = None,
+               rpc_tracker: str | None = None, rpc_key: str | None = None, space: str | None = None,
+               time_budget: float | None = None, cold: bool = False, log=None, **_: Any) -> tuple[dict, str]:
+    """MetaSchedule + XGBoost over every kernel of `model`; (summary, line to print).
+
+    `time_budget` (s) and `trials` bound the run, whichever comes first; `cold` skips the warm
+    start from the shipped database (see `tune.session`).
+    """
     from ..frontend import load_model
     from ..tune import tune_model as run_tuning
 
     out = output or default_tuning_dir(spec)
     loaded = load_model(model, batch=batch, input_shape=input_shape)
     summary = run_tuning(loaded.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=fuse,
-                         rpc_tracker=rpc_tracker, rpc_key=rpc_key, space=space, log=log)
+                         rpc_tracker=rpc_tracker, rpc_key=rpc_key, space=space, time_budget=time_budget,
+                         warm=not cold, log=log)
+    stopped = "; stopped on the time budget" if summary["stopped"] == "time budget" else ""
     return summary, (f"database: {out} ({summary['records']} records, {summary['tuned_tasks']}/"
-                     f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s)")
+                     f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s{stopped})")
 
 
 def load_artifact(path: Path, manifest: dict | None, device_type: str) -> Any:

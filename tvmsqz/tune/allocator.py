@@ -58,6 +58,15 @@ class TaskState:
                 self.best_s = run_s
 
 
+def median_run_s(values) -> float | None:
+    """Median of a measurement's run times (s); None for none, or MetaSchedule's 1e10 failure marker."""
+    values = sorted(float(v) for v in values or [])
+    if not values:
+        return None
+    median = values[len(values) // 2]
+    return median if 0 < median < 1e9 else None
+
+
 def estimated_model_ms(tasks: list[TaskState]) -> float | None:
     """Sum over tuned tasks of best latency x calls, in ms; None until every task has one."""
     live = [t for t in tasks if not (t.exhausted and not t.covered)]

@@ -15,12 +15,15 @@ from .allocator import TaskState, estimated_model_ms
 class Progress:
     """Progress on a rich console: a live table on a terminal, one line per batch otherwise."""
 
-    def __init__(self, console, tasks: list[TaskState], budget: int, start: float) -> None:
-        """`console` None: silent; `budget` is the trial count the lines show progress against."""
+    def __init__(self, console, tasks: list[TaskState], budget: int | str, start: float, *,
+                 time_budget: float | None = None) -> None:
+        """`console` None: silent; `budget` is the trial count the lines show progress against
+        ("inf" for a run bounded by time alone); `time_budget` (s) is shown beside the elapsed time."""
         self.console = console
         self.tasks = tasks
         self.budget = budget
         self.start = start
+        self.time_budget = time_budget
         self.status = ""
         self.live = None
         if console is not None and console.is_terminal:
@@ -101,7 +104,8 @@ class Progress:
         spent = sum(t.trials for t in self.tasks)
         elapsed = time.perf_counter() - self.start
         line = (f"trials {spent}/{self.budget}  |  estimated model latency "
-                f"{'%.3f ms' % est if est is not None else '--'}  |  {elapsed:.0f} s")
+                f"{'%.3f ms' % est if est is not None else '--'}  |  {elapsed:.0f} s"
+                + (f" of {self.time_budget:.0f} s" if self.time_budget is not None else ""))
         if self.status:
             line += f"  |  {self.status}"
         return Group(table, line)

@@ -151,6 +151,19 @@ def record_line(workload_index: int, record) -> str:
     return json_line([workload_index, tvm_ffi.get_global_func("s_tir.meta_schedule.TuningRecordAsJSON")(record)])
 
 
+def trace_key(trace) -> str:
+    """A schedule's identity that survives the database: its trace as the record file holds it.
+
+    The search's own key, the structural hash of the scheduled module, does not: the JSON
+    format writes an annotation's bool as 1, so a trace read back from disk replays to a module
+    with `layout_rewrite_preproc: 1` where the search's has `True` (another hash, the same
+    schedule). Both keys are kept (`session.Session.seen`), so neither kind of repeat is measured.
+    """
+    import tvm_ffi
+
+    return json_line(tvm_ffi.get_global_func("s_tir.schedule.TraceAsJSON")(trace, False))
+
+
 def check_folder_path(work_dir: Path) -> None:
     """Refuse a tuning folder path that names a file, before the folder lock creates anything."""
     if work_dir.exists() and not work_dir.is_dir():

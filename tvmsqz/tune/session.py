@@ -40,7 +40,7 @@ from .allocator import (MIN_BATCH, Allocator, TaskState, default_batch, default_
                         median_run_s)
 from .budget import UNBOUNDED_TRIALS, format_duration, resolve_trials, sizing_trials
 from .progress import Progress
-from .records import TuningFolder, check_folder_path
+from .records import TuningFolder, check_folder_path, trace_key
 from .signals import Interrupted, StopRequest, TuningInterrupted
 from .tasks import extract, kernel_flops
 
@@ -223,7 +223,7 @@ class Session:
         self.contexts: list = []
         self.workloads: list = []  # in-memory `Workload` per task (what the search looks up)
         self.disk_index: list[int] = []  # per task: its line in the folder's workload file
-        self.seen: list[set] = []
+        self.seen: list[set] = []  # per task: the measured schedules' module hashes and trace keys
         self.pretuned: set[int] = set()
         self.skipped: list[str] = []
         self.history: list[list] = [list(h) for h in previous.get("history", []) if isinstance(h, list)]
@@ -333,7 +333,6 @@ class Session:
         The earlier records move from the folder's read-only database into the search's
         in-memory one, so the evolutionary search seeds from them as it would from the folder.
         """
-        from tvm_ffi import structural_hash
         from tvm.s_tir.meta_schedule.database import TuningRecord
         from tvm.s_tir.meta_schedule.runner import RunnerResult
 
@@ -361,7 +360,7 @@ class Session:
                     cand = rec.as_measure_candidate()
                 except Exception:  # noqa: BLE001 - a record whose trace no longer replays
                     continue
-                self.seen[i].add(structural_hash(cand.sch.mod))
+                self._mark_seen(i, cand, rec.trace)
                 candidates.append(cand)
                 results.append(RunnerResult(_floats(rec.run_secs), None))
             if candidates:
@@ -424,7 +423,7 @@ class Session:
         of this database and a trial of this run), seeds the search and trains the cost model.
         """
         from ..database import database_problem, shipped_database
-        from .shipped import best_records, per_task, shipped_model_ms
+        from .shipped import best_records, per_task
 
         source, notes = shipped_database(self.spec)
         for note in notes:
@@ -444,22 +443,48 @@ class Session:
             self.say(f"[dim]warm start: nothing to re-measure, {source} has no record for these "
                      f"{len(self.tasks)} kernels; tuning cold[/dim]")
             return
-        shipped_ms = shipped_model_ms(self.tasks, found)
-        for index, shipped in enumerate(found):
-            if shipped and not self._out_of_time():
+        self.say(f"warm start: re-measuring the best {sum(map(len, found))} shipped records of "
+                 f"{sum(1 for recs in found if recs)}/{len(self.tasks)} kernels from {source} on this host first")
+        # Heaviest first (as coverage goes): a time budget that ends the warm start early has
+        # spent it where the model's time is.
+        for index in sorted(range(len(found)), key=lambda i: -self.tasks[i].prior_s):
+            shipped = found[index]
+            if not shipped or self._out_of_time():
+                continue
+            try:
                 self._remeasure(index, shipped)
-        done = [(self.tasks[i], recs) for i, recs in enumerate(found) if recs and self.tasks[i].new_trials]
-        here_ms = sum(t.best_s * t.calls for t, _ in done if t.best_s is not None) * 1e3
-        self.warm_start.update(records=sum(t.new_trials for t, _ in done), tasks=len(done),
+            except (KeyboardInterrupt, TvmsqzError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the search can still tune this kernel
+                if self.stop.count >= 2:
+                    raise KeyboardInterrupt from None
+                self.say(f"[yellow]warm start: {self.tasks[index].name}: re-measuring failed "
+                         f"({type(exc).__name__}); searching it cold[/yellow]")
+            if self.stop.count:
+                raise Interrupted
+        self._report_warm_start(source, found)
+
+    def _report_warm_start(self, source: Path, found: list) -> None:
+        """The warm start in the summary and on the log: per kernel and summed, here vs shipped."""
+        # Re-measured kernels with a valid run here (those are the ones a comparison means something for).
+        compared = [(self.tasks[i], recs) for i, recs in enumerate(found)
+                    if recs and self.tasks[i].new_trials and self.tasks[i].best_s is not None]
+        here_ms = sum(t.best_s * t.calls for t, _ in compared) * 1e3
+        shipped_ms = sum(min(r.shipped_s for r in recs) * t.calls for t, recs in compared) * 1e3
+        records = sum(row["records"] for row in self.warm_start["per_task"])
+        self.warm_start.update(records=records, tasks=len(self.warm_start["per_task"]),
                                shipped_ms=round(shipped_ms, 4), here_ms=round(here_ms, 4))
-        self.say(f"warm start: re-measured {self.warm_start['records']} shipped records of {len(done)}/"
+        for row in self.warm_start["per_task"]:
+            here = f"{row['here_us']:.1f} us here" if row["here_us"] is not None else "no valid run here"
+            self.say(f"[dim]  {row['name']}: {here}, {row['shipped_us']:.1f} us shipped "
+                     f"({row['valid']}/{row['records']} records ran)[/dim]")
+        self.say(f"warm start: re-measured {records} shipped records of {self.warm_start['tasks']}/"
                  f"{len(self.tasks)} kernels from {source} on this host: best {here_ms:.3f} ms here vs "
-                 f"{shipped_ms:.3f} ms shipped (sum of best x calls over those kernels); searching from them")
+                 f"{shipped_ms:.3f} ms shipped (sum of best x calls over the {len(compared)} that ran)"
+                 + ("" if self.stopped else "; searching from them"))
 
     def _remeasure(self, index: int, shipped: list) -> None:
         """Build, run and commit one task's shipped records (their traces, this host's times)."""
-        from tvm_ffi import structural_hash
-
         task = self.tasks[index]
         batch_start = time.perf_counter()
         candidates, traces, times = [], [], []
@@ -468,17 +493,16 @@ class Session:
                 cand = item.record.as_measure_candidate()
             except Exception:  # noqa: BLE001 - a trace that no longer replays on this workload
                 continue
-            self.seen[index].add(structural_hash(cand.sch.mod))  # the search must not propose it again
+            self._mark_seen(index, cand, item.record.trace)  # the search must not propose it again
             candidates.append(cand)
             traces.append(item.record.trace)
             times.append(item.shipped_s)
         if not candidates:
             return
-        self.progress.phase(f"re-measuring {len(candidates)} shipped records of {task.name}")
         run_s = self._measure_and_commit(index, candidates, traces=traces)
         valid = [s for s in run_s if s is not None]
         self.warm_start["per_task"].append({
-            "name": task.name, "records": len(candidates), "valid": len(valid),
+            "name": task.name, "records": len(run_s), "valid": len(valid),
             "shipped_us": round(min(times) * 1e6, 3),
             "here_us": round(min(valid) * 1e6, 3) if valid else None})
         self._batch_done(index, len(candidates), len(valid), batch_start)
@@ -505,15 +529,21 @@ class Session:
         proposed = self.contexts[index].generate_measure_candidates()
         if proposed is None:
             return None
-        candidates = []
+        candidates, seen = [], self.seen[index]
         for cand in proposed:
-            key = structural_hash(cand.sch.mod)
-            if key not in self.seen[index]:  # not measured in an earlier session either
-                self.seen[index].add(key)
+            keys = (structural_hash(cand.sch.mod), trace_key(cand.sch.trace))
+            if not seen.intersection(keys):  # not measured in this run, an earlier one or the warm start
+                seen.update(keys)
                 candidates.append(cand)
             if len(candidates) == n:
                 break
         return candidates
+
+    def _mark_seen(self, index: int, cand, trace) -> None:
+        """Remember a measured schedule by module hash and by trace (see `records.trace_key`)."""
+        from tvm_ffi import structural_hash
+
+        self.seen[index].update((structural_hash(cand.sch.mod), trace_key(trace)))
 
     def _measure(self, candidates: list, name: str) -> tuple[list, list]:
         """Build and run `candidates`: (builder results, runner results), one each per candidate."""
