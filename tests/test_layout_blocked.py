@@ -73,3 +73,37 @@ def test_blocked_concat_free_parity_with_onnxruntime(model, tmp_path):
         got = artifact.run(x)
         assert np.abs(got - want).max() <= 1e-4 * (want.max() - want.min())
         assert got.argmax() == want.argmax()
+
+
+def _odd_channel_model(c: int):
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(c)
+    inits = {"w1": rng.standard_normal((c, 3, 3, 3)).astype("float32"), "b1": rng.standard_normal(c).astype("float32"),
+             "w2": rng.standard_normal((c, c, 1, 1)).astype("float32"), "b2": rng.standard_normal(c).astype("float32"),
+             "w3": rng.standard_normal((24, c, 3, 3)).astype("float32"), "b3": rng.standard_normal(24).astype("float32")}
+    nodes = [helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c3"], ["g"]), helper.make_node("Flatten", ["g"], ["out"])]
+    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 24])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("channels", [6, 8, 10, 12])
+def test_channel_counts_that_do_not_divide_by_the_block(channels, tmp_path):
+    """8 and 12 take a smaller block (8c, 4c); 6 and 10 leave their convs NCHW: all compile and match ORT."""
+    require_cpu({"avx512f", "avx512bw", "avx512vl"}, "running the AVX-512 build")
+    model = _odd_channel_model(channels)
+    path = tmp_path / "odd.onnx"
+    path.write_bytes(model.SerializeToString())
+    run_cli("compile", str(path), "--target", "x86-avx512", "--no-tuning", "-o", str(tmp_path / "odd.so"))
+    from tvmsqz.runtime import load
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    got = load(tmp_path / "odd.so").run(x)
+    assert np.abs(got - want).max() <= 1e-4 * (want.max() - want.min())

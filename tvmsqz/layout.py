@@ -75,12 +75,16 @@ def conv_layouts(in_channels: int, out_channels: int, block: int) -> list[str]:
 
     Channels that divide by the block are blocked on both sides. The first conv's 3 input
     channels stay unblocked (NCHW1c: a free reshape of the NCHW input), its output blocked, so
-    the layout changes once, inside the conv. An output count that does not divide by the
-    block (the 1000-class classifier) takes the largest block of at least 4 lanes that divides
-    it (8 for 1000) instead of padding 1000 to 1008.
+    the layout changes once, inside the conv. A channel count that does not divide by the block
+    (the 1000-class classifier, a model with 8 or 24 channels) takes the largest block of at
+    least 4 lanes that divides it (8 for 1000) instead of padding 1000 to 1008.
     """
-    ib = block if in_channels % block == 0 else 1
-    ob = next((b for b in (block, block // 2, block // 4) if b >= 4 and out_channels % b == 0), 1)
+    def largest(channels: int) -> int:
+        return next((b for b in (block, block // 2, block // 4) if b >= 4 and channels % b == 0), 1)
+
+    ib, ob = largest(in_channels), largest(out_channels)
+    if ob == 1 or (ib == 1 and in_channels > 4):  # odd channel counts mid-graph: leave this conv NCHW
+        return ["NCHW", "OIHW", "NCHW"]
     return [f"NCHW{ib}c", f"OIHW{ib}i{ob}o", f"NCHW{ob}c"]
 
 
