@@ -199,7 +199,8 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
                         **({"zero_point": [int(v) for v in qn.zero[t]]} if t in qn.zero else {})}
                     for t in graph.shapes},
         "quantization": {"scheme": "int8, power-of-two scales: activations per tensor (zero points where they fold "
-                                   "exactly), weights per output channel", "calibration_images": qn.calibration["images"]},
+                                   "exactly), weights per output channel", "calibration_images": qn.calibration["images"],
+                         "bias_correction": "bias_correction" in qn.calibration},
         "macs_offloaded": int(macs_off),
         "macs_total": int(macs_total),
         "mac_offload_share": macs_off / macs_total if macs_total else 0.0,
