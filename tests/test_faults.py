@@ -330,3 +330,42 @@ def test_sigterm_during_bench_removes_its_temp_folder(tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "error: terminated"
     assert not list(tmp_path.glob("tvmsqz-bench-*"))
+
+
+def test_tune_with_an_unregistered_rpc_key_leaves_no_folder(tmp_path):
+    from tvmsqz.device.procs import stop
+    from tvmsqz.device.rpc import start_tracker
+
+    tracker = start_tracker("127.0.0.1", None, log_dir=tmp_path)
+    try:
+        out = tmp_path / "new-db"
+        proc = cli("tune", "squeezenet1_1", "--target", "arm", "--rpc-tracker", tracker.address,
+                   "--rpc-key", "nobody-here", "--trials", "4", "-o", str(out))
+        assert_one_line_error(proc, "nobody-here")
+        assert not out.exists()
+    finally:
+        stop(tracker)
+
+
+def test_sigterm_during_tune_leaves_a_valid_database_and_no_build_folder(tmp_path):
+    from tvmsqz.database import check_database
+    from tvmsqz.targets import get_target
+
+    db = tmp_path / "db"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "TVMSQZ_DATA": str(tmp_path / "user")}
+    proc = subprocess.Popen([sys.executable, "-m", "tvmsqz", "tune", "squeezenet1_1", "--trials", "200", "--cold",
+                             "-o", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO)
+    record_file = db / "database_tuning_record.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if record_file.is_file() and record_file.stat().st_size > 0:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated"
+    assert check_database(db, get_target("x86")) == len(record_file.read_text().splitlines()) > 0
+    assert not list(tmp_path.glob("tvmsqz-build-*"))

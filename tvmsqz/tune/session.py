@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TvmsqzError
-from ..fsutil import folder_lock
+from ..fsutil import LOCK_NAME, folder_lock
 from ..spec import TargetSpec, host_cores
 from .allocator import (MIN_BATCH, Allocator, TaskState, default_batch, default_population, estimated_model_ms,
                         median_run_s)
@@ -162,6 +162,30 @@ def tune_model(mod, spec: TargetSpec, *, trials: int | None = None, work_dir: Pa
         if log is not None:
             log.print(f"waiting for {work_dir}: another tune is using it", highlight=False, soft_wrap=True)
 
+    created = not work_dir.exists()
+    try:
+        return _tune_locked(mod, spec, work_dir, waiting, trials=trials, resume=resume, fuse=fuse, rpc=rpc, log=log,
+                            batch=batch, population=population, seed=seed, space=space, time_budget=time_budget,
+                            warm=warm, start=start)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            _remove_if_empty(work_dir)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a tuning folder holding nothing but its lock file (and empty database files)."""
+    import contextlib
+    import shutil
+
+    with contextlib.suppress(OSError):
+        if all(p.name == LOCK_NAME or (p.is_file() and p.stat().st_size == 0) for p in folder.iterdir()):
+            shutil.rmtree(folder)
+
+
+def _tune_locked(mod, spec: TargetSpec, work_dir: Path, waiting, *, trials, resume, fuse, rpc, log, batch, population,
+                 seed, space, time_budget, warm, start) -> dict:
+    """The run itself, holding the folder lock (see `tune_model`)."""
     with folder_lock(work_dir, on_wait=waiting):
         # Everything that reads the folder happens under the lock: a run that waited sees the
         # records of the one before it, and counts them against `trials`.
