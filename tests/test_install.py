@@ -65,11 +65,11 @@ def test_installed_compile_applies_the_shipped_schedules(venv, tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "m.so.json").read_text())
     assert manifest["database"].startswith(str(venv)), manifest["database"]
-    assert manifest["database"].endswith("x86-avx512")
+    assert "_data/schedules/x86-avx512" in manifest["database"]  # the portable folder or this CPU's
     kernels = manifest["kernels"]
     # every convolution ran with a shipped schedule; only copies (concat, reshape) have none to tune
     assert kernels["tuned"] and any("conv2d" in k for k in kernels["tuned"]), kernels
-    assert all(k.startswith(("concatenate", "reshape")) for k in kernels["untuned"]), kernels
+    assert all(k.startswith(("reshape", "te_layout_transform")) for k in kernels["untuned"]), kernels
     assert out.stat().st_size == manifest["artifact"]["bytes"]
 
 

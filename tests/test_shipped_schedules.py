@@ -1,4 +1,4 @@
-"""The shipped x86 database applies by default, covers every tunable kernel, and keeps parity."""
+"""The shipped x86 databases apply by default, cover every tunable kernel of the default graph, and keep parity."""
 
 from __future__ import annotations
 
@@ -11,34 +11,53 @@ import pytest
 from conftest import REPO, require_cpu, run_cli
 from tvmsqz.database import check_database
 from tvmsqz.models import load_onnx
-from tvmsqz.runtime import Artifact
+from tvmsqz.runtime import load
 from tvmsqz.targets import get_target
 
-SHIPPED = REPO / "schedules" / "x86-avx512"
+PORTABLE = REPO / "schedules" / "x86-avx512"
+#: CPU folders shipped (tuned on that CPU model, for the same portable target).
+CPU_FOLDERS = sorted(p for p in PORTABLE.iterdir() if p.is_dir())
 
 
-def test_shipped_database_is_valid_for_its_target():
-    assert check_database(SHIPPED, get_target("x86-avx512")) > 100
+def test_shipped_databases_are_valid_for_their_target():
+    spec = get_target("x86-avx512")
+    assert check_database(PORTABLE, spec) > 100
+    assert CPU_FOLDERS, "no per-CPU database shipped"
+    for folder in CPU_FOLDERS:
+        assert check_database(folder, spec) > 100
 
 
-@pytest.mark.parametrize("model,fuse", [("squeezenet1_1", None), ("squeezenet1_0", None), ("squeezenet1_1", "--fuse"),
-                                        ("squeezenet1_0", "--fuse")])
-def test_compile_applies_shipped_schedules_by_default(model, fuse, tmp_path):
+@pytest.mark.parametrize("model", ["squeezenet1_1", "squeezenet1_0"])
+def test_compile_applies_shipped_schedules_to_every_conv(model, tmp_path):
     so = tmp_path / f"{model}.so"
-    proc = run_cli("compile", model, "--target", "x86-avx512", "-o", str(so), *([fuse] if fuse else []))
+    proc = run_cli("compile", model, "--target", "x86-avx512", "-o", str(so), env={"TVMSQZ_DATA": str(tmp_path)})
     manifest = json.loads(so.with_name(so.name + ".json").read_text())
-    assert manifest["database"] == str(SHIPPED)
-    assert manifest["fused"] is bool(fuse)  # x86's measured default is unfused (targets/x86-avx512.json)
-    # only kernels with a single possible schedule (reshapes, concatenate copies) may stay untuned
-    assert all(name.startswith(("reshape", "concatenate")) for name in manifest["kernels"]["untuned"]), manifest
-    assert any(name.startswith("fire_expand_") for name in manifest["kernels"]["tuned"]) is bool(fuse)
+    assert manifest["database"] in [str(PORTABLE)] + [str(f) for f in CPU_FOLDERS]
+    assert manifest["fused"] is True  # x86's default: concat-free Fire modules
+    # every kernel with a reduction ran with a shipped schedule; only copies may stay untuned
+    assert all(name.startswith(("reshape", "te_layout_transform")) for name in manifest["kernels"]["untuned"]), manifest
+    assert sum(name.startswith("fire_expand_into_") for name in manifest["kernels"]["tuned"]) >= 8
     assert "kernels tuned from" in proc.stderr
     require_cpu({"avx512f", "avx512bw", "avx512vl"}, "parity of the AVX-512 artifact needs an AVX-512 host")
     x = np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype("float32")
     onnx_model, _ = load_onnx(model)
     want = ort.InferenceSession(onnx_model.SerializeToString()).run(None, {"data": x})[0]
-    got = Artifact.load(so).run(x)
+    got = load(so).run(x)
     assert np.abs(got - want).max() <= 1e-4 * (want.max() - want.min())
+    assert got.argmax() == want.argmax()
+
+
+def test_host_cpu_folder_is_preferred_over_the_portable_one(tmp_path, monkeypatch):
+    import tvmsqz.paths
+    from tvmsqz.database import default_database
+
+    monkeypatch.setattr(tvmsqz.paths, "USER_SCHEDULES_DIR", tmp_path / "no-user-tuning")
+    spec = get_target("x86-avx512")
+    for folder in CPU_FOLDERS:
+        monkeypatch.setenv("TVMSQZ_HOST_CPU", folder.name)
+        assert default_database(spec) == folder
+    monkeypatch.setenv("TVMSQZ_HOST_CPU", "some-other-cpu")
+    assert default_database(spec) == PORTABLE
 
 
 def test_no_tuning_ignores_the_shipped_database(tmp_path):
@@ -51,9 +70,9 @@ def test_no_tuning_ignores_the_shipped_database(tmp_path):
 def test_merge_databases_keeps_every_record_once(tmp_path):
     from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE, merge_databases
 
-    n = check_database(SHIPPED, get_target("x86-avx512"))
+    n = check_database(PORTABLE, get_target("x86-avx512"))
     merged = tmp_path / "merged"
-    assert merge_databases([SHIPPED, SHIPPED], merged) == n  # duplicates collapse
+    assert merge_databases([PORTABLE, PORTABLE], merged) == n  # duplicates collapse
     assert check_database(merged, get_target("x86-avx512")) == n
-    assert len((merged / WORKLOAD_FILE).read_text().splitlines()) == len((SHIPPED / WORKLOAD_FILE).read_text().splitlines())
+    assert len((merged / WORKLOAD_FILE).read_text().splitlines()) == len((PORTABLE / WORKLOAD_FILE).read_text().splitlines())
     assert (merged / RECORD_FILE).stat().st_size > 0

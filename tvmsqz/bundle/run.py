@@ -21,31 +21,13 @@ from typing import Any
 
 from ..errors import TvmsqzError
 from .build import CPP_RUNNER, PY_RUNNER
+from ..device.emulator import bare_arm_root, bare_root_problem  # noqa: F401 - bundle API
 
 RUNNERS = ("cpp", "python")
 #: The environment of a runner in an emulated root: no PYTHONPATH, nothing from this host.
 _ROOT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 
 
-def bare_arm_root() -> Path:
-    """The aarch64 root without TVM built by `scripts/setup_arm.sh` (`TVMSQZ_ARM_BARE_ROOT`)."""
-    from ..paths import CACHE_DIR
-
-    return Path(os.environ.get("TVMSQZ_ARM_BARE_ROOT", CACHE_DIR / "arm64-bare-root"))
-
-
-def bare_root_problem(root: Path | None = None) -> str:
-    """What keeps bundles from running in the TVM-less aarch64 root ("" when nothing does)."""
-    root = Path(root) if root else bare_arm_root()
-    if not (root / ".tvmsqz-bare-stamp").is_file() or not (root / "usr/bin/python3").exists():
-        return f"no TVM-less aarch64 root at {root}"
-    if (root / "opt/tvm-site").exists():
-        return f"{root} has TVM installed (opt/tvm-site): it is not a bare root"
-    binfmt = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")  # qemu-user runs the root's binaries
-    state = binfmt.read_text().split("\n", 1)[0] if binfmt.is_file() else "not registered"
-    if state != "enabled":
-        return f"qemu-aarch64 in binfmt_misc: {state}"
-    return "" if os.geteuid() == 0 else "running in the aarch64 root needs root (chroot)"
 
 
 def runner_argv(runner: str, bundle: Path, python: str) -> list[str]:

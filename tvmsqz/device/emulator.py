@@ -41,21 +41,44 @@ def arm_root() -> Path:
     return Path(os.environ.get("TVMSQZ_ARM_ROOT", CACHE_DIR / "arm64-root"))
 
 
-def emulator_problem(root: Path | None = None) -> str:
-    """What keeps the emulated device from running here ("" when nothing does)."""
-    root = Path(root) if root else arm_root()
-    if not (root / ".tvmsqz-stamp").is_file() or not (root / "usr/bin/python3").exists():
-        return f"no emulated aarch64 root at {root}"
-    if not (root / "opt/tvm-site/tvm").is_dir():
+def bare_arm_root() -> Path:
+    """The aarch64 root without TVM that `scripts/setup_arm.sh` builds (`TVMSQZ_ARM_BARE_ROOT`):
+    where bundles prove they need nothing but themselves."""
+    return Path(os.environ.get("TVMSQZ_ARM_BARE_ROOT", CACHE_DIR / "arm64-bare-root"))
+
+
+def root_problem(root: Path, *, stamp: str, with_tvm: bool) -> str:
+    """What keeps programs from running in an aarch64 root under qemu-user ("" when nothing does).
+
+    `with_tvm`: the root must have the pip-installed TVM (the emulated RPC device), or must not
+    have it (the bare root the bundles run in).
+    """
+    what = "emulated aarch64 root" if with_tvm else "TVM-less aarch64 root"
+    if not (root / stamp).is_file() or not (root / "usr/bin/python3").exists():
+        return f"no {what} at {root}"
+    has_tvm = (root / "opt/tvm-site/tvm").is_dir()
+    if with_tvm and not has_tvm:
         return f"TVM is not installed in the aarch64 root {root}"
+    if not with_tvm and (root / "opt/tvm-site").exists():
+        return f"{root} has TVM installed (opt/tvm-site): it is not a bare root"
     try:
         if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").read_text().startswith("enabled"):
             return "qemu-aarch64 is disabled in binfmt_misc"
     except OSError:
         return "qemu-aarch64 is not registered in binfmt_misc"
     if os.geteuid() != 0:
-        return "the emulated device needs root (chroot)"
+        return "running in the aarch64 root needs root (chroot)"
     return ""
+
+
+def emulator_problem(root: Path | None = None) -> str:
+    """What keeps the emulated device from running here ("" when nothing does)."""
+    return root_problem(Path(root) if root else arm_root(), stamp=".tvmsqz-stamp", with_tvm=True)
+
+
+def bare_root_problem(root: Path | None = None) -> str:
+    """What keeps bundles from running in the TVM-less aarch64 root ("" when nothing does)."""
+    return root_problem(Path(root) if root else bare_arm_root(), stamp=".tvmsqz-bare-stamp", with_tvm=False)
 
 
 def emulator_ready(root: Path | None = None) -> bool:
