@@ -8,6 +8,7 @@ Target data
     `resolve_target_data(raw) -> raw`  family-specific resolution (a GPU's architecture, ...),
                                        called by `targets.get_target` at call time
     `runs_on_host(spec) -> bool`       whether its artifacts run in this process
+    `RUNTIME_ONLY`                     whether its artifacts load through libtvm_runtime.so alone
 Commands (what the CLI calls)
     `compile_model(model, spec, output, **options) -> str`   writes artifact + manifest, returns
                                                              the line to print

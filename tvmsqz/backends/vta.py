@@ -20,6 +20,10 @@ from ..spec import TargetSpec
 TILINGS_FILE = "tilings.json"
 
 
+#: Whether this family's artifacts load through the TVM runtime library alone: the VTA loader builds Relax VMs for its host segments through `tvm.relax`.
+RUNTIME_ONLY = False
+
+
 def resolve_target_data(raw: dict) -> dict:
     return raw
 

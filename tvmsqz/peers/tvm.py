@@ -47,10 +47,11 @@ def open(model: str, threads: int) -> Session:
 
     Only CPU artifacts run runtime-only: TVM loads a GPU's runtime library (libtvm_runtime_cuda)
     from its backend hooks, which runtime-only mode skips, so those keep the full library."""
+    from ..backends import backend_for_family
     from ..manifest import read_manifest
 
     family = ((read_manifest(Path(model)) or {}).get("target") or {}).get("family", "cpu")
-    if family == "cpu":
+    if backend_for_family(family).RUNTIME_ONLY:
         sys.meta_path.insert(0, _NotOnDevice())
     elif "tvm" not in sys.modules:
         os.environ.pop("TVM_USE_RUNTIME_LIB", None)

@@ -19,6 +19,10 @@ from ..tvmflow import bench_model, compile_model, tune_model  # noqa: F401 - thi
 DEVICE_TYPE = "cpu"
 
 
+#: Whether this family's artifacts load through the TVM runtime library alone: CPU artifacts need nothing but `libtvm_runtime.so` (`TVM_USE_RUNTIME_LIB=1`).
+RUNTIME_ONLY = True
+
+
 def resolve_target_data(raw: dict) -> dict:
     """CPU target files need no family-specific resolution (aliases and "host" cores are generic)."""
     return raw

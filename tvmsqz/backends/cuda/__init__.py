@@ -56,6 +56,10 @@ log = logging.getLogger("tvmsqz")
 # ----------------------------------------------------------------------------------------------
 
 
+#: Whether this family's artifacts load through the TVM runtime library alone: runtime-only TVM skips the hooks that load `libtvm_runtime_cuda.so`: CUDA artifacts keep the full library.
+RUNTIME_ONLY = False
+
+
 def resolve_target_data(raw: dict) -> dict:
     """Resolve a CUDA target file's `"arch": "auto"` (and `"schedules": "auto"`) and validate it.
 
