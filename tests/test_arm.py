@@ -265,7 +265,7 @@ def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(e
     import json
 
     from conftest import run_cli
-    from tvmsqz.runtime import Artifact
+    from tvmsqz.runtime import load as load_artifact
 
     so = tmp_path / "sq11-a72.so"
     run_cli("compile", "squeezenet1_1", "--target", "arm", "-o", str(so), "--no-tuning")
@@ -275,7 +275,7 @@ def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(e
 
     x = np.random.default_rng(7).standard_normal((1, 3, 224, 224)).astype("float32")
     on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
-    on_x86 = Artifact.load(compiled("squeezenet1_1")).run(x)
+    on_x86 = load_artifact(compiled("squeezenet1_1")).run(x)
     assert np.abs(on_device - on_x86).max() <= 1e-5 * (on_x86.max() - on_x86.min())
 
     out = tmp_path / "bench.json"

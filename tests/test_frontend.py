@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvmsqz.build import compile_module
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import discover_input, import_onnx, parse_input_shape
-from tvmsqz.runtime import Artifact
+from tvmsqz.runtime import load as load_artifact
 from tvmsqz.targets import get_target
 
 
@@ -54,7 +54,7 @@ def test_import_variants_match_onnxruntime(opset, constants, legacy, tmp_path):
     ex, _ = compile_module(mod, get_target("x86"), fuse=False)
     ex.export_library(str(tmp_path / "m.so"))
     x = np.random.default_rng(1).standard_normal(spec.shape).astype("float32")
-    got = Artifact.load(tmp_path / "m.so").run(x)
+    got = load_artifact(tmp_path / "m.so").run(x)
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"data": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 

@@ -10,14 +10,14 @@ import torch
 from tvmsqz.bench import parity, parity_inputs
 from tvmsqz.images import class_names
 from tvmsqz.models import get_model_info, load_onnx, torch_model
-from tvmsqz.runtime import Artifact
+from tvmsqz.runtime import load as load_artifact
 
 BUILTINS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass",
             "squeezenet1_0_dc"]
 
 
 def outputs_for(model: str, so, inputs):
-    artifact = Artifact.load(so)
+    artifact = load_artifact(so)
     onnx_model, _ = load_onnx(model)
     sess = ort.InferenceSession(onnx_model.SerializeToString())
     tvm_out = np.concatenate([artifact.run(x) for x in inputs])
@@ -54,7 +54,7 @@ def test_deep_compression_model_recognises_real_photos(compiled):
     from conftest import run_cli
 
     so = compiled("squeezenet1_0_dc")
-    artifact = Artifact.load(so)
+    artifact = load_artifact(so)
     photos = dict(sample_images())
     names = class_names()
     expect = {"chelsea": {"tabby", "tiger cat", "Egyptian cat"}, "coffee": {"espresso", "cup", "coffee mug"},
@@ -66,4 +66,4 @@ def test_deep_compression_model_recognises_real_photos(compiled):
     net_so = so.with_name("dc-from-net.so")
     run_cli("compile", str(default_net_path()), "-o", str(net_so), "--no-tuning", "--fuse")
     x = preprocess(photos["chelsea"], "caffe", 227)
-    np.testing.assert_allclose(Artifact.load(net_so).run(x), artifact.run(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(load_artifact(net_so).run(x), artifact.run(x), rtol=1e-5, atol=1e-6)

@@ -41,7 +41,7 @@ from tvmsqz.database import (RECORD_FILE, WORKLOAD_FILE, check_database, choose_
                              has_database, host_cpu_name, load_database)
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import import_onnx
-from tvmsqz.runtime import Artifact
+from tvmsqz.runtime import load as load_artifact
 from tvmsqz.targets import get_target
 from tvmsqz.tune import Allocator, TaskState, default_batch, default_population, repair_tail, tune_model
 from tvmsqz.tune.budget import DEFAULT_TRIALS, UNBOUNDED_TRIALS, parse_duration, resolve_trials, sizing_trials
@@ -143,7 +143,7 @@ def test_short_tune_writes_a_database_that_compile_applies(tiny, tuned, tmp_path
     assert set(convs) <= set(report.tuned), (report.tuned, report.untuned)
     executable.export_library(str(tmp_path / "tiny.so"))
     x = np.random.default_rng(1).standard_normal(input_spec.shape).astype("float32")
-    got = Artifact.load(tmp_path / "tiny.so").run(x)
+    got = load_artifact(tmp_path / "tiny.so").run(x)
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"data": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
         tvm = runtime.tvm_import()  # the library itself, measured separately below
 
         imported = _current_rss_bytes()
-        run = runtime.Artifact.load(path).timer(x)
+        run = runtime.load(path).timer(x)
         extra = {"runtime_only": bool(getattr(tvm.base, "_RUNTIME_ONLY", False)),
                  "tvm_libraries": runtime.tvm_libraries_mapped()}
     elif kind == "onnxruntime":

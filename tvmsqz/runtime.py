@@ -163,11 +163,6 @@ class Artifact:
             raise TvmsqzError(f"cannot load {path} as a TVM artifact: {str(exc).strip().splitlines()[-1]}") from None
         return cls(path, vm, manifest, tvm.device(device_type, 0))
 
-    @classmethod
-    def load(cls, path: str | Path, device=None) -> "Artifact":
-        """Load through the manifest's backend (kept for callers that hold an Artifact class)."""
-        return load(path)
-
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         spec = self.manifest.get("input")
