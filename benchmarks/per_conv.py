@@ -13,8 +13,10 @@ graph order. The fp32 peak is measured, not quoted: single-thread OpenBLAS sgemm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -54,9 +56,14 @@ def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int =
     compile_model(model, spec, out, database=Path(database) if database else None)
     manifest = json.loads(out.with_name(out.name + ".json").read_text())
     loaded = load_model(model)
-    prepared = prepare(loaded.mod, spec)
-    flops = {gv.name_hint: kernel_flops(tvm.IRModule({"main": f}))
-             for gv, f in prepared.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    # FLOPs per conv call in graph order, counted on the direct-convolution graph: a Winograd
+    # kernel does fewer multiplies, and its GFLOP/s are the effective (direct-equivalent) ones.
+    direct = dataclasses.replace(spec, data={**spec.data, "layout": {**spec.data.get("layout", {}), "winograd": 0}})
+    prepared = prepare(loaded.mod, direct)
+    flops_of = {gv.name_hint: kernel_flops(tvm.IRModule({"main": f}))
+                for gv, f in prepared.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    direct_flops = [flops_of[callee] for callee in re.findall(r"R\.call_tir(?:_inplace)?\((?:cls\.)?(\w+)",
+                                                                prepared["main"].script()) if "conv2d" in callee]
     artifact = load(out)
     x = np.random.default_rng(0).standard_normal(loaded.input.shape).astype("float32")
     arg = tvm.runtime.tensor(x)
@@ -85,9 +92,11 @@ def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int =
     for i, (name, _) in enumerate(per_run[0]):
         if "conv2d" not in name:
             continue
-        base = name.removesuffix("_prepacked")
         us = float(np.median([run[i][1] for run in per_run]))
-        calls.append({"kernel": name, "us": us, "flops": flops.get(base, 0.0)})
+        calls.append({"kernel": name, "us": us})
+    if len(calls) == len(direct_flops):
+        for call, flops in zip(calls, direct_flops):
+            call["flops"] = flops
     return calls, manifest
 
 
@@ -140,9 +149,12 @@ def main(argv: list[str]) -> None:
     ort_nodes = ort_conv_nodes(args.model, args.threads)
     rows = []
     for i, call in enumerate(tvm_calls):
+        call.setdefault("flops", 0.0)
         ort_us = ort_nodes[i]["us"] if i < len(ort_nodes) and len(ort_nodes) == len(tvm_calls) else None
         gflops = call["flops"] / call["us"] / 1e3 if call["us"] and call["flops"] else None
-        rows.append({**call, "layout": "NCHW16c" if "nchwc" in call["kernel"] else "NCHW",
+        call.setdefault("flops", 0.0)
+        layout = "NCHW16c" if "nchwc" in call["kernel"] else "NCHW"
+        rows.append({**call, "layout": layout + (" Winograd F(4,3)" if "winograd" in call["kernel"] else ""),
                      "gflops": gflops, "ort_us": ort_us,
                      "ort_gflops": call["flops"] / ort_us / 1e3 if ort_us else None,
                      "share_of_peak": gflops / peak if gflops else None,
@@ -152,10 +164,10 @@ def main(argv: list[str]) -> None:
     total_ort = sum(r["ort_us"] or 0 for r in rows)
     print(f"model {args.model}, {args.threads} thread(s), measured fp32 peak {peak:.0f} GFLOP/s "
           f"(sgemm x {args.threads}); database {manifest['database']}")
-    print(f"{'#':>2} {'kernel':52} {'layout':8} {'MFLOP':>7} {'tvm us':>8} {'GFLOP/s':>8} {'peak':>5} "
+    print(f"{'#':>2} {'kernel':52} {'layout':24} {'MFLOP':>7} {'tvm us':>8} {'GFLOP/s':>8} {'peak':>5} "
           f"{'ORT us':>8} {'ORT GF/s':>8}")
     for i, r in enumerate(rows):
-        print(f"{i:2d} {r['kernel'][:52]:52} {r['layout']:8} {r['flops'] / 1e6:7.1f} {r['us']:8.1f} "
+        print(f"{i:2d} {r['kernel'][:52]:52} {r['layout']:24} {r['flops'] / 1e6:7.1f} {r['us']:8.1f} "
               f"{(r['gflops'] or 0):8.1f} {(r['share_of_peak'] or 0):5.0%} {(r['ort_us'] or 0):8.1f} "
               f"{(r['ort_gflops'] or 0):8.1f}")
     print(f"convolutions total: tvmsqz {total_tvm:.0f} us, ONNX Runtime {total_ort:.0f} us")

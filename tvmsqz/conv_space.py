@@ -101,7 +101,12 @@ def _epilogue_at(sch, block, loop) -> None:
 
 
 def space_fn(sch) -> None:
-    """`ScheduleFn` body for MetaSchedule: the sampled blocked-conv schedule."""
+    """`ScheduleFn` body for MetaSchedule: the sampled blocked-conv (or Winograd) schedule."""
+    from .winograd import is_winograd, schedule_winograd
+
+    if is_winograd(sch):
+        schedule_winograd(sch, sample=True)
+        return
     block = conv_block(sch)
     if block is not None:
         schedule_conv(sch, block, sample=True)
@@ -115,10 +120,13 @@ def space_generator():
 
 
 def is_blocked_conv(func) -> bool:
-    """Whether a PrimFunc holds a blocked convolution (and so gets this space)."""
+    """Whether a PrimFunc holds a blocked (direct or Winograd) convolution (and so gets this space)."""
     from tvm.s_tir import Schedule
 
-    return conv_block(Schedule(func)) is not None
+    from .winograd import is_winograd
+
+    sch = Schedule(func)
+    return is_winograd(sch) or conv_block(sch) is not None
 
 
 def apply_default(mod):
@@ -126,13 +134,18 @@ def apply_default(mod):
     from tvm import tirx as tir
     from tvm.s_tir import Schedule
 
+    from .winograd import is_winograd, schedule_winograd
+
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tir.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
             continue
         sch = Schedule(func)
         block = conv_block(sch)
-        if block is None:
+        if is_winograd(sch):
+            schedule_winograd(sch)
+        elif block is not None:
+            schedule_conv(sch, block)
+        else:
             continue
-        schedule_conv(sch, block)
         mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return mod

@@ -222,15 +222,18 @@ def default_database_note(spec: TargetSpec) -> str | None:
     return "; ".join(notes) if notes else None
 
 
-def merge_databases(sources: list[Path], dest: Path) -> int:
+def merge_databases(sources: list[Path], dest: Path, *, keep: int | None = None) -> int:
     """Union of several databases (e.g. fused and unfused tuning runs) into `dest`.
 
     Workloads are matched by their serialized TensorIR, so a kernel tuned in two runs keeps the
-    records of both; returns the number of records written.
+    records of both. With `keep`, only each workload's `keep` fastest valid records are written:
+    what compiling (the best one) and a warm start (the best few, re-measured) read, without
+    the thousands of search records (a shipped database shrinks from megabytes to kilobytes).
+    Returns the number of records written.
     """
     workloads: dict[str, int] = {}
     workload_lines: list[str] = []
-    record_lines: list[str] = []
+    records: dict[int, list[tuple[float, str]]] = {}
     seen: set[str] = set()
     for src in sources:
         local = _read_lines(src / WORKLOAD_FILE)
@@ -245,10 +248,28 @@ def merge_databases(sources: list[Path], dest: Path) -> int:
             line = json.dumps([mapping[rec[0]], rec[1]])
             if line not in seen:
                 seen.add(line)
-                record_lines.append(line)
+                records.setdefault(mapping[rec[0]], []).append((_mean_run_secs(rec[1]), line))
+    record_lines = []
+    for index in sorted(records):
+        rows = records[index]
+        if keep is not None:
+            rows = sorted((r for r in rows if r[0] < _INVALID_SECS), key=lambda r: r[0])[:keep]
+        record_lines.extend(line for _, line in rows)
     dest.mkdir(parents=True, exist_ok=True)
     # Workloads first: a `dest` that is also the first source keeps its workloads on their lines,
     # so its old records stay valid until the new record file replaces them.
     for name, lines in ((WORKLOAD_FILE, workload_lines), (RECORD_FILE, record_lines)):
         atomic_write(dest / name, "".join(line + "\n" for line in lines))
     return len(record_lines)
+
+
+#: MetaSchedule stores failed measurements as 1e10 seconds.
+_INVALID_SECS = 1e9
+
+
+def _mean_run_secs(record: list) -> float:
+    """Mean measured seconds of a tuning record's payload [trace, run_secs, target, args]."""
+    run_secs = record[1] if len(record) > 1 else None
+    if not run_secs:
+        return float("inf")
+    return sum(float(v) for v in run_secs) / len(run_secs)

@@ -74,11 +74,20 @@ def post_database_passes(spec: TargetSpec) -> list:
 
 def layout_passes(spec: TargetSpec) -> list:
     """The target's activation layout (target data `layout`): NCHW[x]c blocked by the vector
-    width, as measured fastest on x86; NCHW (nothing to do) where a target says so."""
+    width, as measured fastest on x86; NCHW (nothing to do) where a target says so. `winograd`
+    (2 or 4) turns the 3x3 stride-1 convs into Winograd F(m, 3) kernels (`tvmsqz.winograd`);
+    `classifier_pad` pads the classifier's outputs to a multiple of it (`tvmsqz.pad_classes`)."""
     from ...layout import blocked_layout_passes
 
     layout = spec.data.get("layout") or {}
-    return blocked_layout_passes(int(layout["block"])) if layout.get("conv2d") == "NCHWc" else []
+    if layout.get("conv2d") == "NHWC":
+        from ...layout import nhwc_layout_passes
+
+        return nhwc_layout_passes()
+    if layout.get("conv2d") != "NCHWc":
+        return []
+    return blocked_layout_passes(int(layout["block"]), int(layout.get("winograd", 0)),
+                                 int(layout.get("classifier_pad", 0)), int(layout.get("winograd_min_size", 0)))
 
 
 def default_schedule(mod, spec: TargetSpec):
