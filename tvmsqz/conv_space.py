@@ -76,13 +76,20 @@ def schedule_conv(sch, block, *, ow_tile: int | None = None, oc_tile: int | None
     sch.vectorize(ob)
     sch.unroll(owi)
     sch.unroll(oci)
-    root = sch.get_sblock("root")
     if sample:
-        step = sch.sample_categorical(list(UNROLL_STEPS), [0.25] * len(UNROLL_STEPS))
-        sch.annotate(root, "meta_schedule.unroll_explicit", step)
+        sample_unroll(sch)
     else:
         sch.unroll(kw)
     return sch
+
+
+def sample_unroll(sch) -> None:
+    """The searched unroll depth of a whole kernel: MetaSchedule's `unroll_explicit` annotation on
+    the root block, one of `UNROLL_STEPS` (the same instructions in every space here, so traces
+    replay alike)."""
+    root = sch.get_sblock("root")
+    step = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
+    sch.annotate(root, "meta_schedule.unroll_explicit", step)
 
 
 def _epilogue_at(sch, block, loop) -> None:

@@ -151,7 +151,6 @@ def conv2d_nchwc_winograd(data, packed, padding, tile: int):
 #: Most accumulators the untuned GEMM register tile holds: AVX-512 has 32 vector registers
 #: (16-lane blocks), AVX2 16 (8-lane blocks); leave room for the weights and the broadcast.
 MAX_ACCUMULATORS = {16: 24, 8: 12}
-UNROLL_STEPS = (0, 16, 64, 512)
 
 
 def is_winograd(sch) -> bool:
@@ -178,7 +177,7 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     output transform parallel over (output block x tile rows), both passes unrolled; bias + ReLU
                      (whatever elementwise FuseOps put after the conv) applied per tile
     """
-    from .conv_space import _epilogue_at
+    from .conv_space import _epilogue_at, sample_unroll
 
     # Input transform.
     for producer in sch.get_producers(sch.get_sblock(INPUT_ROWS)):
@@ -248,10 +247,8 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     for loop in (yi, xi, rd):
         sch.unroll(loop)
     sch.vectorize(o)
-    root = sch.get_sblock("root")
     if sample:
-        step = sch.sample_categorical(list(UNROLL_STEPS), [0.25] * len(UNROLL_STEPS))
-        sch.annotate(root, "meta_schedule.unroll_explicit", step)
+        sample_unroll(sch)
     return sch
 
 
