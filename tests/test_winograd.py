@@ -236,3 +236,14 @@ def test_pad_classifier_leaves_other_graphs_alone():
     padded = pad_classifier(relax.transform.DecomposeOpsForInference()(mod), 48)
     assert "(1, 48, 20, 20)" in padded["main"].script()  # 32 -> 48: padded, then sliced
     assert "(1, 32)" in padded["main"].script()
+
+
+def test_pad_classifier_leaves_a_head_the_block_divides():
+    from tvm import relax
+
+    from tvmsqz.frontend import import_onnx
+    from tvmsqz.pad_classes import pad_classifier
+
+    mod = relax.transform.DecomposeOpsForInference()(import_onnx(_wino_model())[0])  # 32 classes
+    assert "(1, 64, 20, 20)" in pad_classifier(mod, 64)["main"].script()  # no block given: padded
+    assert pad_classifier(mod, 64, block=16)["main"].script() == mod["main"].script()  # 16 divides 32: as is

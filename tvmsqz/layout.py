@@ -146,8 +146,8 @@ def blocked_layout_passes(block: int, winograd: int = 0, classifier_pad: int = 0
     """Passes that convert a model to NCHW[block]c and legalize its blocked convolutions
     (3x3 stride-1 ones on maps of at least `winograd_min_size` as Winograd F(`winograd`, 3)
     when `winograd` is 2 or 4); with
-    `classifier_pad`, the classifier's outputs are first padded to a multiple of it
-    (`tvmsqz.pad_classes`: 1000 -> 1024, so the classifier is blocked like every other conv)."""
+    `classifier_pad`, a classifier whose outputs the block does not divide is first padded to a
+    multiple of it (`tvmsqz.pad_classes`: 1000 -> 1024, so it is blocked like every other conv)."""
     from tvm import relax
 
     from .pad_classes import PadClassifier
@@ -159,7 +159,7 @@ def blocked_layout_passes(block: int, winograd: int = 0, classifier_pad: int = 0
         return {"relax.nn.conv2d": conv_layouts(int(data.shape[1]), int(weight.shape[0]), block)}
 
     return [
-        *([PadClassifier(classifier_pad)] if classifier_pad else []),
+        *([PadClassifier(classifier_pad, block)] if classifier_pad else []),
         relax.transform.ConvertLayout({}, layout_cb=layout_of),
         relax.transform.CanonicalizeBindings(),
         relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": _legalizer(winograd, winograd_min_size)}),

@@ -74,8 +74,10 @@ def _classifier_chain(func: relax.Function) -> dict | None:
     return chain
 
 
-def pad_classifier(mod: tvm.IRModule, multiple: int) -> tvm.IRModule:
-    """`mod` with its classifier conv's outputs padded to a multiple of `multiple` (see above)."""
+def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -> tvm.IRModule:
+    """`mod` with its classifier conv's outputs padded to a multiple of `multiple` (see above);
+    with `block`, only when the channel block does not divide them already (a 16- or 32-class
+    head is blocked as it is)."""
     func = mod["main"]
     chain = _classifier_chain(func)
     if chain is None:
@@ -85,7 +87,7 @@ def pad_classifier(mod: tvm.IRModule, multiple: int) -> tvm.IRModule:
     weight = conv.args[1].value.numpy()
     classes = weight.shape[0]
     padded = -(-classes // multiple) * multiple
-    if padded == classes:
+    if padded == classes or (block and classes % block == 0):
         return mod
     grow = [(0, padded - classes)] + [(0, 0)] * (weight.ndim - 1)
     new_weight = relax.const(np.pad(weight, grow))
@@ -135,8 +137,9 @@ def _conv_kwargs(attrs) -> dict:
 class PadClassifier:
     """Module-pass form of `pad_classifier` (runs before the layout conversion)."""
 
-    def __init__(self, multiple: int) -> None:
+    def __init__(self, multiple: int, block: int | None = None) -> None:
         self.multiple = multiple
+        self.block = block
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: ARG002
-        return relax.transform.DeadCodeElimination()(pad_classifier(mod, self.multiple))
+        return relax.transform.DeadCodeElimination()(pad_classifier(mod, self.multiple, self.block))
