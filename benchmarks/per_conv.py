@@ -149,7 +149,6 @@ def main(argv: list[str]) -> None:
     ort_nodes = ort_conv_nodes(args.model, args.threads)
     rows = []
     for i, call in enumerate(tvm_calls):
-        call.setdefault("flops", 0.0)
         ort_us = ort_nodes[i]["us"] if i < len(ort_nodes) and len(ort_nodes) == len(tvm_calls) else None
         gflops = call["flops"] / call["us"] / 1e3 if call["us"] and call["flops"] else None
         call.setdefault("flops", 0.0)

@@ -28,8 +28,8 @@ MAX_ACCUMULATORS = 24
 UNROLL_STEPS = (0, 16, 64, 512)
 
 
-def conv_block(sch):
-    """The blocked-conv reduction block of a (fused) kernel, or None.
+def block_named(sch, name: str):
+    """The block `name` of a (fused) kernel, or None.
 
     Looked up by name: the lookup is part of the schedule's trace, and MetaSchedule replays
     traces, so it must not depend on anything but the workload (a walk over child blocks did).
@@ -37,9 +37,14 @@ def conv_block(sch):
     from tvm.s_tir import ScheduleError
 
     try:
-        return sch.get_sblock(CONV_BLOCK)
+        return sch.get_sblock(name)
     except (ScheduleError, ValueError, RuntimeError):
         return None
+
+
+def conv_block(sch):
+    """The blocked-conv reduction block of a (fused) kernel, or None."""
+    return block_named(sch, CONV_BLOCK)
 
 
 def default_tiles(out_w: int, k_chunks: int) -> tuple[int, int]:

@@ -33,11 +33,18 @@ MIN_WIDTH_TILE = 3
 WIDTH_PAD_MULTIPLE = 8
 
 
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of `n` not above `limit` (a register tile without a tail loop)."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
 def padded_width(out_w: int) -> int:
     """Output width the conv computes: `out_w`, or the next multiple of 8 when `out_w` has no
     divisor from 3 to 24 (SqueezeNet 1.0's 109-wide conv1, a prime: a 1-column register tile
     ran it at 170 GFLOP/s against 228 for the other convs)."""
-    if max(d for d in range(1, min(out_w, 24) + 1) if out_w % d == 0) >= MIN_WIDTH_TILE:
+    from .conv_space import MAX_ACCUMULATORS  # the direct conv's register budget (conv_space imports this module)
+
+    if largest_divisor(out_w, MAX_ACCUMULATORS) >= MIN_WIDTH_TILE:
         return out_w
     return -(-out_w // WIDTH_PAD_MULTIPLE) * WIDTH_PAD_MULTIPLE
 

@@ -154,17 +154,10 @@ MAX_ACCUMULATORS = {16: 24, 8: 12}
 
 
 def is_winograd(sch) -> bool:
-    from tvm.s_tir import ScheduleError
+    """Whether a (fused) kernel holds this module's Winograd convolution."""
+    from .conv_space import block_named
 
-    try:
-        sch.get_sblock(GEMM_BLOCK)
-        return True
-    except (ScheduleError, ValueError, RuntimeError):
-        return False
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+    return block_named(sch, GEMM_BLOCK) is not None
 
 
 def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = None, sample: bool = False):
@@ -177,14 +170,16 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     output transform parallel over (output block x tile rows), both passes unrolled; bias + ReLU
                      (whatever elementwise FuseOps put after the conv) applied per tile
     """
-    from .conv_space import _epilogue_at, sample_unroll
+    from .conv_space import _epilogue_at, block_named, sample_unroll
+    from .layout import largest_divisor
 
     # Input transform.
     for producer in sch.get_producers(sch.get_sblock(INPUT_ROWS)):
         if sch.get(producer).name_hint.endswith("pad"):
             sch.compute_inline(producer)
     for name in ("BT", "AT"):
-        for blk in _blocks_named(sch, name):
+        blk = block_named(sch, name)
+        if blk is not None:
             sch.compute_inline(blk)
     v = sch.get_sblock(INPUT_BLOCK)
     e, nu, c, t, i, rb = sch.get_loops(v)
@@ -214,7 +209,7 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     else:
         k_tile = k_tile or (2 if k_chunks % 2 == 0 else 1)
         budget = MAX_ACCUMULATORS.get(int(packed.shape[5]), 12)
-        t_tile = t_tile or _largest_divisor(tiles, budget // k_tile)
+        t_tile = t_tile or largest_divisor(tiles, budget // k_tile)
         t_factors, k_factors = [None, t_tile], [None, k_tile]
     ico, ici = sch.split(ic, [None, in_lanes])
     to, ti = sch.split(t, t_factors)
@@ -250,12 +245,3 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     if sample:
         sample_unroll(sch)
     return sch
-
-
-def _blocks_named(sch, name: str) -> list:
-    from tvm.s_tir import ScheduleError
-
-    try:
-        return [sch.get_sblock(name)]
-    except (ScheduleError, ValueError, RuntimeError):
-        return []
