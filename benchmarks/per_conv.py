@@ -41,7 +41,7 @@ def measured_peak_gflops() -> float:
 
 def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int = 30) -> tuple[list[dict], dict]:
     """(per-call list of {kernel, us, flops} for conv kernels in graph order, build info)."""
-    from tvmsqz.backends.tvmflow import compile_model
+    import tvmsqz
     from tvmsqz.build import prepare
     from tvmsqz.frontend import load_model
     from tvmsqz.runtime import load
@@ -53,7 +53,7 @@ def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int =
 
     spec = get_target("x86")
     out = Path(tempfile.mkdtemp(prefix="tvmsqz-perconv-")) / "m.so"
-    compile_model(model, spec, out, database=Path(database) if database else None)
+    tvmsqz.compile(tvmsqz.load_model(model), spec, output=out, database=Path(database) if database else None)
     manifest = json.loads(out.with_name(out.name + ".json").read_text())
     loaded = load_model(model)
     # FLOPs per conv call in graph order, counted on the direct-convolution graph: a Winograd

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import require
 from tvmsqz import device as D
-from tvmsqz.backends.cpu import cross
+from tvmsqz import toolchain as cross
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.paths import TARGETS_DIR
 

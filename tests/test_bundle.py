@@ -22,7 +22,7 @@ import pytest
 
 from conftest import REPO, require, run_cli
 from tvmsqz import bundle as B
-from tvmsqz.backends.cpu.cross import elf_machine
+from tvmsqz.toolchain import elf_machine
 from tvmsqz.device import emulator_problem
 
 SHAPE = (1, 3, 224, 224)

@@ -36,7 +36,7 @@ from tvmsqz.backends.cuda import blob, detect, fatbin, nvcc, rules
 from tvmsqz.build import compile_module, export_artifact, prepare
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import import_onnx
-from tvmsqz.fuse import fuse_fire
+from tvmsqz.passes.fuse import fuse_fire
 from tvmsqz.paths import TARGETS_DIR
 from tvmsqz.spec import TargetSpec
 from tvmsqz.targets import get_target

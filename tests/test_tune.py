@@ -53,7 +53,7 @@ TRIALS = 8  # the in-process tune: 3 kernels, batches of 4
 def tiny_model() -> onnx.ModelProto:
     """conv3x3 -> relu -> conv1x1 -> relu -> global average pool -> flatten, on 1x3x16x16.
 
-    16 channels, a multiple of x86's channel block (16): the blocked layout (`tvmsqz.layout`)
+    16 channels, a multiple of x86's channel block (16): the blocked layout (`tvmsqz.backends.cpu.kernels.legalize`)
     currently fails on a conv whose input channels do not divide by the block ("Invalid layout
     axis 1b" for 8), which is the layout's to fix, not this file's to test.
     """

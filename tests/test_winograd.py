@@ -1,4 +1,4 @@
-"""Winograd F(m, 3) convolutions in the blocked layout (`tvmsqz.winograd`).
+"""Winograd F(m, 3) convolutions in the blocked layout (`tvmsqz.backends.cpu.kernels.winograd`).
 
 The transform matrices compute a correlation; the four-stage kernel, with its default schedule
 and with schedules sampled from its search space, matches a direct convolution; the x86-avx512
@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import require_cpu, run_cli
-from tvmsqz import winograd
+from tvmsqz.backends.cpu.kernels import winograd
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -126,7 +126,7 @@ def test_x86_graph_takes_winograd_for_the_3x3_stride1_convs_on_large_maps():
 
 
 def test_prime_output_width_is_computed_padded_and_cropped():
-    from tvmsqz.layout import padded_width
+    from tvmsqz.backends.cpu.kernels.constants import padded_width
 
     assert padded_width(109) == 112  # SqueezeNet 1.0's conv1: 109 is prime
     assert [padded_width(w) for w in (111, 55, 54, 27, 13)] == [111, 55, 54, 27, 13]  # a tile divides them
@@ -229,7 +229,7 @@ def test_pad_classifier_leaves_other_graphs_alone():
     from tvm import relax
 
     from tvmsqz.frontend import import_onnx
-    from tvmsqz.pad_classes import pad_classifier
+    from tvmsqz.passes.pad_classes import pad_classifier
 
     mod, _ = import_onnx(_wino_model())  # 32 outputs: already a multiple of 32
     assert pad_classifier(mod, 32).same_as(mod) or pad_classifier(mod, 32)["main"].script() == mod["main"].script()
@@ -242,7 +242,7 @@ def test_pad_classifier_leaves_a_head_the_block_divides():
     from tvm import relax
 
     from tvmsqz.frontend import import_onnx
-    from tvmsqz.pad_classes import pad_classifier
+    from tvmsqz.passes.pad_classes import pad_classifier
 
     mod = relax.transform.DecomposeOpsForInference()(import_onnx(_wino_model())[0])  # 32 classes
     assert "(1, 64, 20, 20)" in pad_classifier(mod, 64)["main"].script()  # no block given: padded

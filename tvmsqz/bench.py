@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, peers
+from . import peers
+from .version import __version__
 from .errors import TvmsqzError
-from .peers import latency_stats  # noqa: F401 - re-exported: the timing rules live in peers
+from .artifact import latency_stats  # noqa: F401 - re-exported for the benchmarks
 from .spec import TargetSpec, host_cores
 
 
@@ -113,13 +114,18 @@ def _machine() -> dict[str, Any]:
     return {"cpu": cpu, "isa": isa, "cores": host_cores(), "os": platform.platform()}
 
 
-def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str | None = None,
-              repeat: int = 50, database: Path | None = None, fuse: bool | None = None, with_torch: bool = True,
-              rpc_tracker: str | None = None, rpc_key: str | None = None, log=None) -> dict[str, Any]:
-    """The whole bench as one JSON-able dict (keys documented in README)."""
+def run_bench(model, spec: TargetSpec, *, repeat: int = 50, database: Path | None = None,
+              fuse: bool | None = None, with_torch: bool = True, rpc_tracker: str | None = None,
+              rpc_key: str | None = None, prebuilt: Path | None = None, log=None, backend=None) -> dict[str, Any]:
+    """The whole bench as one JSON-able dict (keys documented in README).
+
+    `model` is a `frontend.Model`; with `prebuilt` (an artifact compiled earlier, to measure on an
+    RPC device as it is) it is the artifact's source model, loaded by the caller from its manifest.
+    """
     from .backends import get_backend
 
-    if not get_backend(spec).runs_on_host(spec) and not rpc_tracker:
+    backend = backend or get_backend(spec)
+    if not backend.runs_on_host(spec) and not rpc_tracker:
         raise TvmsqzError(f"artifacts for {spec.name} do not run on this host; pass --rpc-tracker HOST:PORT "
                           "--rpc-key KEY to bench on a device")
     if rpc_tracker:  # fail in seconds, not after the compile, when the tracker does not answer
@@ -129,16 +135,14 @@ def run_bench(source: str, spec: TargetSpec, *, batch: int = 1, input_shape: str
     from .fsutil import temp_dir
 
     with temp_dir("tvmsqz-bench-") as tmp:
-        return _bench(source, spec, tmp, batch=batch, input_shape=input_shape, repeat=repeat,
-                      database=database, fuse=fuse, with_torch=with_torch, rpc_tracker=rpc_tracker,
-                      rpc_key=rpc_key, log=log)
+        return _bench(model, spec, tmp, repeat=repeat, database=database, fuse=fuse, with_torch=with_torch,
+                      rpc_tracker=rpc_tracker, rpc_key=rpc_key, prebuilt=prebuilt, log=log, backend=backend)
 
 
-def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_shape: str | None, repeat: int,
-           database: Path | None, fuse: bool | None, with_torch: bool, rpc_tracker: str | None,
-           rpc_key: str | None, log) -> dict[str, Any]:
+def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Path | None, fuse: bool | None,
+           with_torch: bool, rpc_tracker: str | None, rpc_key: str | None, prebuilt: Path | None, log,
+           backend) -> dict[str, Any]:
     from .build import compile_module, export_artifact
-    from .frontend import load_model
     from .runtime import load
 
     def say(msg: str) -> None:
@@ -146,25 +150,22 @@ def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_sh
             log.print(f"[dim]{msg}[/dim]")
 
     onnx_path = workdir / "model.onnx"
-    if source.endswith(".so"):  # a shipped artifact: measure it as is, against its source model
-        so_path, manifest, report = Path(source), *_prebuilt(Path(source), spec)
-        loaded = load_model(manifest["model"], batch=manifest["input"]["shape"][0],
-                            input_shape=",".join(map(str, manifest["input"]["shape"])))
+    if prebuilt is not None:  # a shipped artifact: measure it as is, against its source model
+        so_path, manifest, report = Path(prebuilt), *_prebuilt(Path(prebuilt), spec)
     else:
-        loaded = load_model(source, batch=batch, input_shape=input_shape)
         from .build import resolve_fuse
 
         fuse = resolve_fuse(spec, fuse)
         say(f"compiling {loaded.name} for {spec.name} ({'fused' if fuse else 'unfused'}, "
             f"{'database ' + str(database) if database else 'no tuning database'})")
-        executable, report = compile_module(loaded.mod, spec, database=database, fuse=fuse)
+        executable, report = compile_module(loaded.mod, spec, database=database, fuse=fuse, backend=backend)
         so_path = workdir / "model.so"
         manifest = export_artifact(executable, spec, so_path, model=loaded.name, input_spec=loaded.input,
-                                   report=report)
+                                   report=report, backend=backend)
     shape = loaded.input.shape
     onnx_path.write_bytes(loaded.onnx.SerializeToString())
 
-    convention = getattr(loaded.info, "preprocess", "torchvision")
+    convention = loaded.preprocess
     names, inputs = parity_inputs(shape, convention)
     x = inputs[0]
     inputs_path = workdir / "inputs.npy"  # what every worker runs: the first one is the timed input
@@ -179,11 +180,10 @@ def _bench(source: str, spec: TargetSpec, workdir: Path, *, batch: int, input_sh
     else:
         artifact = load(so_path)  # verified now; it runs in this process only for the profile, after the timing
 
-    torch_source = getattr(loaded.info, "source", None) == "torch"
     skipped = {} if with_torch else {"torch": "not requested (--no-torch)"}
     runtimes = [n for n in peers.RUNNERS if n not in skipped and not (remote and n == "tvm")]
     sources = peers.Sources(onnx=onnx_path, workdir=workdir, artifact=None if remote else so_path,
-                            torch_model=loaded.info.name if torch_source else None, input_shape=tuple(shape))
+                            torch_model=loaded.torch_name, input_shape=tuple(shape))
     thread_counts = [host_cores()] + ([1] if host_cores() > 1 else [])
     got = peers.measure(sources, inputs_path, repeat, thread_counts, runtimes=runtimes, skipped=skipped, say=say)
     measured, measured_1t = (_fp32_latency(got.latency.get(t, {})) for t in (thread_counts[0], thread_counts[-1]))
@@ -334,9 +334,6 @@ def print_report(report: dict[str, Any], console) -> None:
     """The human-readable side of the report: three tables and the top kernels."""
     from rich.table import Table
 
-    if "simulated_cycles" in report:  # VTA reports its own shape
-        console.print_json(json.dumps({k: v for k, v in report.items() if k != "layers"}))
-        return
     title = f"{report['model']} on {report['target']} (batch {report['batch']}, {report['threads']} threads)"
     if report.get("emulated"):
         title += " [EMULATED device: timings are not ARM performance]"

@@ -37,7 +37,7 @@ def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
     return bool(spec.data.get("fuse", {}).get("enabled", True)) if fuse is None else fuse
 
 
-def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None):
+def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
     """High-level Relax -> legalized Relax with one PrimFunc per kernel (the tuning input).
 
     The target's backend names its activation layout (`layout_passes`: NCHW[x]c on x86, nothing
@@ -48,16 +48,16 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None):
     import tvm
     from tvm import relax
 
-    backend = get_backend(spec)
+    backend = backend or get_backend(spec)
     layout = backend.layout_passes(spec)
     fire = resolve_fuse(spec, fuse)
     after_fusion = []
     if fire and layout:
-        from .concat_free import WriteIntoConcat
+        from .passes.concat_free import WriteIntoConcat
 
         after_fusion.append(WriteIntoConcat())
     elif fire:
-        from .fuse import fuse_fire
+        from .passes.fuse import fuse_fire
 
         # Per-target fusion choices (e.g. folding the squeeze conv in) come from the target data,
         # chosen by measurement; tuning and compiling read the same ones, so workloads match.
@@ -124,15 +124,15 @@ def parse_size(text: str) -> int:
 
 
 def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool | None = None,
-                   max_memory: int = DEFAULT_MAX_MEMORY):
+                   max_memory: int = DEFAULT_MAX_MEMORY, backend=None):
     """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
     import tvm
 
     start = time.perf_counter()
-    backend = get_backend(spec)
+    backend = backend or get_backend(spec)
     fuse = resolve_fuse(spec, fuse)
     report = BuildReport(fused=fuse)
-    mod = prepare(mod, spec, fuse=fuse)
+    mod = prepare(mod, spec, fuse=fuse, backend=backend)
     report.kernels = kernel_names(mod)
     mod = apply_database(mod, spec, database, report)
     with spec.target:
@@ -142,6 +142,7 @@ def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse:
     if report.activation_bytes > max_memory:
         raise TvmsqzError(f"the model needs {report.activation_bytes / 2**20:.0f} MiB of intermediate memory, over "
                           f"the {max_memory / 2**20:.0f} MiB limit; pass --max-memory to raise it")
+    mod = with_input_shape(mod)
     try:
         with tvm.transform.PassContext(opt_level=3, config=backend.pass_config(spec)):
             executable = tvm.compile(mod, target=spec.target)
@@ -171,11 +172,11 @@ def check_writable(path: Path, inputs: list[Path] = ()) -> None:
 
 
 def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, input_spec: InputSpec,
-                    report: BuildReport, extra: dict | None = None) -> dict:
+                    report: BuildReport, extra: dict | None = None, backend=None) -> dict:
     """Write the `.so` and its manifest (what a device needs to check what it got)."""
     path = Path(path)
     check_writable(path)
-    get_backend(spec).export(executable, spec, path)
+    (backend or get_backend(spec)).export(executable, spec, path)
     return write_manifest(path, {
         "model": model,
         "target": spec.to_json(),
@@ -186,6 +187,21 @@ def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, inp
         "activation_bytes": report.activation_bytes,
         **(extra or {}),
     })
+
+
+def with_input_shape(mod):
+    """Add `vm.INPUT_SHAPE_FUNC`, a Relax function returning `main`'s input shape, so that a `.so`
+    without its manifest still tells the runtime what it takes (checked before the VM runs)."""
+    from tvm import relax
+
+    from .vm import INPUT_SHAPE_FUNC
+
+    param = mod["main"].params[0]
+    shape = [int(d) for d in param.ty.shape]
+    bb = relax.BlockBuilder(mod)
+    with bb.function(INPUT_SHAPE_FUNC, []):
+        bb.emit_func_output(relax.ShapeExpr(shape))
+    return bb.finalize()
 
 
 def planned_activation_bytes(mod) -> int:

@@ -246,3 +246,10 @@ def make_local_runner(num_threads: int | None, *, timeout_sec: float = 30.0, num
                                          enable_cpu_cache_flush=False),
         initializer=functools.partial(runner_init, num_threads),
     )
+
+
+def local_builder_runner(*, workers: int, measure_threads: int, f_export=None):
+    """(builder, runner) measuring on this host: one persistent builder pool, MetaSchedule's runner."""
+    builder = PersistentBuilder(max_workers=workers, timeout_sec=60.0, f_export=f_export)
+    builder.warm_up()
+    return builder, make_local_runner(measure_threads)

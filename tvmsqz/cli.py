@@ -1,8 +1,10 @@
 """The `tvmsqz` command line, in the idiom of tvmc (`--target`, `--trials`, `--rpc-tracker`, `-o`).
 
-Every user mistake surfaces as a `TvmsqzError`: one line on stderr, exit code 2, no traceback
-and no partial artifact. Heavy imports (TVM, torch, ONNX) happen inside the commands so that
-`tvmsqz --help` and the error paths stay fast.
+A thin layer over the Python API (`tvmsqz.api`): each command parses its options, calls the
+API and prints what it returns; it imports no other tvmsqz module but `errors`, `quiet`,
+`fsutil` and `version`. Every user mistake surfaces as a `TvmsqzError`: one line on stderr, exit
+code 2, no traceback and no partial artifact. The API is imported inside the commands so that
+`tvmsqz --help`, `--version` and the error paths stay fast.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from rich.table import Table
 
 from .errors import TvmsqzError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Compile, tune and benchmark SqueezeNet-class CNNs with Apache TVM.")
-device_app = typer.Typer(no_args_is_help=True, help="Run or emulate a device for RPC tuning and benchmarks.")
+device_app = typer.Typer(help="Run or emulate a device for RPC tuning and benchmarks.")
 app.add_typer(device_app, name="device")
 console = Console()
 err_console = Console(stderr=True)
 
 TargetOpt = typer.Option("x86", "--target", "-t", help="Target name from `tvmsqz targets`.")
-DatabaseOpt = typer.Option(None, "--database", help="Tuning database folder (default: schedules/<target>/).")
+DatabaseOpt = typer.Option(None, "--database", help="Tuning database folder (default: your own tuning output for the "
+                           "target, else the shipped schedules for this CPU; both are named on stderr).")
 NoTuningOpt = typer.Option(False, "--no-tuning", help="Ignore tuning databases: compile untuned kernels.")
 FuseOpt = typer.Option(None, "--fuse/--no-fuse", help="Fuse each Fire module's expand pair into one kernel "
                        "(default: the target's measured choice, see `tvmsqz targets`); --no-fuse keeps expand convs + concat.")
@@ -42,7 +45,7 @@ KeyOpt = typer.Option(None, "--rpc-key", help="RPC device key registered with th
 def _setup_environment() -> None:
     """Pin every runtime to the same thread count and silence library chatter."""
     from .quiet import quiet_python_logs
-    from .targets import host_cores
+    from .spec import host_cores
 
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
     os.environ.setdefault("OMP_NUM_THREADS", str(host_cores()))
@@ -70,58 +73,85 @@ def _terminate(signum, frame) -> None:
     os._exit(143)
 
 
-def _backend(target: str):
-    """The resolved target and the backend that owns its family."""
-    from .backends import get_backend
-    from .targets import get_target
+def _api():
+    """The API module, imported when a command runs (keeps --help and usage errors fast)."""
+    from . import api
 
-    spec = get_target(target)
-    return spec, get_backend(spec)
+    return api
 
 
-def _say_default_database(spec, database: Optional[Path], no_tuning: bool) -> None:
-    """After compile/bench: why the default database applied when the folder alone does not say
-    (the user's own tuning output over the shipped one, a per-CPU database passed over)."""
+def _say_default_database(target: str, database: Optional[Path], no_tuning: bool) -> None:
+    """After compile/bench: why the default database applied when the folder alone does not say."""
     if database is None and not no_tuning:
-        from .database import default_database_note
-
-        note = default_database_note(spec)
+        note = _api().default_database_note(target)
         if note:
             err_console.print(f"[dim]{note}[/dim]", highlight=False, soft_wrap=True)
+
+
+def _check_writable(path: Path, inputs: list[Path]) -> None:
+    _api().check_writable(path, inputs)
+
+
+def _help_and_fail(ctx: typer.Context) -> None:
+    """A group called without a command: its help, then one error line and exit 2."""
+    console.print(ctx.get_help(), highlight=False)
+    raise TvmsqzError("no command given (see the list above)")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        console.print(f"tvmsqz {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(ctx: typer.Context,
+                  version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")) -> None:
+    """Compile, tune and benchmark SqueezeNet-class CNNs with Apache TVM."""
+    if ctx.invoked_subcommand is None:
+        _help_and_fail(ctx)
+
+
+@device_app.callback(invoke_without_command=True)
+def device_callback(ctx: typer.Context) -> None:
+    """Run or emulate a device for RPC tuning and benchmarks."""
+    if ctx.invoked_subcommand is None:
+        _help_and_fail(ctx)
 
 
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the built-in models."""
-    from .models import list_models
-
-    rows = list_models()
+    rows = _api().list_models()
     if as_json:
-        console.print_json(json.dumps([{
-            "name": m.name, "description": m.description, "input_shape": list(m.input_shape),
-            "preprocess": m.preprocess, "source": m.source, "trained": m.trained} for m in rows]))
+        console.print_json(json.dumps(rows))
         return
     table = Table(title="built-in models")
-    for col in ("name", "input", "weights", "description"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("weights", no_wrap=True)
+    table.add_column("description", overflow="fold")
     for m in rows:
-        table.add_row(m.name, "x".join(map(str, m.input_shape)),
-                      "ImageNet-trained" if m.trained else "seeded init", m.description)
+        table.add_row(m["name"], "x".join(map(str, m["input_shape"])),
+                      "ImageNet-trained" if m["trained"] else "seeded init", m["description"])
     console.print(table)
 
 
 @app.command("targets")
-def targets_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def targets_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON (with `user_schedules`: where "
+                                             "`tune` writes without -o).")) -> None:
     """List the targets defined in targets/."""
-    from .targets import list_targets
-
-    rows = list_targets()
+    rows = _api().list_targets()
     if as_json:
         console.print_json(json.dumps(rows))
         return
     table = Table(title="targets")
-    for col in ("name", "family", "description"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)
+    table.add_column("family", no_wrap=True)
+    table.add_column("description", overflow="fold")
     for row in rows:
         desc = row["description"] + (f" -> {row['resolves_to']}" if "resolves_to" in row else "")
         table.add_row(row["name"], row["family"], desc)
@@ -142,15 +172,22 @@ def compile_cmd(
                                              "memory exceeds this (default 2G), e.g. 512M, 8G."),
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
-    from .build import check_writable
-
-    spec, backend = _backend(target)
-    check_writable(output, inputs=[Path(model)])
+    api = _api()
+    spec = api.resolve_target(target)
+    _check_writable(output, [Path(model)])
     with err_console.status(f"compiling {model} for {spec.name}"):
-        line = backend.compile_model(model, spec, output, batch=batch, input_shape=input_shape, database=database,
-                                     no_tuning=no_tuning, fuse=fuse, max_memory=max_memory, log=err_console)
-    _say_default_database(spec, database, no_tuning)
-    console.print(line)
+        loaded = api.load_model(model, batch=batch, input_shape=input_shape)
+        artifact = api.compile(loaded, spec, output=output, database=database, tuning=not no_tuning, fuse=fuse,
+                               max_memory=max_memory, log=err_console)
+    _say_default_database(target, database, no_tuning)
+    manifest = artifact.manifest
+    kernels = manifest.get("kernels", {}).get("total")
+    others = [f"{entry['file']} ({entry['bytes']} bytes)" for entry in manifest.get("files", [])]
+    console.print(f"wrote {output} ({manifest['artifact']['bytes']} bytes, {spec.name}"
+                  + (f", {kernels} kernels" if kernels is not None else "")
+                  + (f", {manifest['compile_seconds']:.1f} s" if "compile_seconds" in manifest else "") + ")"
+                  + "".join(f", {o}" for o in others) + f" and {output.name}.json"
+                  + (f"; {manifest['note']}" if manifest.get("note") else ""), highlight=False, soft_wrap=True)
 
 
 @app.command("run")
@@ -165,15 +202,12 @@ def run_cmd(
     """Run an artifact on this host and print the top classes."""
     import numpy as np
 
-    from .runtime import check_input, load, prefer_runtime_lib, top_k
-
-    prefer_runtime_lib()  # as on a device: libtvm_runtime.so only, when tvm is not imported yet
-
+    api = _api()
+    api.prefer_runtime_lib()  # as on a device: libtvm_runtime.so only, when tvm is not imported yet
     if output is not None:
-        from .build import check_writable
-
-        check_writable(output, inputs=[artifact] + ([input] if input is not None else []))
-    runner = load(artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False, soft_wrap=True))
+        _check_writable(output, [artifact] + ([input] if input is not None else []))
+    runner = api.load(artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False,
+                                                                   soft_wrap=True))
     if input is not None:
         if not input.is_file():
             raise TvmsqzError(f"no such file: {input}")
@@ -186,8 +220,7 @@ def run_cmd(
         if shape is None:
             raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
         x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    x = check_input(x, runner.input_shape, getattr(runner, "input_dtype", "float32"), cast=cast,
-                    allow_nonfinite=allow_nonfinite)
+    x = api.check_input(x, runner.input_shape, runner.input_dtype, cast=cast, allow_nonfinite=allow_nonfinite)
     y = runner.run(x)
     if output is not None:
         from .fsutil import atomic_path
@@ -195,16 +228,11 @@ def run_cmd(
         with atomic_path(output) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, y)
-    names = None
-    if y.reshape(y.shape[0], -1).shape[1] == 1000:
-        from .images import class_names
-
-        names = class_names()
     table = Table(title=f"top-{top} ({artifact.name})")
     for col in ("rank", "class", "name", "score"):
         table.add_column(col)
-    for rank, (cls, score) in enumerate(top_k(y, top), 1):
-        table.add_row(str(rank), str(cls), names[cls] if names else "", f"{score:.5g}")
+    for rank, cls, name, score in api.top_classes(y, top):
+        table.add_row(str(rank), str(cls), name, f"{score:.5g}")
     console.print(table)
 
 
@@ -225,22 +253,19 @@ def bench_cmd(
     rpc_key: Optional[str] = KeyOpt,
 ) -> None:
     """Latency, memory, accuracy parity and per-kernel profile against ONNX Runtime and PyTorch."""
-    from .bench import print_report
-
-    spec, backend = _backend(target)
+    api = _api()
+    spec = api.resolve_target(target)
     if json_out is not None:
-        from .build import check_writable
-
-        check_writable(json_out, inputs=[Path(model)])
-    report = backend.bench_model(model, spec, batch=batch, input_shape=input_shape, repeat=repeat, database=database,
-                                 no_tuning=no_tuning, fuse=fuse, with_torch=not no_torch, rpc_tracker=rpc_tracker,
-                                 rpc_key=rpc_key, log=err_console)
-    _say_default_database(spec, database, no_tuning)
-    print_report(report, console)
+        _check_writable(json_out, [Path(model)])
+    source = model if model.endswith(".so") else api.load_model(model, batch=batch, input_shape=input_shape)
+    report = api.bench(source, spec, repeat=repeat, database=database, tuning=not no_tuning, fuse=fuse,
+                       with_torch=not no_torch, rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
+    _say_default_database(target, database, no_tuning)
+    report.print(console)
     if json_out is not None:
         from .fsutil import atomic_write
 
-        atomic_write(json_out, json.dumps(report, indent=2) + "\n")
+        atomic_write(json_out, report.to_json() + "\n")
         err_console.print(f"[dim]wrote {json_out}[/dim]")
 
 
@@ -256,8 +281,9 @@ def tune_cmd(
                                               "comes first)."),
     cold: bool = typer.Option(False, "--cold", help="In a new folder, skip the warm start (re-measuring the "
                               "shipped database's best records of these kernels on this CPU first)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: the user data "
-                                          "folder, see `tvmsqz targets --json`; never the shipped schedules)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: the target's "
+                                          "`user_schedules` folder, see `tvmsqz targets --json`; never the shipped "
+                                          "schedules)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the records already in the database."),
     batch: int = BatchOpt,
     input_shape: Optional[str] = InputShapeOpt,
@@ -268,25 +294,26 @@ def tune_cmd(
                                         "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own)."),
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
-    import inspect
+    from .tune.budget import parse_duration
 
-    from .tune.budget import DEFAULT_TRIALS, parse_duration
-
+    api = _api()
     if space not in (None, "blocked", "generic"):
         raise TvmsqzError(f"--space must be 'blocked' or 'generic', not {space!r}")
     seconds = parse_duration(time_budget) if time_budget is not None else None
-    spec, backend = _backend(target)
-    extra = {key: value for key, value in (("time_budget", seconds), ("cold", cold)) if value}
-    takes = inspect.signature(backend.tune_model).parameters
-    refused = [f"--{key.replace('_', '-')}" for key in extra if key not in takes]
-    if refused:  # a backend's tune that does not take them would silently ignore them
-        raise TvmsqzError(f"target {spec.name} does not take {', '.join(refused)}")
-    if trials is None and seconds is None:
-        trials = DEFAULT_TRIALS
-    _summary, line = backend.tune_model(model, spec, trials=trials, output=output, resume=resume, batch=batch,
-                                        input_shape=input_shape, fuse=fuse, rpc_tracker=rpc_tracker,
-                                        rpc_key=rpc_key, space=space, log=err_console, **extra)
-    console.print(line)
+    spec = api.resolve_target(target)
+    loaded = api.load_model(model, batch=batch, input_shape=input_shape)
+    summary = api.tune(loaded, spec, trials=trials, output=output, resume=resume, time_budget=seconds, cold=cold,
+                       fuse=fuse, space=space, rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
+    console.print(_tune_line(summary), highlight=False, soft_wrap=True)
+
+
+def _tune_line(summary: dict) -> str:
+    """The closing line of `tune`: where the database is and what it holds."""
+    if "records" not in summary:  # a pipeline with a summary of its own shape (VTA's tilings)
+        return json.dumps(summary, indent=1)
+    stopped = "; stopped on the time budget" if summary.get("stopped") == "time budget" else ""
+    return (f"database: {summary['database']} ({summary['records']} records, {summary['tuned_tasks']}/"
+            f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s{stopped})")
 
 
 @app.command("package")
@@ -299,10 +326,8 @@ def package_cmd(
                                                 "site-packages folder, install prefix or wheel file (e.g. armv7)."),
 ) -> None:
     """Bundle ARTIFACT with the TVM runtime and runners for its architecture: no TVM install needed."""
-    from .bundle import build_bundle
-
-    bundle = build_bundle(artifact, output, tar=tar, strip=strip, runtime_from=runtime_from,
-                          log=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False))
+    bundle = _api().package(artifact, output, tar=tar, strip=strip, runtime_from=runtime_from,
+                            log=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False))
     sizes = bundle["sizes"]
     console.print(f"wrote {output} ({bundle['arch']}: runtime {sizes['runtime_bytes'] / 1e6:.1f} MB, model "
                   f"{sizes['model_bytes'] / 1e6:.1f} MB, runners {sizes['runner_bytes'] / 1e6:.2f} MB)"
@@ -319,9 +344,7 @@ def device_serve(
     port: int = typer.Option(9090, "--port"),
 ) -> None:
     """Start the TVM RPC server on this board (runs until Ctrl-C)."""
-    from .device import serve
-
-    serve(tracker=tracker, key=key, host=host, port=port)
+    _api().serve_device(tracker=tracker, key=key, host=host, port=port)
 
 
 @device_app.command("emulate")
@@ -332,28 +355,14 @@ def device_emulate(
     tracker_port: int = typer.Option(9190, "--tracker-port"),
 ) -> None:
     """Start/stop emulated aarch64 devices (qemu-user, chroot) behind a local tracker."""
-    from . import device
-
+    info = _api().emulate_devices(action, count=count, key=key, tracker_port=tracker_port)
     if action == "start":
-        info = device.emulate_start(count=count, key=key, tracker_port=tracker_port)
         console.print(f"\\[emulated] tracker 127.0.0.1:{info['tracker_port']}, key {key}, {count} device(s). "
                       "Emulated timings are not ARM performance.")
     elif action == "stop":
-        device.emulate_stop()
         console.print("\\[emulated] stopped")
-    elif action == "status":
-        console.print_json(json.dumps(device.emulate_status()))
     else:
-        raise TvmsqzError(f"unknown action {action!r}: use start, stop or status")
-
-
-def _usage_error_classes() -> tuple[type, ...]:
-    """click's exception module as the installed typer uses it: its bundled copy (0.29) or click."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # pragma: no cover - a typer that uses the click package
-        from click import exceptions
-    return exceptions.ClickException, exceptions.NoArgsIsHelpError, typer.Exit, typer.Abort
+        console.print_json(json.dumps(info))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -364,23 +373,20 @@ def _fail(message: str, code: int = 2) -> None:
 def main() -> None:
     """Console entry point: every failure is one line on stderr and a non-zero exit code."""
     _setup_environment()
-    click_error, no_args, click_exit, click_abort = _usage_error_classes()
     try:
         rc = app(standalone_mode=False)
     except TvmsqzError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except no_args as exc:  # bare `tvmsqz` or `tvmsqz device`: the help, then one line and exit 2
-        console.print(exc.ctx.get_help() if exc.ctx is not None else "", highlight=False)
-        _fail("no command given (see the list above)")
-    except click_error as exc:  # usage errors: unknown option, missing argument, bad value
-        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
-        _fail(f"{where}{exc.format_message()}", 2)
-    except click_exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click_abort:
+    except typer.Abort:
         _fail("aborted", 130)
+    except typer.TyperException as exc:  # usage errors (typer's click): unknown option, missing argument
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(f"{where}{message}", 2)
     except OSError as exc:  # a disk or permission problem the command did not anticipate
         from .fsutil import os_error
 

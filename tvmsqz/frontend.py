@@ -149,25 +149,64 @@ def random_input(spec: InputSpec, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(spec.shape).astype(spec.dtype)
 
 
-@dataclass
-class LoadedModel:
-    """A model resolved from the user's MODEL argument, imported and ready to build."""
+class Model:
+    """A model resolved from what the user gave (a built-in name, a file, an ONNX proto, a torch
+    module), loaded once and handed through compile, tune and bench.
 
-    name: str
-    onnx: onnx.ModelProto
-    info: object | None  # tvmsqz.models.ModelInfo for built-ins
-    mod: object  # tvm.IRModule
-    input: InputSpec
+    `onnx` is the ONNX graph every peer runs; `mod`, the Relax import, is made on first use (the
+    VTA pipeline reads the ONNX graph and never needs it).
+    """
+
+    def __init__(self, name: str, onnx_model: onnx.ModelProto, info: object | None, input_spec: InputSpec,
+                 input_shape: str | tuple | None = None, source: str | None = None):
+        self.name = name
+        self.onnx = onnx_model
+        self.info = info  # tvmsqz.models.ModelInfo for built-ins
+        self.input = input_spec
+        self.source = source
+        self._input_shape = input_shape
+        self._mod = None
+
+    @property
+    def mod(self):
+        """The Relax `IRModule` (weights as constants), imported on first use."""
+        if self._mod is None:
+            self._mod, _ = import_onnx(self.onnx, self._input_shape)
+        return self._mod
+
+    @property
+    def preprocess(self) -> str:
+        """The input convention of the model's photos ("torchvision" or "caffe")."""
+        return getattr(self.info, "preprocess", None) or "torchvision"
+
+    @property
+    def torch_name(self) -> str | None:
+        """The built-in torch model this came from (for the PyTorch peer), or None."""
+        return self.info.name if getattr(self.info, "source", None) == "torch" else None
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, input={list(self.input.shape)})"
 
 
-def load_model(source: str, *, batch: int = 1, input_shape: str | None = None) -> LoadedModel:
+def model_from_onnx(onnx_model: onnx.ModelProto, *, name: str, info: object | None = None, batch: int = 1,
+                    input_shape: str | tuple | None = None, source: str | None = None,
+                    import_now: bool = True) -> Model:
+    """A `Model` from an ONNX graph: the input discovered (or given) and checked; with `import_now`,
+    the Relax import done at once, so an unimportable model fails here, before any other work."""
+    if input_shape is None and batch != 1 and info is None:
+        input_shape = (batch, *discover_input(onnx_model).shape[1:])
+    spec = discover_input(onnx_model, input_shape)
+    model = Model(name, onnx_model, info, spec, input_shape, source)
+    if import_now:
+        _ = model.mod
+    return model
+
+
+def load_model(source: str, *, batch: int = 1, input_shape: str | None = None, import_now: bool = True) -> Model:
     """Resolve a built-in name, an .onnx path or a Deep Compression .net path, and import it."""
     from .models import load_onnx
 
     model, info = load_onnx(source, batch=batch)
-    if input_shape is None and batch != 1 and info is None:
-        spec = discover_input(model)
-        input_shape = (batch, *spec.shape[1:])
-    mod, spec = import_onnx(model, input_shape)
     name = info.name if info is not None else str(source)
-    return LoadedModel(name=name, onnx=model, info=info, mod=mod, input=spec)
+    return model_from_onnx(model, name=name, info=info, batch=batch, input_shape=input_shape, source=str(source),
+                           import_now=import_now)

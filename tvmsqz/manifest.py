@@ -14,8 +14,9 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__
+from .version import __version__
 from .errors import TvmsqzError
+from .spec import FAMILIES
 
 FORMAT = "tvmsqz-artifact/1"
 DTYPES = ("float32", "float16", "int8", "uint8")
@@ -75,8 +76,6 @@ def read_manifest(artifact: Path) -> dict | None:
 
 def check_manifest(manifest: Any, path: Path) -> None:
     """Refuse a manifest whose fields cannot describe a tvmsqz artifact (edited by hand, foreign)."""
-    from .backends import FAMILIES
-
     def bad(what: str) -> TvmsqzError:
         return TvmsqzError(f"manifest {path} is invalid: {what}")
 

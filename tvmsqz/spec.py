@@ -15,6 +15,10 @@ from typing import Any
 from .errors import TvmsqzError
 from .paths import SCHEDULES_DIR
 
+#: The target families, one backend each (`tvmsqz/backends/<family>`); a target file or manifest
+#: naming another is refused.
+FAMILIES = ("cpu", "cuda", "vta")
+
 
 def host_cpu_flags() -> set[str]:
     """CPU feature flags of this host, from /proc/cpuinfo (empty when unreadable)."""

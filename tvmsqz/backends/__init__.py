@@ -9,18 +9,23 @@ Target data
                                        called by `targets.get_target` at call time
     `runs_on_host(spec) -> bool`       whether its artifacts run in this process
     `RUNTIME_ONLY`                     whether its artifacts load through libtvm_runtime.so alone
-Commands (what the CLI calls)
-    `compile_model(model, spec, output, **options) -> str`   writes artifact + manifest, returns
-                                                             the line to print
-    `bench_model(model, spec, **options) -> dict`            the bench report
-    `tune_model(model, spec, **options) -> (dict, str)`      summary and the line to print
-    `load_artifact(path, manifest) -> runner`               `.run(x) -> np.ndarray`; runtime side,
-                                                             imports no compiler module
-TVM build flow (the families TVM compiles: cpu, cuda; see `tvmflow`)
-    `device_type(spec)`, `device(spec)`, `pre_tuning_passes(spec)`, `post_database_passes(spec)`,
-    `default_schedule(mod, spec)`, `pass_config(spec)`, `export(executable, spec, path)`,
+Pipeline and loading
+    `pipeline`                         None: the shared TVM pipeline (`tvmsqz.flow`) compiles, benches
+                                       and tunes this family through the build hooks below; or an
+                                       object with `compile(model, spec, backend, output, **o) ->
+                                       manifest`, `bench(model, spec, backend, **o) -> dict`,
+                                       `tune(model, spec, backend, **o) -> dict` and
+                                       `print_report(report, console)` (VTA's own pipeline)
+    `load_artifact(path, manifest) -> Artifact`   the `tvmsqz.artifact.Artifact` protocol; runtime
+                                       side, imports no compiler module
+TVM build hooks (the families TVM compiles: cpu, cuda; called by `build`, `tune`)
+    `device_type(spec)`, `device(spec)`, `layout_passes(spec)`, `pre_tuning_passes(spec)`,
+    `post_database_passes(spec)`, `default_schedule(mod, spec)`, `space_generator(spec, mod, space)`,
+    `pass_config(spec)`, `export(executable, spec, path)`,
     `tuning_builder_runner(spec, rpc, *, workers, measure_threads)`
 
+A backend supplies hooks and imports none of the modules that call them (`api`, `flow`, `build`,
+`bench`, `tune`): import-linter checks it (pyproject.toml).
 Importing this package imports no backend; `get_backend` imports the one asked for.
 """
 
@@ -30,9 +35,7 @@ import importlib
 from types import ModuleType
 
 from ..errors import TvmsqzError
-from ..spec import TargetSpec
-
-FAMILIES = ("cpu", "cuda", "vta")
+from ..spec import FAMILIES, TargetSpec
 
 
 def backend_for_family(family: str) -> ModuleType:

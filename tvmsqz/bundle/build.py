@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..errors import TvmsqzError
 from .runtimes import RUNTIME_LIBS, RuntimeSource, find_runtime
 
@@ -67,7 +67,7 @@ def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
     Relax VM on `kDLCPU` and carry no accelerator runtime.
     """
     from ..backends import backend_for_family
-    from ..backends.cpu.cross import elf_machine
+    from ..toolchain import elf_machine
 
     target = manifest.get("target") or {}
     backend = backend_for_family(target.get("family", "cpu"))

@@ -50,7 +50,7 @@ class RuntimeSource:
 
 
 def _machine(path: Path) -> str | None:
-    from ..backends.cpu.cross import elf_machine
+    from ..toolchain import elf_machine
 
     try:
         return elf_machine(path)

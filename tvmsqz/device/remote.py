@@ -150,7 +150,7 @@ def remote_bench(so_path: str | Path, spec: TargetSpec | dict, tracker: str, key
     """
     import numpy as np  # noqa: PLC0415
 
-    from tvmsqz.backends.cpu.cross import elf_machine  # noqa: PLC0415
+    from ..toolchain import elf_machine
 
     data = spec if isinstance(spec, dict) else spec.data
     name = data.get("name", "?")

@@ -33,7 +33,7 @@ def preload_tensor_intrin() -> float:
 def _export_cross_worker(rt_mod, cc: str, out_dir: str | None = None) -> str:
     """MetaSchedule `f_export`: cross-link the candidate into a .so on the host, in a folder of
     its own (MetaSchedule's `remove_build_dir` removes the artifact's whole folder)."""
-    from tvmsqz.backends.cpu.cross import cross_compiler  # noqa: PLC0415
+    from ..toolchain import cross_compiler
 
     path = os.path.join(tempfile.mkdtemp(prefix="c-", dir=out_dir), "tvm_tmp_mod.so")
     rt_mod.export_library(path, fcompile=cross_compiler(cc))
@@ -62,7 +62,7 @@ def make_cross_builder(cc: str | None, *, max_workers: int | None = None,
     per batch of 4 measured here), hence the 300 s default timeout; a build over it becomes a
     failed candidate and its worker is replaced.
     """
-    from tvmsqz.backends.cpu.cross import cross_compiler  # noqa: PLC0415
+    from ..toolchain import cross_compiler
     from tvmsqz.builder import PersistentBuilder  # noqa: PLC0415
 
     cross = bool(cc) and f_export is None

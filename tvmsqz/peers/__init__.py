@@ -30,17 +30,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ..artifact import latency_stats
 from ..errors import TvmsqzError
+from .base import PEERS_EXTRA, WARMUP, PeerUnavailable, Session, Sources, not_installed, time_runs
 
-#: Untimed runs before the timed ones (first-call allocation, caches, thread start-up).
-WARMUP = 5
+__all__ = ["PEERS_EXTRA", "WARMUP", "Measurements", "PeerUnavailable", "Session", "Sources", "latency_stats",
+           "measure", "module", "not_installed", "time_runs"]
+
 #: Timed one after the other, in this order; `openvino_default` only at the default thread count.
 RUNNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tvm": ("tvm", {}),
@@ -56,32 +58,6 @@ FP32_PEERS = ("onnxruntime", "openvino", "ncnn")
 REQUIRED = ("tvm", "onnxruntime")
 REDUCED_PRECISION = ("openvino_default",)
 METHODOLOGY = "each runtime in its own fresh process, one after the other"
-PEERS_EXTRA = "pip install 'tvmsqz[peers]'"
-
-
-class PeerUnavailable(Exception):
-    """This runtime cannot run this model here; the message says why (it goes in `peers_skipped`)."""
-
-
-@dataclass
-class Session:
-    """A model loaded in one runtime: `run(x)` returns the first output as numpy (for parity),
-    `timer(x)` returns a zero-argument callable running one inference on a preloaded `x`."""
-
-    run: Callable[[np.ndarray], np.ndarray]
-    timer: Callable[[np.ndarray], Callable[[], None]]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Sources:
-    """What the bench has for the runtimes to prepare from (all in the bench's temp folder)."""
-
-    onnx: Path
-    workdir: Path
-    artifact: Path | None = None  # None: the TVM artifact runs on an RPC device, not here
-    torch_model: str | None = None  # a built-in model name when the model came from torch
-    input_shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -100,34 +76,6 @@ def module(runtime: str):
     if runtime not in RUNNERS:
         raise TvmsqzError(f"unknown runtime {runtime!r} (known: {', '.join(RUNNERS)})")
     return importlib.import_module(f"{__name__}.{RUNNERS[runtime][0]}")
-
-
-def not_installed(package: str, hint: str = PEERS_EXTRA) -> str | None:
-    """None when `package` can be imported here, else the reason, without importing it."""
-    try:
-        found = importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError) as exc:  # a finder refused it, or a broken half-install
-        return f"{package} is not importable ({exc}); {hint}"
-    return None if found else f"{package} is not installed ({hint})"
-
-
-def latency_stats(samples_s: list[float]) -> dict[str, float]:
-    """min / median / p90 / mean in milliseconds, and the number of runs."""
-    ms = np.asarray(samples_s) * 1e3
-    return {"min": float(ms.min()), "median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
-            "mean": float(ms.mean()), "runs": int(ms.size)}
-
-
-def time_runs(run: Callable[[], None], repeat: int, warmup: int = WARMUP) -> dict[str, float]:
-    """`warmup` untimed runs, then `repeat` runs timed one by one."""
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return latency_stats(samples)
 
 
 def _last_line(text: str) -> str:

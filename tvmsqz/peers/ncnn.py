@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PeerUnavailable, Session, Sources, not_installed
+from .base import PeerUnavailable, Session, Sources, not_installed
 
 #: ncnn options that would make it compute or store in reduced precision where the CPU allows.
 REDUCED_PRECISION_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Session, Sources, not_installed
+from .base import Session, Sources, not_installed
 
 
 def available() -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import PeerUnavailable, Session, Sources, not_installed
+from .base import PeerUnavailable, Session, Sources, not_installed
 
 
 def available() -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PeerUnavailable, Session, Sources, not_installed
+from .base import PeerUnavailable, Session, Sources, not_installed
 
 COMPILER_SIDE = ("torch", "onnx", "onnxruntime", "onnxscript", "xgboost", "scipy", "sklearn", "skimage", "matplotlib")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ...spec import TargetSpec, host_cpu_flags
-from ..tvmflow import bench_model, compile_model, tune_model  # noqa: F401 - this backend's command hooks
 
 DEVICE_TYPE = "cpu"
 
@@ -45,10 +44,15 @@ def device(spec: TargetSpec | None = None):
     return tvm.cpu(0)
 
 
-def load_artifact(path: Path, manifest: dict | None) -> Any:
-    from ..tvmflow import load_artifact as load
+#: The shared TVM pipeline (`tvmsqz.flow`) compiles, benches and tunes this family.
+pipeline = None
 
-    return load(path, manifest, DEVICE_TYPE)
+
+def load_artifact(path: Path, manifest: dict | None) -> Any:
+    """A loaded `.so` in a Relax VM on the CPU; runtime side, no compiler import."""
+    from ...vm import VMArtifact
+
+    return VMArtifact.open(path, manifest, DEVICE_TYPE)
 
 
 def pre_tuning_passes(spec: TargetSpec) -> list:
@@ -60,7 +64,7 @@ def pre_tuning_passes(spec: TargetSpec) -> list:
 def post_database_passes(spec: TargetSpec) -> list:
     from tvm import relax
 
-    from ...fuse import LowerFireViews
+    from ...passes.fuse import LowerFireViews
 
     return [
         # SplitLayoutRewritePreproc drops root-block match_buffers (TVM 0.27), which the Fire
@@ -75,13 +79,13 @@ def post_database_passes(spec: TargetSpec) -> list:
 def layout_passes(spec: TargetSpec) -> list:
     """The target's activation layout (target data `layout`): NCHW[x]c blocked by the vector
     width, as measured fastest on x86; NCHW (nothing to do) where a target says so. `winograd`
-    (2 or 4) turns the 3x3 stride-1 convs into Winograd F(m, 3) kernels (`tvmsqz.winograd`);
-    `classifier_pad` pads the classifier's outputs to a multiple of it (`tvmsqz.pad_classes`)."""
-    from ...layout import blocked_layout_passes
+    (2 or 4) turns the 3x3 stride-1 convs into Winograd F(m, 3) kernels (`kernels/winograd.py`);
+    `classifier_pad` pads the classifier's outputs to a multiple of it (`tvmsqz.passes.pad_classes`)."""
+    from .kernels.legalize import blocked_layout_passes
 
     layout = spec.data.get("layout") or {}
     if layout.get("conv2d") == "NHWC":
-        from ...layout import nhwc_layout_passes
+        from ...passes.layout import nhwc_layout_passes
 
         return nhwc_layout_passes()
     if layout.get("conv2d") != "NCHWc":
@@ -93,16 +97,16 @@ def layout_passes(spec: TargetSpec) -> list:
 def default_schedule(mod, spec: TargetSpec):
     """Blocked convolutions without a tuned record get the heuristic direct-conv schedule; other
     CPU kernels stay as TVM legalized them (correct, slow)."""
-    from ...conv_space import apply_default
+    from .kernels.direct_space import apply_default
 
     return apply_default(mod)
 
 
 def space_generator(spec: TargetSpec, task_mod, space: str | None = None):
     """MetaSchedule's design space for one task: the blocked direct-conv space for blocked
-    convolutions (`tvmsqz.conv_space`), MetaSchedule's generic space for everything else and
+    convolutions (`kernels/direct_space.py`), MetaSchedule's generic space for everything else and
     when `space` (or the target data's `space`) is "generic"."""
-    from ...conv_space import is_blocked_conv, space_generator as conv_space
+    from .kernels.direct_space import is_blocked_conv, space_generator as conv_space
 
     choice = space or spec.data.get("space", "blocked")
     if choice == "blocked" and is_blocked_conv(task_mod["main"]):
@@ -117,7 +121,7 @@ def pass_config(spec: TargetSpec) -> dict:
 def export(executable, spec: TargetSpec, path: Path) -> None:
     """Write the shared library atomically: a partial file never appears at `path`."""
     if spec.cc:  # cross-linked: the device needs no compiler
-        from .cross import export_cross
+        from ...toolchain import export_cross
 
         export_cross(executable, path, spec.cc)
         return
@@ -128,8 +132,10 @@ def export(executable, spec: TargetSpec, path: Path) -> None:
 
 def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int):
     """Local builds and measurements on this host, or cross builds measured on RPC devices."""
-    from ..tvmflow import local_builder_runner, rpc_builder_runner
-
     if rpc is None:
+        from ...builder import local_builder_runner
+
         return local_builder_runner(workers=workers, measure_threads=measure_threads)
-    return rpc_builder_runner(spec, rpc)
+    from ...device import make_rpc_runner_builder
+
+    return make_rpc_runner_builder(rpc["tracker"], rpc["key"], spec.cc)

@@ -37,15 +37,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...spec import TargetSpec
-from ..tvmflow import bench_model, compile_model, tune_model  # noqa: F401 - this backend's command hooks
 from .blob import artifact_device_code, pack_imports_for
 from .detect import DEFAULT_ARCH, KNOWN_ARCHS, arch_number, check_arch, detect_gpu_arch, gpu_runs_arch, spec_arch
 from .nvcc import check_toolchain, find_nvcc, nvcc_version, prefer_nvcc
 
-__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "artifact_device_code", "bench_model", "candidate_export", "check_arch",
-           "check_toolchain", "compile_model", "default_schedule", "detect_gpu_arch", "device", "device_type",
-           "export", "find_nvcc", "load_artifact", "nvcc_version", "pass_config", "post_database_passes",
-           "pre_tuning_passes", "resolve_target_data", "runs_on_host", "tune_model", "tuning_builder_runner"]
+__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "artifact_device_code", "candidate_export", "check_arch",
+           "check_toolchain", "default_schedule", "detect_gpu_arch", "device", "device_type",
+           "export", "find_nvcc", "load_artifact", "nvcc_version", "pass_config", "pipeline", "post_database_passes",
+           "pre_tuning_passes", "resolve_target_data", "runs_on_host", "tuning_builder_runner"]
+
+#: The shared TVM pipeline (`tvmsqz.flow`) compiles, benches and tunes this family.
+pipeline = None
 
 DEVICE_TYPE = "cuda"
 log = logging.getLogger("tvmsqz")
@@ -104,9 +106,9 @@ def device_type(spec: TargetSpec | None = None) -> str:
 
 def load_artifact(path: Path, manifest: dict | None) -> Any:
     """A CUDA `.so` in a Relax VM on the first GPU (runtime side: no compiler, no nvcc needed)."""
-    from ..tvmflow import load_artifact as load
+    from ...vm import VMArtifact
 
-    return load(path, manifest, DEVICE_TYPE)
+    return VMArtifact.open(path, manifest, DEVICE_TYPE)
 
 
 def device(spec: TargetSpec | None = None):
@@ -190,8 +192,10 @@ def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, m
     Locally TVM compiles the candidates itself (a GPU is present); over RPC the builder host may
     have none, so `candidate_export` gives them nvcc-compiled device code.
     """
-    from ..tvmflow import local_builder_runner, rpc_builder_runner
-
     if rpc is None:
+        from ...builder import local_builder_runner
+
         return local_builder_runner(workers=workers, measure_threads=measure_threads)
-    return rpc_builder_runner(spec, rpc, f_export=candidate_export(spec))
+    from ...device import make_rpc_runner_builder
+
+    return make_rpc_runner_builder(rpc["tracker"], rpc["key"], spec.cc, f_export=candidate_export(spec))

@@ -3,7 +3,7 @@
 An untuned build must still be correct and must not run any kernel single-threaded. dlight covers
 single convolutions (Matmul), the global average pool (Reduction) and pools/reshapes (Fallback),
 but it has no rule for a kernel with several convolutions (the fused Fire kernels of
-`tvmsqz.fuse`): it would give those to Fallback, one thread per output with a global temporary
+`tvmsqz.passes.fuse`): it would give those to Fallback, one thread per output with a global temporary
 and a separate launch per convolution. `FusedConv` is that rule.
 
 Importing this module imports TVM; the backend imports it only when it schedules.
@@ -21,7 +21,7 @@ from tvm.target import Target
 
 
 class FusedConv(GPUScheduleRule):
-    """Kernels with two or more NCHW convolutions (the fused Fire kernels of `tvmsqz.fuse`).
+    """Kernels with two or more NCHW convolutions (the fused Fire kernels of `tvmsqz.passes.fuse`).
 
     Per convolution block, one launch: padding inlined into the reads; threadIdx.x over output
     pixels (coalesced NCHW loads and stores), threadIdx.y over output-channel groups; each thread

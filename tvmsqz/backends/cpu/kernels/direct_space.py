@@ -1,4 +1,4 @@
-"""A schedule space made for direct convolution in the channel-blocked layout (`tvmsqz.layout`).
+"""A schedule space made for direct convolution in the channel-blocked layout (`legalize`, `direct`).
 
 MetaSchedule's generic CPU space (multi-level tiling over every loop) is large and converges
 slowly on these convolutions; the NeoCPU schedule is known to be near the machine's peak for
@@ -20,26 +20,9 @@ values is the untuned default.
 
 from __future__ import annotations
 
-from .layout import CONV_BLOCK
-
-#: Most accumulators a register tile may hold (AVX-512 has 32 vector registers; leave room
-#: for the broadcast input and the weight vectors).
-MAX_ACCUMULATORS = 24
-UNROLL_STEPS = (0, 16, 64, 512)
-
-
-def block_named(sch, name: str):
-    """The block `name` of a (fused) kernel, or None.
-
-    Looked up by name: the lookup is part of the schedule's trace, and MetaSchedule replays
-    traces, so it must not depend on anything but the workload (a walk over child blocks did).
-    """
-    from tvm.s_tir import ScheduleError
-
-    try:
-        return sch.get_sblock(name)
-    except (ScheduleError, ValueError, RuntimeError):
-        return None
+from .constants import CONV_BLOCK, MAX_ACCUMULATORS
+from .sched import block_named, epilogue_at, sample_unroll
+from .winograd import is_winograd, schedule_winograd
 
 
 def conv_block(sch):
@@ -77,7 +60,7 @@ def schedule_conv(sch, block, *, ow_tile: int | None = None, oc_tile: int | None
     sch.reorder(n, oco, oh, owo, ico, kh, kw, ici, oci, owi, ob)
     outer = sch.fuse(n, oco, oh)
     sch.parallel(outer)
-    _epilogue_at(sch, block, owo)
+    epilogue_at(sch, block, owo)
     sch.vectorize(ob)
     sch.unroll(owi)
     sch.unroll(oci)
@@ -88,34 +71,8 @@ def schedule_conv(sch, block, *, ow_tile: int | None = None, oc_tile: int | None
     return sch
 
 
-def sample_unroll(sch) -> None:
-    """The searched unroll depth of a whole kernel: MetaSchedule's `unroll_explicit` annotation on
-    the root block, one of `UNROLL_STEPS` (the same instructions in every space here, so traces
-    replay alike)."""
-    root = sch.get_sblock("root")
-    step = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
-    sch.annotate(root, "meta_schedule.unroll_explicit", step)
-
-
-def _epilogue_at(sch, block, loop) -> None:
-    """Inline the elementwise chain after the conv, then compute its last block per register tile."""
-    consumers = sch.get_consumers(block)
-    while consumers:
-        (consumer,) = consumers[:1]
-        nxt = sch.get_consumers(consumer)
-        if not nxt:
-            sch.reverse_compute_at(consumer, loop, preserve_unit_loops=True)
-            inner = sch.get_loops(consumer)[-1]
-            sch.vectorize(inner)
-            return
-        sch.compute_inline(consumer)
-        consumers = nxt
-
-
 def space_fn(sch) -> None:
     """`ScheduleFn` body for MetaSchedule: the sampled blocked-conv (or Winograd) schedule."""
-    from .winograd import is_winograd, schedule_winograd
-
     if is_winograd(sch):
         schedule_winograd(sch, sample=True)
         return
@@ -135,8 +92,6 @@ def is_blocked_conv(func) -> bool:
     """Whether a PrimFunc holds a blocked (direct or Winograd) convolution (and so gets this space)."""
     from tvm.s_tir import Schedule
 
-    from .winograd import is_winograd
-
     sch = Schedule(func)
     return is_winograd(sch) or conv_block(sch) is not None
 
@@ -145,8 +100,6 @@ def apply_default(mod):
     """Give every unscheduled blocked-conv kernel the heuristic schedule (no tuning record)."""
     from tvm import tirx as tir
     from tvm.s_tir import Schedule
-
-    from .winograd import is_winograd, schedule_winograd
 
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tir.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):

@@ -1,4 +1,4 @@
-"""Cross-linked CPU artifacts: export with a cross toolchain, and read back what was built.
+"""Toolchains for CPU artifacts: cross export with a cross compiler, and read back what was built (ELF).
 
 ARM targets name a cross compiler in their target file (`export.cc`): the artifact is linked
 on this host, so the board needs no compiler. `elf_machine`/`elf_info` read the ELF header
@@ -14,8 +14,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import E_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from ...errors import TvmsqzError
-from ...fsutil import export_library
+from .errors import TvmsqzError
+from .fsutil import export_library
 
 #: pyelftools' e_machine names -> the names TVM triples and `uname -m` use.
 _MACHINES = {"EM_AARCH64": "aarch64", "EM_ARM": "arm", "EM_X86_64": "x86_64", "EM_386": "x86",

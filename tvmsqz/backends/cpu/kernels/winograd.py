@@ -24,12 +24,9 @@ from functools import lru_cache
 
 import numpy as np
 
-#: Block names the schedule looks for.
-GEMM_BLOCK = "wino_gemm"
-INPUT_BLOCK = "wino_input"
-INPUT_ROWS = "wino_input_rows"
-OUTPUT_BLOCK = "wino_output"
-OUTPUT_ROWS = "wino_output_rows"
+from .constants import (GEMM_BLOCK, INPUT_BLOCK, INPUT_ROWS, OUTPUT_BLOCK, OUTPUT_ROWS, WINOGRAD_ACCUMULATORS,
+                        largest_divisor)
+from .sched import block_named, epilogue_at, sample_unroll
 
 _POINTS = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 0.5, -2.0)}
 
@@ -148,15 +145,10 @@ def conv2d_nchwc_winograd(data, packed, padding, tile: int):
         name=OUTPUT_BLOCK)
 
 
-#: Most accumulators the untuned GEMM register tile holds: AVX-512 has 32 vector registers
-#: (16-lane blocks), AVX2 16 (8-lane blocks); leave room for the weights and the broadcast.
-MAX_ACCUMULATORS = {16: 24, 8: 12}
 
 
 def is_winograd(sch) -> bool:
     """Whether a (fused) kernel holds this module's Winograd convolution."""
-    from .conv_space import block_named
-
     return block_named(sch, GEMM_BLOCK) is not None
 
 
@@ -170,9 +162,6 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     output transform parallel over (output block x tile rows), both passes unrolled; bias + ReLU
                      (whatever elementwise FuseOps put after the conv) applied per tile
     """
-    from .conv_space import _epilogue_at, block_named, sample_unroll
-    from .layout import largest_divisor
-
     # Input transform.
     for producer in sch.get_producers(sch.get_sblock(INPUT_ROWS)):
         if sch.get(producer).name_hint.endswith("pad"):
@@ -208,7 +197,7 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
         k_factors = sch.sample_perfect_tile(k, n=2, max_innermost_factor=4)
     else:
         k_tile = k_tile or (2 if k_chunks % 2 == 0 else 1)
-        budget = MAX_ACCUMULATORS.get(int(packed.shape[5]), 12)
+        budget = WINOGRAD_ACCUMULATORS.get(int(packed.shape[5]), 12)
         t_tile = t_tile or largest_divisor(tiles, budget // k_tile)
         t_factors, k_factors = [None, t_tile], [None, k_tile]
     ico, ici = sch.split(ic, [None, in_lanes])
@@ -238,7 +227,7 @@ def schedule_winograd(sch, *, t_tile: int | None = None, k_tile: int | None = No
     for loop in (ry, rnu, rc):
         sch.unroll(loop)
     sch.vectorize(ro)
-    _epilogue_at(sch, out, tw)
+    epilogue_at(sch, out, tw)
     for loop in (yi, xi, rd):
         sch.unroll(loop)
     sch.vectorize(o)

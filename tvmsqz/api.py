@@ -1,0 +1,355 @@
+"""tvmsqz's Python API: load a model once, then compile, tune, bench and load artifacts.
+
+The CLI (`tvmsqz.cli`) is a thin layer over these functions, in the way tvmc's `load/compile/
+tune/run` and MLC-LLM's `interface/` sit under their command lines: one code path. ::
+
+    import tvmsqz
+    model = tvmsqz.load_model("squeezenet1_1")          # or an .onnx path, an onnx.ModelProto,
+    artifact = tvmsqz.compile(model, "x86")             # a torch.nn.Module + example input
+    scores = artifact.run(x)                            # (1, 1000)
+    artifact.export("sq11.so")                          # .so + manifest
+    report = tvmsqz.bench(model, "x86")                 # latency, memory, parity vs the peers
+    print(report.to_json())
+
+Every function raises `tvmsqz.TvmsqzError` (one line, no traceback in the CLI) for bad input.
+The target's backend supplies the hooks; a backend with a pipeline of its own (VTA) names it in
+its `pipeline` attribute, the TVM-compiled families use `flow.TVM_PIPELINE`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifact import Artifact
+from .errors import TvmsqzError
+from .frontend import Model
+from .spec import TargetSpec
+from .vm import check_input, prefer_runtime_lib
+
+__all__ = ["Artifact", "BenchReport", "Model", "Target", "bench", "check_input", "check_writable", "compile", "default_database_note",
+           "emulate_devices", "list_models", "list_targets", "load", "load_model", "package", "prefer_runtime_lib",
+           "resolve_target", "serve_device", "top_classes", "tune"]
+
+#: A target as the API takes it: a name from `tvmsqz targets`, a target file path, or a resolved spec.
+Target = str | Path | TargetSpec
+
+
+def resolve_target(target: Target) -> TargetSpec:
+    """The resolved `TargetSpec` of a target name, target file path or spec (returned as is)."""
+    from .targets import get_target
+
+    return target if isinstance(target, TargetSpec) else get_target(str(target))
+
+
+def _pipeline(spec: TargetSpec):
+    """(backend, pipeline) of a target: the backend's own pipeline, or the shared TVM one."""
+    from .backends import get_backend
+    from .flow import TVM_PIPELINE
+
+    backend = get_backend(spec)
+    return backend, getattr(backend, "pipeline", None) or TVM_PIPELINE
+
+
+def load_model(source: Any, *, batch: int = 1, input_shape: str | tuple | None = None,
+               example_input: Any = None, name: str | None = None, seed: int = 0) -> Model:
+    """Load a model once, for `compile`, `tune` and `bench`.
+
+    `source` is a built-in name (`tvmsqz models`), an `.onnx` path, a Deep Compression `.net`
+    path, an `onnx.ModelProto`, or a `torch.nn.Module` with `example_input` (a tensor or a shape
+    tuple: the module is exported to ONNX at that static shape). `batch` sets the batch of
+    built-in models and of files with a dynamic batch; `input_shape` (`"data:1,3,224,224"` or a
+    tuple) names a shape the file does not give.
+    """
+    from .frontend import load_model as load_source, model_from_onnx
+
+    if isinstance(source, (str, Path)):
+        return load_source(str(source), batch=batch, input_shape=input_shape)
+    import onnx
+
+    if isinstance(source, onnx.ModelProto):
+        return model_from_onnx(source, name=name or source.graph.name or "onnx-model", batch=batch,
+                               input_shape=input_shape)
+    if _is_torch_module(source):
+        from .models import export_onnx
+
+        if example_input is None:
+            raise TvmsqzError("a torch.nn.Module needs example_input= (a tensor or an input shape) to be exported")
+        shape = tuple(int(d) for d in getattr(example_input, "shape", example_input))
+        if len(shape) != 4:
+            raise TvmsqzError(f"example_input must be a 4-D NCHW image batch, got shape {list(shape)}")
+        try:
+            proto = export_onnx(source, shape)
+        except Exception as exc:  # torch's exporter raises many types; all mean "cannot export"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TvmsqzError(f"cannot export the torch module to ONNX: {first}") from None
+        return model_from_onnx(proto, name=name or type(source).__name__, batch=batch)
+    raise TvmsqzError(f"cannot load a model from a {type(source).__name__}: give a built-in name, an .onnx or .net "
+                      "path, an onnx.ModelProto or a torch.nn.Module")
+
+
+def _is_torch_module(obj: Any) -> bool:
+    """Whether `obj` is a torch module, without importing torch for the other kinds of source."""
+    return any(f"{c.__module__}.{c.__name__}" == "torch.nn.modules.module.Module" for c in type(obj).__mro__)
+
+
+def _as_model(model: Model | Any, **load_options: Any) -> Model:
+    return model if isinstance(model, Model) else load_model(model, **load_options)
+
+
+class _Scratch:
+    """A temp folder for artifacts compiled without an output path; removed at interpreter exit."""
+
+    folder: Path | None = None
+
+    @classmethod
+    def path(cls, name: str) -> Path:
+        if cls.folder is None:
+            cls.folder = Path(tempfile.mkdtemp(prefix="tvmsqz-artifacts-"))
+            atexit.register(shutil.rmtree, cls.folder, True)
+        folder = Path(tempfile.mkdtemp(dir=cls.folder))
+        return folder / name
+
+
+def compile(model: Model | Any, target: Target = "x86", *, output: str | Path | None = None,
+            database: str | Path | None = None, tuning: bool = True, fuse: bool | None = None,
+            max_memory: str | int | None = None, log=None, **options: Any) -> Artifact:
+    """Compile `model` for `target` and return the loaded `Artifact`.
+
+    `output` (a `.so` path) keeps the artifact and its manifest there; without it they live in
+    a temp folder until the interpreter exits (`artifact.export(path)` keeps them). `database`
+    overrides the default tuning database, `tuning=False` compiles untuned kernels, `fuse`
+    overrides the target's choice of Fire-module fusion, `max_memory` (e.g. "512M") refuses
+    models whose planned intermediate memory is larger. A target whose artifacts do not run on
+    this host (ARM, CUDA without a GPU) is compiled and written, but not loaded: the manifest is
+    then returned inside an `UnloadedArtifact`.
+    """
+    from .build import check_writable
+
+    spec = resolve_target(target)
+    loaded = _as_model(model)
+    backend, pipe = _pipeline(spec)
+    path = Path(output) if output is not None else _Scratch.path("model.so")
+    inputs = [Path(loaded.source)] if loaded.source else []
+    check_writable(path, inputs=inputs)
+    pipe.compile(loaded, spec, backend, path, database=Path(database) if database else None, tuning=tuning,
+                 fuse=fuse, max_memory=max_memory, log=log, **options)
+    if not backend.runs_on_host(spec):
+        return UnloadedArtifact(path)
+    return load(path)
+
+
+def load(path: str | Path, *, warn=None) -> Artifact:
+    """Load an artifact written by `compile` (verified against its manifest first)."""
+    from .runtime import load as load_artifact
+
+    return load_artifact(path, warn=warn)
+
+
+class UnloadedArtifact:
+    """An artifact for another machine (cross-compiled ARM, CUDA without a GPU here): its files
+    and manifest, exportable and packageable, but not runnable in this process."""
+
+    def __init__(self, path: Path):
+        from .manifest import read_manifest
+
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path) or {}
+
+    def _refuse(self, *_: Any, **__: Any):
+        target = (self.manifest.get("target") or {}).get("name", "its target")
+        raise TvmsqzError(f"{self.path.name} was compiled for {target}, which does not run on this host; "
+                          "package it (`tvmsqz package`) and run it there")
+
+    run = timer = time = profile = _refuse
+
+    def export(self, path: str | Path) -> Path:
+        from .artifact import ArtifactBase
+
+        return ArtifactBase.export(self, path)  # type: ignore[arg-type]
+
+    def files(self) -> list[Path]:
+        from .artifact import ArtifactBase
+
+        return ArtifactBase.files(self)  # type: ignore[arg-type]
+
+
+def tune(model: Model | Any, target: Target = "x86", *, trials: int | None = None, output: str | Path | None = None,
+         resume: bool = False, time_budget: float | None = None, cold: bool = False, fuse: bool | None = None,
+         space: str | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None, log=None,
+         **options: Any) -> dict:
+    """Auto-tune every kernel of `model` for `target`; returns the run's summary (records,
+    kernels tuned, seconds, `database`: the folder written).
+
+    `trials` and `time_budget` (seconds) bound the run, whichever comes first (default 64 trials
+    when neither is given); `output` defaults to the user data folder, never the shipped
+    schedules; `resume` continues a folder; `cold` skips the warm start from shipped records.
+    """
+    from .tune.budget import DEFAULT_TRIALS
+
+    if space not in (None, "blocked", "generic"):
+        raise TvmsqzError(f"space must be 'blocked' or 'generic', not {space!r}")
+    spec = resolve_target(target)
+    loaded = _as_model(model)
+    backend, pipe = _pipeline(spec)
+    if trials is None and time_budget is None:
+        trials = DEFAULT_TRIALS
+    extra = {key: value for key, value in (("time_budget", time_budget), ("cold", cold), ("space", space),
+                                            ("fuse", fuse), ("rpc_tracker", rpc_tracker), ("rpc_key", rpc_key))
+             if value not in (None, False)}
+    return pipe.tune(loaded, spec, backend, trials=trials, output=Path(output) if output else None, resume=resume,
+                     log=log, **extra, **options)
+
+
+@dataclass
+class BenchReport:
+    """What `tvmsqz bench` measured: `.data` is the JSON report (keys documented in README)."""
+
+    data: dict[str, Any]
+    spec: TargetSpec | None = field(default=None, repr=False)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.data, indent=indent)
+
+    def print(self, console=None) -> None:
+        """The human-readable tables, as the target's pipeline prints them."""
+        from rich.console import Console
+
+        _, pipe = _pipeline(self.spec) if self.spec is not None else (None, None)
+        if pipe is None:
+            from .flow import TVM_PIPELINE as pipe
+        pipe.print_report(self.data, console or Console())
+
+
+def bench(model: Model | Any, target: Target = "x86", *, repeat: int = 50, database: str | Path | None = None,
+          tuning: bool = True, fuse: bool | None = None, with_torch: bool = True, rpc_tracker: str | None = None,
+          rpc_key: str | None = None, log=None, **options: Any) -> BenchReport:
+    """Compile and measure `model` on `target` against the peers (ONNX Runtime, OpenVINO, ncnn,
+    PyTorch), each runtime in its own process: latency at the host's cores and at one thread,
+    memory, accuracy parity, per-kernel profile.
+
+    `model` may also be a compiled `.so` path (with its manifest): it is then measured as it is,
+    on the RPC device given by `rpc_tracker`/`rpc_key` or on this host.
+    """
+    spec = resolve_target(target)
+    backend, pipe = _pipeline(spec)
+    prebuilt = None
+    if isinstance(model, (str, Path)) and str(model).endswith(".so"):
+        prebuilt = Path(model)
+        loaded = _prebuilt_model(prebuilt)
+    else:
+        loaded = _as_model(model)
+    extra = {key: value for key, value in (("prebuilt", prebuilt), ("rpc_tracker", rpc_tracker),
+                                            ("rpc_key", rpc_key), ("fuse", fuse), ("database", database))
+             if value is not None}
+    if database is not None:
+        extra["database"] = Path(database)
+    data = pipe.bench(loaded, spec, backend, repeat=repeat, tuning=tuning, with_torch=with_torch, log=log,
+                      **extra, **options)
+    return BenchReport(data, spec)
+
+
+def _prebuilt_model(so_path: Path) -> Model:
+    """The source model of a compiled artifact, from its manifest (bench compares it with peers)."""
+    from .manifest import read_manifest
+
+    if not so_path.is_file():
+        raise TvmsqzError(f"no such file: {so_path}")
+    manifest = read_manifest(so_path)
+    if manifest is None:
+        raise TvmsqzError(f"{so_path} has no manifest ({so_path.name}.json) beside it; bench needs to know its model")
+    shape = manifest["input"]["shape"]
+    return load_model(manifest["model"], batch=shape[0], input_shape=",".join(map(str, shape)))
+
+
+def list_models() -> list[dict[str, Any]]:
+    """The built-in models as JSON-able rows (name, description, input shape, preprocessing, ...)."""
+    from .models import list_models as registry
+
+    return [{"name": m.name, "description": m.description, "input_shape": list(m.input_shape),
+             "preprocess": m.preprocess, "source": m.source, "trained": m.trained} for m in registry()]
+
+
+def list_targets() -> list[dict[str, Any]]:
+    """The targets of `targets/` (name, family, description, what an alias resolves to) plus
+    `user_schedules`: the folder `tune` writes to without an output."""
+    from .database import user_tuning_dir
+    from .targets import get_target, list_targets as rows
+
+    out = []
+    for row in rows():
+        try:
+            row = {**row, "user_schedules": str(user_tuning_dir(get_target(row["name"])))}
+        except TvmsqzError:  # a target that cannot resolve here (no GPU tools, ...) still lists
+            pass
+        out.append(row)
+    return out
+
+
+def package(artifact: str | Path, output: str | Path, *, tar: bool = False, strip: bool = True,
+            runtime_from: str | Path | None = None, log=None) -> dict[str, Any]:
+    """A runtime-only bundle of a compiled artifact (model, TVM runtime libraries, C++ and Python
+    runners, labels, a manifest with sha256): what a device needs without TVM installed."""
+    from .bundle import build_bundle
+
+    return build_bundle(Path(artifact), Path(output), tar=tar, strip=strip,
+                        runtime_from=Path(runtime_from) if runtime_from else None, log=log)
+
+
+def serve_device(*, tracker: str, key: str, host: str, port: int) -> None:
+    """Run TVM's RPC server on this board, registered with `tracker` under `key` (blocks)."""
+    from .device import serve
+
+    serve(tracker=tracker, key=key, host=host, port=port)
+
+
+def emulate_devices(action: str, *, count: int = 2, key: str = "arm-emu", tracker_port: int = 9190) -> dict:
+    """Start, stop or report emulated aarch64 devices (qemu-user) behind a local RPC tracker."""
+    from . import device
+
+    if action == "start":
+        return device.emulate_start(count=count, key=key, tracker_port=tracker_port)
+    if action == "stop":
+        return {"stopped": device.emulate_stop()}
+    if action == "status":
+        return device.emulate_status()
+    raise TvmsqzError(f"unknown action {action!r}: use start, stop or status")
+
+
+def default_database_note(target: Target) -> str | None:
+    """Why the default database applied, when its folder alone does not say (the user's own
+    tuning output over the shipped one, a per-CPU database passed over); None otherwise."""
+    from .database import default_database_note as note
+
+    return note(resolve_target(target))
+
+
+def top_classes(y, top: int = 5) -> list[tuple[int, int, str, float]]:
+    """(rank, class, name, score) of the `top` classes of output `y` (first sample), with ImageNet
+    names for 1000-class outputs."""
+    from .runtime import top_k
+
+    names = None
+    if y.reshape(y.shape[0], -1).shape[1] == 1000:
+        from .images import class_names
+
+        names = class_names()
+    return [(rank, cls, names[cls] if names else "", score) for rank, (cls, score) in enumerate(top_k(y, top), 1)]
+
+
+def check_writable(path: str | Path, inputs: list[str | Path] = ()) -> None:
+    """Fail before slow work when `path` cannot be written or would replace one of `inputs`."""
+    from .build import check_writable as check
+
+    check(Path(path), inputs=[Path(i) for i in inputs])

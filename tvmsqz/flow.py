@@ -1,0 +1,117 @@
+"""The TVM pipeline shared by the families TVM compiles (cpu, cuda): compile, bench, tune, load.
+
+Data flows one way: a `frontend.Model` (loaded once by the API) -> Relax IR -> passes and tuned
+schedules (`build`, with the backend's hooks) -> artifact on disk (`backend.export`) -> runner
+(`backend.load_artifact`) / report (`bench`). A backend with a pipeline of its own (VTA) names it
+in its `pipeline` attribute; `TVM_PIPELINE` below is what the others use. Backends supply hooks
+and never import this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .errors import TvmsqzError
+from .frontend import Model
+from .spec import TargetSpec
+
+
+def resolve_database(spec: TargetSpec, database: Path | None, tuning: bool) -> Path | None:
+    """The database a build applies: none without tuning, the user's choice, else the default
+    one for this target (`database.default_database`: the user's own tuning output, the shipped
+    per-CPU folder, the portable one)."""
+    from .database import default_database
+
+    if not tuning:
+        return None
+    return Path(database) if database is not None else default_database(spec)
+
+
+def tuning_report_lines(report) -> list[str]:
+    """What the build applied, for the CLI's stderr (rich markup)."""
+    if report.database is None:
+        return [f"[dim]tuning: none applied ({len(report.kernels)} kernels untuned)[/dim]"]
+    lines = [f"[dim]tuning: {len(report.tuned)}/{len(report.kernels)} kernels tuned from {report.database}[/dim]"]
+    if report.untuned:
+        lines.append(f"[yellow]no tuned record for: {', '.join(report.untuned)}[/yellow]")
+    return lines
+
+
+def default_tuning_dir(spec: TargetSpec) -> Path:
+    """Where `tune` writes without an output: the user data folder, never the shipped schedules.
+
+    `database.choose_database` prefers a valid database there over the shipped ones.
+    """
+    from .database import user_tuning_dir
+
+    return user_tuning_dir(spec)
+
+
+class TVMPipeline:
+    """compile / bench / tune / load through TVM's Relax build, for a backend's hooks."""
+
+    name = "tvm"
+
+    def compile(self, model: Model, spec: TargetSpec, backend: ModuleType, output: Path, *,
+                database: Path | None = None, tuning: bool = True, fuse: bool | None = None,
+                max_memory: str | int | None = None, log=None, **options: Any) -> dict:
+        """Build `model` (applying the target's database) and export it; returns the manifest."""
+        from .build import DEFAULT_MAX_MEMORY, compile_module, export_artifact, parse_size
+
+        _no_options(spec, options)
+        limit = (parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory)) if max_memory \
+            else DEFAULT_MAX_MEMORY
+        db = resolve_database(spec, database, tuning)
+        executable, report = compile_module(model.mod, spec, database=db, fuse=fuse, max_memory=limit,
+                                            backend=backend)
+        manifest = export_artifact(executable, spec, output, model=model.name, input_spec=model.input,
+                                   report=report, backend=backend, extra={"compile_seconds": round(report.seconds, 2)})
+        if log is not None:
+            for line in tuning_report_lines(report):
+                log.print(line)
+        return manifest
+
+    def bench(self, model: Model | None, spec: TargetSpec, backend: ModuleType, *, database: Path | None = None,
+              tuning: bool = True, prebuilt: Path | None = None, **options: Any) -> dict:
+        """The bench report (see `tvmsqz.bench.run_bench`)."""
+        from .bench import run_bench
+
+        return run_bench(model, spec, database=resolve_database(spec, database, tuning), prebuilt=prebuilt,
+                         **options)
+
+    def tune(self, model: Model, spec: TargetSpec, backend: ModuleType, *, trials: int | None = None,
+             output: Path | None = None, resume: bool = False, fuse: bool | None = None,
+             rpc_tracker: str | None = None, rpc_key: str | None = None, space: str | None = None,
+             time_budget: float | None = None, cold: bool = False, log=None, **options: Any) -> dict:
+        """MetaSchedule + XGBoost over every kernel of `model`; the run's summary.
+
+        `time_budget` (s) and `trials` bound the run, whichever comes first; `cold` skips the warm
+        start from the shipped database (see `tune.session`).
+        """
+        from .tune import tune_model as run_tuning
+
+        _no_options(spec, options)
+        out = Path(output) if output is not None else default_tuning_dir(spec)
+        summary = run_tuning(model.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=fuse,
+                             rpc_tracker=rpc_tracker, rpc_key=rpc_key, space=space, time_budget=time_budget,
+                             warm=not cold, log=log)
+        summary["database"] = str(out)
+        return summary
+
+    def print_report(self, report: dict, console) -> None:
+        from .bench import print_report
+
+        print_report(report, console)
+
+
+def _no_options(spec: TargetSpec, options: dict[str, Any]) -> None:
+    """Options another pipeline takes mean nothing here: refuse them rather than ignore them."""
+    given = sorted(key for key, value in options.items() if value not in (None, False))
+    if given:
+        raise TvmsqzError(f"target {spec.name} does not take {', '.join('--' + k.replace('_', '-') for k in given)}")
+
+
+#: The pipeline of every backend whose `pipeline` is None.
+TVM_PIPELINE = TVMPipeline()
