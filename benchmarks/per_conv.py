@@ -46,7 +46,7 @@ def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int =
     from tvmsqz.frontend import load_model
     from tvmsqz.runtime import load
     from tvmsqz.targets import get_target
-    from tvmsqz.tune.tasks import kernel_flops
+    from tvmsqz.tuning.tasks import kernel_flops
 
     import tvm
     from tvm.runtime.vm import VMInstrumentReturnKind

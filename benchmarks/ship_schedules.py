@@ -33,7 +33,7 @@ def only_models(db: Path, dest: Path, spec, models: list[str], keep: int) -> tup
 
     from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE
     from tvmsqz.frontend import load_model
-    from tvmsqz.tune.tasks import extract
+    from tvmsqz.tuning.tasks import extract
 
     source = ms.database.JSONDatabase(path_workload=str(db / WORKLOAD_FILE), path_tuning_record=str(db / RECORD_FILE))
     dest.mkdir()

@@ -1,6 +1,6 @@
 """Seconds per tuning trial with MetaSchedule's stock LocalBuilder vs tvmsqz's PersistentBuilder.
 
-Tunes ONE SqueezeNet 1.1 convolution task (as `tvmsqz.tune` extracts it) for a few trials with
+Tunes ONE SqueezeNet 1.1 convolution task (as `tvmsqz.tuning` extracts it) for a few trials with
 MetaSchedule's own `tune_tasks` loop, once per builder, everything else equal (evolutionary
 search, XGBoost, LocalRunner with the target's thread count). A timing proxy around the builder
 reports how much of the wall time the builder took and how many candidates it failed.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def pick_task(model: str, target: str, name: str | None):
     from tvmsqz.frontend import load_model
     from tvmsqz.targets import get_target
-    from tvmsqz.tune import extract, kernel_flops
+    from tvmsqz.tuning import extract, kernel_flops
 
     spec = get_target(target)
     tasks, _ = extract(load_model(model).mod, spec)

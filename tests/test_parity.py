@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tvmsqz.bench import parity, parity_inputs
+from tvmsqz.benchmark import parity, parity_inputs
 from tvmsqz.images import class_names
 from tvmsqz.models import get_model_info, load_onnx, torch_model
 from tvmsqz.runtime import load as load_artifact

@@ -43,9 +43,9 @@ from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import import_onnx
 from tvmsqz.runtime import load as load_artifact
 from tvmsqz.targets import get_target
-from tvmsqz.tune import Allocator, TaskState, default_batch, default_population, repair_tail, tune_model
-from tvmsqz.tune.budget import DEFAULT_TRIALS, UNBOUNDED_TRIALS, parse_duration, resolve_trials, sizing_trials
-from tvmsqz.tune.records import SUMMARY_FILE, record_line, workload_line
+from tvmsqz.tuning import Allocator, TaskState, default_batch, default_population, repair_tail, tune_model
+from tvmsqz.tuning.budget import DEFAULT_TRIALS, UNBOUNDED_TRIALS, parse_duration, resolve_trials, sizing_trials
+from tvmsqz.tuning.records import SUMMARY_FILE, record_line, workload_line
 
 TRIALS = 8  # the in-process tune: 3 kernels, batches of 4
 

@@ -8,7 +8,7 @@ tune/run` and MLC-LLM's `interface/` sit under their command lines: one code pat
     artifact = tvmsqz.compile(model, "x86")             # a torch.nn.Module + example input
     scores = artifact.run(x)                            # (1, 1000)
     artifact.export("sq11.so")                          # .so + manifest
-    report = tvmsqz.bench(model, "x86")                 # latency, memory, parity vs the peers
+    report = tvmsqz.benchmark(model, "x86")                 # latency, memory, parity vs the peers
     print(report.to_json())
 
 Every function raises `tvmsqz.TvmsqzError` (one line, no traceback in the CLI) for bad input.
@@ -180,18 +180,20 @@ class UnloadedArtifact:
 
 
 def tune(model: Model | Any, target: Target = "x86", *, trials: int | None = None, output: str | Path | None = None,
-         resume: bool = False, time_budget: float | None = None, cold: bool = False, fuse: bool | None = None,
+         resume: bool = False, time_budget: float | str | None = None, cold: bool = False, fuse: bool | None = None,
          space: str | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None, log=None,
          **options: Any) -> dict:
     """Auto-tune every kernel of `model` for `target`; returns the run's summary (records,
     kernels tuned, seconds, `database`: the folder written).
 
-    `trials` and `time_budget` (seconds) bound the run, whichever comes first (default 64 trials
+    `trials` and `time_budget` (seconds, or a duration such as "90s", "30m", "1.5h") bound the run, whichever comes first (default 64 trials
     when neither is given); `output` defaults to the user data folder, never the shipped
     schedules; `resume` continues a folder; `cold` skips the warm start from shipped records.
     """
-    from .tune.budget import DEFAULT_TRIALS
+    from .tuning.budget import DEFAULT_TRIALS, parse_duration
 
+    if isinstance(time_budget, str):
+        time_budget = parse_duration(time_budget)
     if space not in (None, "blocked", "generic"):
         raise TvmsqzError(f"space must be 'blocked' or 'generic', not {space!r}")
     spec = resolve_target(target)

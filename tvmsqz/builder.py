@@ -22,7 +22,7 @@ The `inspect.getmodule` fix: a file name that starts with "<" (`<frozen importli
 `<string>`) never belongs to a module file, so the lookup returns None at once; that is what the
 full walk returns for such frames anyway, only ~10x slower. The worker keeps the patch for its
 whole life: the worker is ours and runs nothing else. In the user's own process the stdlib is
-not patched; `fast_inspect()` only wraps the one-time import there (see `tvmsqz.tune`) and
+not patched; `fast_inspect()` only wraps the one-time import there (see `tvmsqz.tuning`) and
 restores `inspect.getmodule` afterwards.
 
 Only the standard library is imported at module level: builder workers unpickle
@@ -181,7 +181,7 @@ def _builder_class():
             return self.build_batch(build_inputs)
 
         def build_batch(self, build_inputs) -> list:
-            """Build a batch in the pool; called directly from Python by `tvmsqz.tune` (so a
+            """Build a batch in the pool; called directly from Python by `tvmsqz.tuning` (so a
             Ctrl-C is not turned into an error by the FFI boundary) and through FFI by
             MetaSchedule's own task schedulers."""
             start = time.perf_counter()

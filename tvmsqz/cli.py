@@ -294,15 +294,12 @@ def tune_cmd(
                                         "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own)."),
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
-    from .tune.budget import parse_duration
-
     api = _api()
     if space not in (None, "blocked", "generic"):
         raise TvmsqzError(f"--space must be 'blocked' or 'generic', not {space!r}")
-    seconds = parse_duration(time_budget) if time_budget is not None else None
     spec = api.resolve_target(target)
     loaded = api.load_model(model, batch=batch, input_shape=input_shape)
-    summary = api.tune(loaded, spec, trials=trials, output=output, resume=resume, time_budget=seconds, cold=cold,
+    summary = api.tune(loaded, spec, trials=trials, output=output, resume=resume, time_budget=time_budget, cold=cold,
                        fuse=fuse, space=space, rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
     console.print(_tune_line(summary), highlight=False, soft_wrap=True)
 

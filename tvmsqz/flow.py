@@ -75,8 +75,8 @@ class TVMPipeline:
 
     def bench(self, model: Model | None, spec: TargetSpec, backend: ModuleType, *, database: Path | None = None,
               tuning: bool = True, prebuilt: Path | None = None, **options: Any) -> dict:
-        """The bench report (see `tvmsqz.bench.run_bench`)."""
-        from .bench import run_bench
+        """The bench report (see `tvmsqz.benchmark.run_bench`)."""
+        from .benchmark import run_bench
 
         return run_bench(model, spec, database=resolve_database(spec, database, tuning), prebuilt=prebuilt,
                          **options)
@@ -90,7 +90,7 @@ class TVMPipeline:
         `time_budget` (s) and `trials` bound the run, whichever comes first; `cold` skips the warm
         start from the shipped database (see `tune.session`).
         """
-        from .tune import tune_model as run_tuning
+        from .tuning import tune_model as run_tuning
 
         _no_options(spec, options)
         out = Path(output) if output is not None else default_tuning_dir(spec)
@@ -101,7 +101,7 @@ class TVMPipeline:
         return summary
 
     def print_report(self, report: dict, console) -> None:
-        from .bench import print_report
+        from .benchmark import print_report
 
         print_report(report, console)
 

@@ -14,9 +14,9 @@ import numpy as np
 from .artifact import Artifact
 from .errors import TvmsqzError
 from .manifest import manifest_path, read_manifest, verify_files
-from .vm import check_input, prefer_runtime_lib, tvm_libraries_mapped
+from .vm import check_input, prefer_runtime_lib, tvm_import, tvm_libraries_mapped
 
-__all__ = ["Artifact", "check_input", "load", "prefer_runtime_lib", "read_manifest", "top_k",
+__all__ = ["Artifact", "check_input", "load", "prefer_runtime_lib", "read_manifest", "top_k", "tvm_import",
            "tvm_libraries_mapped"]
 
 #: The family whose loader opens a `.so` that has no manifest (nothing says otherwise; a TVM

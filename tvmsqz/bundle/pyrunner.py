@@ -327,7 +327,7 @@ def peak_rss_bytes() -> int | None:
 
 
 def stats(ms: list[float]) -> dict:
-    """min/median/p90/mean/runs as tvmsqz.bench reports them (numpy's linear percentile)."""
+    """min/median/p90/mean/runs as tvmsqz.benchmark reports them (numpy's linear percentile)."""
     import numpy as np
 
     a = np.asarray(ms)
