@@ -1,4 +1,4 @@
-"""Fire-module fusion (tvmsqz.fuse): what is rewritten, what is not, numbers, MetaSchedule.
+"""Fire-module fusion (tvmsqz.passes.fuse): what is rewritten, what is not, numbers, MetaSchedule.
 
 Graphs are built for the purpose with onnx.helper (small shapes, so each compile takes about a
 second); the built-in models are checked at the end.
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import tvm
 from tvm import relax
 
-from tvmsqz.fuse import (  # noqa: E402
+from tvmsqz.passes.fuse import (  # noqa: E402
     FuseFireModules,
     LowerFireViews,
     fire_kernel_names,

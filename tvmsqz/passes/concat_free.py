@@ -23,10 +23,10 @@ views into offsets after scheduling.
 
 from __future__ import annotations
 
-import re
-
 import tvm
-from tvm import relax
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.s_tir import MatchBufferRegion, SBlock, SBlockRealize
 
 from .fuse import FIRE_KERNEL_PREFIXES
 
@@ -34,35 +34,50 @@ INTO_PREFIX = FIRE_KERNEL_PREFIXES[0] + "into_"
 _CONV_KERNEL = "fused_conv2d_nchwc"
 
 
-def _param_decl(script: str, name: str) -> re.Match:
-    return re.search(rf"\b{re.escape(name)}: T\.Buffer\(\((?P<shape>.*?)\), \"(?P<dtype>\w+)\"\)", script)
+def _i32(value: int) -> tvm.tirx.IntImm:
+    return tirx.IntImm("int32", int(value))
 
 
 def into_view(func: tvm.tirx.PrimFunc, name: str, total_blocks: int, offset: int) -> tvm.tirx.PrimFunc:
     """`func` writing its (N, k, H, W, x) output into blocks [offset, offset + k) of an
-    (N, total_blocks, H, W, x) buffer, through a root-block view (TVMScript round trip: the
-    printer's output is the one stable way to rebuild a function with a new root block here)."""
-    script = func.script(show_meta=True)
-    out_name = func.params[-1].name
-    decl = _param_decl(script, out_name)
-    if decl is None or "metadata[" in script:
-        raise ValueError(f"cannot rewrite {name}: unexpected script")
-    dims = [int(re.sub(r"T\.int64\((\d+)\)", r"\1", d).strip()) for d in decl["shape"].split(",")]
-    n, k, h, w, x = dims
-    full = f"Out: T.Buffer(({n}, {total_blocks}, {h}, {w}, {x}), \"{decl['dtype']}\")"
-    script = script[:decl.start()] + full + script[decl.end():]
-    lines = script.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.strip() == '# with T.sblock("root"):')
-    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
-    strides = f", strides=({total_blocks * h * w * x}, {h * w * x}, {w * x}, {x}, 1)" if n > 1 else ""
-    view = (f"{indent}    {out_name} = T.match_buffer(Out[0:{n}, {offset}:{offset + k}, 0:{h}, 0:{w}, 0:{x}], "
-            f"({n}, {k}, {h}, {w}, {x}), \"{decl['dtype']}\", elem_offset={offset * h * w * x}{strides})")
-    body = ["    " + line if line.strip() else line for line in lines[at + 1:]]
-    lines = lines[:at] + [f'{indent}with T.sblock("root"):', view] + body
-    text = "\n".join(lines)
-    text = re.sub(r"def main\(", f"def {name}(", text, count=1)
-    parsed = tvm.script.from_source(text)
-    return parsed if isinstance(parsed, tvm.tirx.PrimFunc) else parsed[name]
+    (N, total_blocks, H, W, x) buffer, through a root-block view.
+
+    Built with TIR's API: the output parameter becomes `Out`, the whole concat buffer, and the
+    root block gains `match_buffer(Out[:, offset:offset + k], elem_offset=offset * H * W * x)`
+    bound to a buffer named like the old output, which replaces it in the body. The result is
+    structurally equal (same `structural_hash`, the key of MetaSchedule workloads) to what the
+    TVMScript text of that function parses to, so the shipped tuning databases keep applying:
+    hence int32 constants for the new shapes, region and offsets (what the parser makes of
+    plain integers), elem_offset 0 on `Out` and strides on the view only when N > 1.
+    `name` is only used in error messages (the function is private: no global symbol).
+    """
+    realize = func.body
+    root = getattr(realize, "block", None)
+    out = func.params[-1] if func.params else None
+    ty = getattr(out, "ty", None)
+    if not isinstance(realize, SBlockRealize) or root.iter_vars or not isinstance(ty, tirx.BufferType):
+        raise ValueError(f"cannot rewrite {name}: expected an s_tir function with a root block and a buffer output")
+    if len(ty.shape) != 5 or not all(isinstance(d, tirx.IntImm) for d in ty.shape) or ty.strides:
+        raise ValueError(f"cannot rewrite {name}: output is not a compact, static (N, k, H, W, x) buffer")
+    n, k, h, w, x = (int(d) for d in ty.shape)
+    if not 0 <= offset <= total_blocks - k:
+        raise ValueError(f"cannot rewrite {name}: blocks [{offset}, {offset + k}) outside 0..{total_blocks}")
+    common = {"data_alignment": ty.data_alignment, "offset_factor": ty.offset_factor,
+              "scope": ty.storage_scope, "layout": None}
+    full = tirx.decl_buffer([_i32(d) for d in (n, total_blocks, h, w, x)], ty.dtype, "Out",
+                            elem_offset=_i32(0), **common)
+    strides = [_i32(s) for s in (total_blocks * h * w * x, h * w * x, w * x, x, 1)] if n > 1 else None
+    view = tirx.decl_buffer([_i32(d) for d in (n, k, h, w, x)], ty.dtype, out.name, strides=strides,
+                            elem_offset=_i32(offset * h * w * x), **common)
+    region = [tvm.ir.Range.from_min_extent(_i32(lo), _i32(extent))
+              for lo, extent in ((0, n), (offset, k), (0, h), (0, w), (0, x))]
+    # Every use of the old output buffer (stores, loads, block read/write regions) -> the view.
+    body = tvm_ffi.structural_map(root.body, (tvm.ir.Var, lambda var: view if var.same_as(out) else var))
+    block = SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, body, root.init,
+                   root.alloc_buffers, [*root.match_buffers, MatchBufferRegion(view, tirx.BufferRegion(full, region))],
+                   root.annotations)
+    return tirx.PrimFunc([*func.params[:-1], full], SBlockRealize(realize.iter_values, realize.predicate, block),
+                         func.ret_type, func.attrs)
 
 
 def _callee(value) -> str | None:

@@ -27,13 +27,16 @@ See docs/fuse.md for what is matched, the kernel layout and measurements.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript's own spelling
 
 __all__ = [
     "FuseFireModules",
@@ -136,172 +139,157 @@ class FireKernelSpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# TensorIR generation (TVMScript text with concrete shapes, parsed once per distinct kernel)
+# TensorIR generation (TVMScript's IR builder, concrete shapes, once per distinct kernel)
 # ----------------------------------------------------------------------------------------------
+#
+# The kernel is built with `tvm.script.ir_builder` (the builder the TVMScript parser drives), in
+# the same calls and order as a TVMScript source of it would make, so its structure, and
+# `structural_hash`, the key of MetaSchedule workloads, is what that source parses to. Index
+# constants are int64 like legalized Relax kernels; each stage has a pad block (only when padded),
+# a reduction block with init, and an elementwise epilogue.
 
 
-def _i(v: int) -> str:
-    return f"T.int64({int(v)})"
-
-
-def _shape(dims) -> str:
-    return "(" + ", ".join(_i(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _bias_index(rank: int, c: str) -> str:
-    zero = _i(0)
-    return {1: f"[{c}]", 3: f"[{c}, {zero}, {zero}]", 4: f"[{zero}, {c}, {zero}, {zero}]"}[rank]
+_ROOT_BLOCK = "root"  # s_tir's name for a function's outermost block
 
 
 def _bias_shape(rank: int, c: int) -> tuple:
     return {1: (c,), 3: (c, 1, 1), 4: (1, c, 1, 1)}[rank]
 
 
-def _offset(expr: str, k: int) -> str:
-    return expr if k == 0 else f"{expr} + {_i(k)}"
+class _KernelBuilder:
+    """Emits the statements of one fused kernel inside an open `T.prim_func` frame."""
 
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+        self.zero = getattr(T, dtype)(0)  # what `T.float32(0)` is in TVMScript
 
-def _emit_conv_stage(
-    lines: list,
-    prefix: str,
-    spec: ConvSpec,
-    dtype: str,
-    n: int,
-    src: str,
-    src_hw: tuple,
-    w_buf: str,
-    b_buf: str | None,
-    dst: str,
-    dst_offset: int,
-    res: str | None,
-) -> None:
-    """Append pad / conv / epilogue blocks of one stage (inside the root block)."""
-    ind = " " * 8
-    h, w = src_hw
-    oh, ow = spec.out_hw(h, w)
-    pt, pl, pb, pr = spec.padding
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    zero = f"T.{dtype}(0)"
+    @staticmethod
+    def name(name: str, value):
+        """Name a variable or buffer as `name = ...` in TVMScript would."""
+        return IRBuilder.name(name, value)
 
-    # Pad block (skipped when there is no padding: the conv reads its source directly).
-    if any(spec.padding):
-        hp, wp = h + pt + pb, w + pl + pr
-        pad = f"{prefix}_pad_temp"
-        lines.append(f"{ind}{pad} = T.sblock_alloc_buffer({_shape((n, spec.cin, hp, wp))}, \"{dtype}\")")
-        conds = []
-        if pt:
-            conds.append(f"{_i(pt)} <= v_i2")
-        if pb:
-            conds.append(f"v_i2 < {_i(pt + h)}")
-        if pl:
-            conds.append(f"{_i(pl)} <= v_i3")
-        if pr:
-            conds.append(f"v_i3 < {_i(pl + w)}")
-        row = f"v_i2 - {_i(pt)}" if pt else "v_i2"
-        col = f"v_i3 - {_i(pl)}" if pl else "v_i3"
-        read = f"{src}[v_i0, v_i1, {row}, {col}]"
-        lines += [
-            f"{ind}for i0, i1, i2, i3 in T.grid({_i(n)}, {_i(spec.cin)}, {_i(hp)}, {_i(wp)}):",
-            f"{ind}    with T.sblock(\"{pad}\"):",
-            f"{ind}        v_i0, v_i1, v_i2, v_i3 = T.axis.remap(\"SSSS\", [i0, i1, i2, i3])",
-            f"{ind}        {pad}[v_i0, v_i1, v_i2, v_i3] = T.if_then_else({' and '.join(conds)}, {read}, {zero})",
-        ]
-        src = pad
+    @staticmethod
+    def i64(value: int):
+        return T.int64(int(value))
 
-    acc = f"{prefix}_conv2d_nchw"
-    lines.append(f"{ind}{acc} = T.sblock_alloc_buffer({_shape((n, spec.cout, oh, ow))}, \"{dtype}\")")
-    yy = "v_yy" if sh == 1 else f"v_yy * {_i(sh)}"
-    xx = "v_xx" if sw == 1 else f"v_xx * {_i(sw)}"
-    ry = "v_ry" if dh == 1 else f"v_ry * {_i(dh)}"
-    rx = "v_rx" if dw == 1 else f"v_rx * {_i(dw)}"
-    lines += [
-        f"{ind}for nn, ff, yy, xx, rc, ry, rx in T.grid({_i(n)}, {_i(spec.cout)}, {_i(oh)}, {_i(ow)}, "
-        f"{_i(spec.cin)}, {_i(spec.kh)}, {_i(spec.kw)}):",
-        f"{ind}    with T.sblock(\"{acc}\"):",
-        f"{ind}        v_nn, v_ff, v_yy, v_xx, v_rc, v_ry, v_rx = T.axis.remap(\"SSSSRRR\", [nn, ff, yy, xx, rc, ry, rx])",
-        f"{ind}        with T.init():",
-        f"{ind}            {acc}[v_nn, v_ff, v_yy, v_xx] = {zero}",
-        f"{ind}        {acc}[v_nn, v_ff, v_yy, v_xx] = {acc}[v_nn, v_ff, v_yy, v_xx] + "
-        f"{src}[v_nn, v_rc, {yy} + {ry}, {xx} + {rx}] * {w_buf}[v_ff, v_rc, v_ry, v_rx]",
-    ]
+    def shape(self, dims) -> tuple:
+        return tuple(self.i64(d) for d in dims)
 
-    # Epilogue: bias, ReLU, residual; writes its channel slice of `dst` directly.
-    val = f"{acc}[v_ax0, v_ax1, v_ax2, v_ax3]"
-    if b_buf is not None:
-        val = f"{val} + {b_buf}{_bias_index(spec.bias_rank, 'v_ax1')}"
-    if spec.relu:
-        val = f"T.max({val}, {zero})"
-    if res is not None:
-        val = f"{val} + {res}[v_ax0, {_offset('v_ax1', dst_offset)}, v_ax2, v_ax3]"
-    lines += [
-        f"{ind}for ax0, ax1, ax2, ax3 in T.grid({_i(n)}, {_i(spec.cout)}, {_i(oh)}, {_i(ow)}):",
-        f"{ind}    with T.sblock(\"{prefix}_epilogue\"):",
-        f"{ind}        v_ax0, v_ax1, v_ax2, v_ax3 = T.axis.remap(\"SSSS\", [ax0, ax1, ax2, ax3])",
-        f"{ind}        {dst}[v_ax0, v_ax1, v_ax2, v_ax3] = {val}",
-    ]
+    def param(self, name: str, dims):
+        return T.arg(name, T.Buffer(self.shape(dims), self.dtype))
 
+    def alloc(self, name: str, dims):
+        return self.name(name, T.sblock_alloc_buffer(self.shape(dims), self.dtype))
 
-def fire_kernel_source(spec: FireKernelSpec) -> str:
-    """TVMScript text of the fused kernel for `spec` (parameters in call order, output last)."""
-    dt = spec.dtype
-    params = [f"X: T.Buffer({_shape((spec.n, spec.cin, spec.h, spec.w))}, \"{dt}\")"]
-    sq = spec.squeeze
-    if sq is not None:
-        params.append(f"W_squeeze: T.Buffer({_shape((sq.cout, sq.cin, sq.kh, sq.kw))}, \"{dt}\")")
-        if sq.bias_rank:
-            params.append(f"B_squeeze: T.Buffer({_shape(_bias_shape(sq.bias_rank, sq.cout))}, \"{dt}\")")
-    for k, b in enumerate(spec.branches):
-        params.append(f"W_{k}: T.Buffer({_shape((b.cout, b.cin, b.kh, b.kw))}, \"{dt}\")")
-        if b.bias_rank:
-            params.append(f"B_{k}: T.Buffer({_shape(_bias_shape(b.bias_rank, b.cout))}, \"{dt}\")")
-    if spec.residual:
-        params.append(f"Residual: T.Buffer({_shape(spec.out_shape)}, \"{dt}\")")
-    params.append(f"Out: T.Buffer({_shape(spec.out_shape)}, \"{dt}\")")
+    @contextlib.contextmanager
+    def loop_block(self, block: str, names: str, extents, kinds: str):
+        """`for <names> in T.grid(extents): with T.sblock(block): v_<names> = T.axis.remap(...)`;
+        yields the block variables."""
+        with T.grid(*self.shape(extents)) as loops:
+            loops = [self.name(n, v) for n, v in zip(names.split(), loops)]
+            with T.sblock(block):
+                axes = T.axis.remap(kinds, loops)
+                yield tuple(self.name(f"v_{n}", v) for n, v in zip(names.split(), axes))
 
-    n, c_out, oh, ow = spec.out_shape
-    lines = [
-        "@T.prim_func(private=True, s_tir=True)",
-        f"def {spec.name()}({', '.join(params)}):",
-        '    T.func_attr({"tirx.noalias": True})',
-        '    with T.sblock("root"):',
-    ]
-    # One view per branch onto its channel slice of Out: each epilogue is then the only writer
-    # of its buffer (TensorIR's "complete block" rule), so the schedule can move it into the
-    # tiles of its convolution, and lowering turns the views into offsets into Out.
-    offset = 0
-    for k, b in enumerate(spec.branches):
-        strides = f", strides={_shape((c_out * oh * ow, oh * ow, ow, 1))}" if n > 1 else ""
-        lines.append(
-            f"        Out_{k} = T.match_buffer(Out[0:{n}, {offset}:{offset + b.cout}, 0:{oh}, 0:{ow}], "
-            f"{_shape((n, b.cout, oh, ow))}, \"{dt}\", elem_offset={_i(offset * oh * ow)}{strides})"
-        )
-        offset += b.cout
-    src, src_hw = "X", (spec.h, spec.w)
-    if sq is not None:
-        mid_h, mid_w = spec.mid_hw
-        lines.append(
-            f"        squeeze_out = T.sblock_alloc_buffer({_shape((n, sq.cout, mid_h, mid_w))}, \"{dt}\")"
-        )
-        _emit_conv_stage(
-            lines, "squeeze", sq, dt, n, "X", src_hw, "W_squeeze",
-            "B_squeeze" if sq.bias_rank else None, "squeeze_out", 0, None,
-        )
-        src, src_hw = "squeeze_out", (mid_h, mid_w)
-    offset = 0
-    for k, b in enumerate(spec.branches):
-        _emit_conv_stage(
-            lines, f"expand{k}", b, dt, n, src, src_hw, f"W_{k}",
-            f"B_{k}" if b.bias_rank else None, f"Out_{k}", offset,
-            "Residual" if spec.residual else None,
-        )
-        offset += b.cout
-    return "\n".join(lines) + "\n"
+    def conv_stage(self, prefix: str, spec: ConvSpec, n: int, src, src_hw: tuple, weight, bias,
+                   dst, dst_offset: int, residual) -> None:
+        """Pad / conv / epilogue blocks of one stage (inside the root block)."""
+        i64 = self.i64
+        h, w = src_hw
+        oh, ow = spec.out_hw(h, w)
+        pt, pl, pb, pr = spec.padding
+        (sh, sw), (dh, dw) = spec.stride, spec.dilation
+
+        # Pad block (skipped when there is no padding: the conv reads its source directly).
+        if any(spec.padding):
+            hp, wp = h + pt + pb, w + pl + pr
+            pad = self.alloc(f"{prefix}_pad_temp", (n, spec.cin, hp, wp))
+            with self.loop_block(f"{prefix}_pad_temp", "i0 i1 i2 i3", (n, spec.cin, hp, wp), "SSSS") as v:
+                v_i0, v_i1, v_i2, v_i3 = v
+                conds = []
+                if pt:
+                    conds.append(tirx.LE(i64(pt), v_i2))
+                if pb:
+                    conds.append(tirx.LT(v_i2, i64(pt + h)))
+                if pl:
+                    conds.append(tirx.LE(i64(pl), v_i3))
+                if pr:
+                    conds.append(tirx.LT(v_i3, i64(pl + w)))
+                cond = functools.reduce(tirx.And, conds)  # `a and b and c`, folded left
+                row = v_i2 - i64(pt) if pt else v_i2
+                col = v_i3 - i64(pl) if pl else v_i3
+                T.buffer_store(pad, T.if_then_else(cond, src[v_i0, v_i1, row, col], self.zero), v)
+            src = pad
+
+        acc = self.alloc(f"{prefix}_conv2d_nchw", (n, spec.cout, oh, ow))
+        with self.loop_block(f"{prefix}_conv2d_nchw", "nn ff yy xx rc ry rx",
+                             (n, spec.cout, oh, ow, spec.cin, spec.kh, spec.kw), "SSSSRRR") as v:
+            v_nn, v_ff, v_yy, v_xx, v_rc, v_ry, v_rx = v
+            out = (v_nn, v_ff, v_yy, v_xx)
+            with T.init():
+                T.buffer_store(acc, self.zero, out)
+            yy = v_yy if sh == 1 else v_yy * i64(sh)
+            xx = v_xx if sw == 1 else v_xx * i64(sw)
+            ry = v_ry if dh == 1 else v_ry * i64(dh)
+            rx = v_rx if dw == 1 else v_rx * i64(dw)
+            T.buffer_store(acc, acc[out] + src[v_nn, v_rc, yy + ry, xx + rx] * weight[v_ff, v_rc, v_ry, v_rx], out)
+
+        # Epilogue: bias, ReLU, residual; writes its channel slice of `dst` directly.
+        with self.loop_block(f"{prefix}_epilogue", "ax0 ax1 ax2 ax3", (n, spec.cout, oh, ow), "SSSS") as v:
+            v_ax0, v_ax1, v_ax2, v_ax3 = v
+            val = acc[v]
+            if bias is not None:
+                zero = i64(0)
+                val = val + bias[{1: (v_ax1,), 3: (v_ax1, zero, zero), 4: (zero, v_ax1, zero, zero)}[spec.bias_rank]]
+            if spec.relu:
+                val = T.max(val, self.zero)
+            if residual is not None:
+                channel = v_ax1 + i64(dst_offset) if dst_offset else v_ax1
+                val = val + residual[v_ax0, channel, v_ax2, v_ax3]
+            T.buffer_store(dst, val, v)
 
 
 @functools.lru_cache(maxsize=256)
 def make_fire_kernel(spec: FireKernelSpec) -> tvm.tirx.PrimFunc:
-    """Parse the generated TVMScript into a PrimFunc (cached: PrimFuncs are immutable)."""
-    return tvm.script.from_source(fire_kernel_source(spec))
+    """The fused kernel for `spec` (parameters in call order, output last; cached: PrimFuncs
+    are immutable)."""
+    kb = _KernelBuilder(spec.dtype)
+    n, c_out, oh, ow = spec.out_shape
+    sq = spec.squeeze
+    with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
+        T.func_name(spec.name())
+        x = kb.param("X", (spec.n, spec.cin, spec.h, spec.w))
+        if sq is not None:
+            w_sq = kb.param("W_squeeze", (sq.cout, sq.cin, sq.kh, sq.kw))
+            b_sq = kb.param("B_squeeze", _bias_shape(sq.bias_rank, sq.cout)) if sq.bias_rank else None
+        weights, biases = [], []
+        for k, b in enumerate(spec.branches):
+            weights.append(kb.param(f"W_{k}", (b.cout, b.cin, b.kh, b.kw)))
+            biases.append(kb.param(f"B_{k}", _bias_shape(b.bias_rank, b.cout)) if b.bias_rank else None)
+        residual = kb.param("Residual", spec.out_shape) if spec.residual else None
+        out = kb.param("Out", spec.out_shape)
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock(_ROOT_BLOCK):  # holds the views (match_buffer) and temporaries
+            # One view per branch onto its channel slice of Out: each epilogue is then the only
+            # writer of its buffer (TensorIR's "complete block" rule), so the schedule can move
+            # it into the tiles of its convolution; lowering turns the views into offsets.
+            views, offset = [], 0
+            for k, b in enumerate(spec.branches):
+                strides = kb.shape((c_out * oh * ow, oh * ow, ow, 1)) if n > 1 else None
+                view = T.match_buffer(out[0:n, offset:offset + b.cout, 0:oh, 0:ow], kb.shape((n, b.cout, oh, ow)),
+                                      spec.dtype, elem_offset=kb.i64(offset * oh * ow), strides=strides)
+                views.append(kb.name(f"Out_{k}", view))
+                offset += b.cout
+            src, src_hw = x, (spec.h, spec.w)
+            if sq is not None:
+                mid = kb.alloc("squeeze_out", (n, sq.cout, *spec.mid_hw))
+                kb.conv_stage("squeeze", sq, n, x, src_hw, w_sq, b_sq, mid, 0, None)
+                src, src_hw = mid, spec.mid_hw
+            offset = 0
+            for k, b in enumerate(spec.branches):
+                kb.conv_stage(f"expand{k}", b, n, src, src_hw, weights[k], biases[k], views[k], offset, residual)
+                offset += b.cout
+    return ib.get()
 
 
 # ----------------------------------------------------------------------------------------------
