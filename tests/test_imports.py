@@ -38,7 +38,13 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     `importlib.import_module` with a literal (absolute or `__name__`-relative) name."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    if any(isinstance(n, ast.Attribute) and n.attr == "import_module" for n in ast.walk(tree)):
+        # a module that imports by name: every literal that names a tvmsqz module is an import
+        found.update(n.value for n in ast.walk(tree)
+                     if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in known
+                     and n.value != name)
+    for node in ast.walk(tree):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

@@ -131,6 +131,8 @@ def get_target(name: str) -> TargetSpec:
     raw = load_target_file(_target_file(name))
     if "alias_of" in raw:
         raw = load_target_file(_target_file(_resolve_alias(raw["alias_of"])))
+    if isinstance(raw.get("host"), str):  # a target whose host part runs on another target (VTA's CPU side)
+        raw = {**raw, "host_target": _host_target(raw["host"], raw["name"])}
     raw = backend_for_family(raw["family"]).resolve_target_data(raw)
     tvm_config = raw.get("tvm")
     return TargetSpec(
@@ -142,6 +144,16 @@ def get_target(name: str) -> TargetSpec:
         cc=(raw.get("export") or {}).get("cc"),
         data=raw,
     )
+
+
+def _host_target(host: str, of: str) -> dict[str, Any]:
+    """The resolved host target a target file names (`"host": "x86"`): what its backend needs to
+    compile the host part, without resolving targets itself ({name, tvm, requires_cpu_flags, cc})."""
+    spec = get_target(host)
+    if spec.family != "cpu" or spec.tvm_config is None:
+        raise TvmsqzError(f"target {of!r}: its host {host!r} is not a CPU target")
+    return {"name": spec.name, "tvm": spec.tvm_config, "requires_cpu_flags": list(spec.data.get("requires_cpu_flags")
+                                                                                   or []), "cc": spec.cc}
 
 
 def list_targets() -> list[dict[str, Any]]:

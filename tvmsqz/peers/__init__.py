@@ -24,8 +24,6 @@ and not an fp32 peer. `measure` runs the workers and collects what they wrote.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -39,19 +37,11 @@ import numpy as np
 from ..artifact import latency_stats
 from ..errors import TvmsqzError
 from .base import PEERS_EXTRA, WARMUP, PeerUnavailable, Session, Sources, not_installed, time_runs
+from .registry import RUNNERS, module
 
-__all__ = ["PEERS_EXTRA", "WARMUP", "Measurements", "PeerUnavailable", "Session", "Sources", "latency_stats",
-           "measure", "module", "not_installed", "time_runs"]
+__all__ = ["PEERS_EXTRA", "RUNNERS", "WARMUP", "Measurements", "PeerUnavailable", "Session", "Sources",
+           "latency_stats", "measure", "module", "not_installed", "time_runs"]
 
-#: Timed one after the other, in this order; `openvino_default` only at the default thread count.
-RUNNERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "tvm": ("tvm", {}),
-    "onnxruntime": ("onnxruntime", {}),
-    "openvino": ("openvino", {"precision": "f32"}),
-    "ncnn": ("ncnn", {}),
-    "torch": ("torch", {}),
-    "openvino_default": ("openvino", {"precision": None}),
-}
 #: The fp32 peers `ratio_vs_fastest_peer` picks from (torch is eager PyTorch, not a deployment runtime).
 FP32_PEERS = ("onnxruntime", "openvino", "ncnn")
 #: Runtimes whose failure fails the bench: ONNX Runtime is every parity's reference.
@@ -69,13 +59,6 @@ class Measurements:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, dict] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-def module(runtime: str):
-    """The peer module behind a report name (`openvino_default` -> `tvmsqz.peers.openvino`)."""
-    if runtime not in RUNNERS:
-        raise TvmsqzError(f"unknown runtime {runtime!r} (known: {', '.join(RUNNERS)})")
-    return importlib.import_module(f"{__name__}.{RUNNERS[runtime][0]}")
 
 
 def _last_line(text: str) -> str:

@@ -25,7 +25,8 @@ def main(argv: list[str]) -> int:
         print(f"error: usage: {USAGE}", file=sys.stderr)
         return 2
     runtime, model, inputs_path, threads_text, repeat_text, out_text = argv
-    from . import RUNNERS, module, time_runs
+    from .base import time_runs
+    from .registry import RUNNERS, module
 
     try:
         threads, repeat, out = int(threads_text), int(repeat_text), Path(out_text)

@@ -18,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmsqz.artifact import ArtifactBase
 from tvmsqz.errors import TvmsqzError
+from tvmsqz.quant.calibrate import calibration_inputs, default_calibration
 
 from .config import VTAConfig, load_config
 from .graph import Graph, VTAUnit, from_onnx, host_reason, partition, prepare
 from .lower import VTAProgram, Tiling, TilingError
 from .quant import HostSegment, QuantNet, quantize_graph, unit_layer
-from .tune import load_db, lookup, tune_layers
+from .tune import default_tiling_db, load_db, lookup, tune_layers
+
+__all__ = ["FORMAT", "VTAModel", "bench_vta", "compile_vta", "default_calibration", "load_vta", "placement",
+           "sidecar_path", "tune_vta"]
 
 FORMAT = "tvmsqz-vta-artifact/1"
 
@@ -55,50 +60,19 @@ def _preprocess_for(info, graph: Graph) -> tuple[str, int]:
     return ("caffe" if size == 227 else "torchvision"), size
 
 
-def default_calibration(convention: str, size: int) -> list:
-    """Calibration inputs from the bundled real photos, mirrored left-right so that the
-    evaluation views (the photos as they are) are not the calibration views."""
-    from tvmsqz.images import preprocess, sample_images
-
-    return [preprocess(np.ascontiguousarray(img[:, ::-1]), convention, size) for _, img in sample_images()]
-
-
-def _calibration(images, convention, size) -> list:
-    if images is None:
-        return default_calibration(convention, size)
-    from tvmsqz.images import preprocess
-
-    out = []
-    for im in images:
-        if isinstance(im, tuple):
-            im = im[1]
-        im = np.asarray(im)
-        if im.ndim == 3 and im.shape[-1] == 3 and im.dtype == np.uint8:
-            im = preprocess(im, convention, size)
-        out.append(np.asarray(im, dtype=np.float32).reshape(1, 3, size, size))
-    return out
-
-
 def shape_layers(graph: Graph, cfg: VTAConfig | None = None, pools: bool = True) -> list:
     """Shape-only layers (zero weights) of every VTA unit, lowered as `compile_vta` lowers them
     (per-channel shifts): enough to tune tilings."""
     return [unit_layer(st, graph) for st in partition(graph, cfg=cfg, pools=pools) if isinstance(st, VTAUnit)]
 
 
-def default_tiling_db() -> Path | None:
-    """The `vta` target's shipped tiling database (`schedules/vta/tilings.json`): used by
-    `compile_vta` when no database is named and the file exists."""
-    from tvmsqz.backends.vta import tiling_db
-    from tvmsqz.targets import get_target
-
-    return tiling_db(get_target("vta"))
-
-
-def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None) -> tuple[list, list]:
+def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None | bool) -> tuple[list, list]:
+    """Per layer the tiling and where it came from ("database" or "default"). `tiling_db`: a
+    database path (a missing file has no records), None for `tune.default_tiling_db()`, or
+    False for none (default tilings only). Records are keyed by the configuration."""
     if tiling_db is None:
-        shipped = default_tiling_db()
-        tiling_db = shipped if shipped is not None and shipped.is_file() else None
-    db = load_db(tiling_db) if tiling_db is not None else {"records": {}}
+        tiling_db = default_tiling_db()
+    db = load_db(tiling_db) if tiling_db else {"records": {}}
     tilings, sources = [], []
     for L in layers:
         t = lookup(db, L, cfg)
@@ -133,22 +107,32 @@ def placement(qn: QuantNet, pools: bool = True) -> list:
 
 
 def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, config=None,
-                tiling_db: Path | None = None, host_target=None, first_conv: str = "im2col",
-                pools: bool = True) -> dict:
-    """Quantise, partition and lower a model for VTA; write the artifact; return its manifest.
+                tiling_db: Path | None | bool = None, host_target=None, first_conv: str = "im2col",
+                pools: bool = True, name: str | None = None, info=None, embed_fp32: bool | None = None) -> dict:
+    """Quantise, partition and lower a model for VTA; write the `.so` and its `.vta.npz` sidecar;
+    return a summary (the sidecar's own manifest is inside the sidecar).
 
-    `first_conv`: "im2col" (default; the first conv's windows gathered on the host, a 1x1 GEMM
-    on VTA) or "pad" (its 3 channels zero-padded to 16 on VTA: 49 GEMM blocks per pixel instead
-    of 10). `pools=False` keeps the max-pools on the host (both for comparison)."""
-    from .host import compile_host, host_target as default_host_target
+    `config`: the hardware configuration (`load_config`'s sources; the VTA pipeline passes the
+    target's data); `tiling_db`: see `choose_tilings`; `host_target`: the TVM target of the host
+    segments (a `tvm.target.Target`, a `host.resolve_host` dict or a host target name; default
+    `x86`). `onnx_model_or_name` is a built-in name, a model path or an `onnx.ModelProto`; with a
+    ModelProto, `name`/`info` say what it is (the pipeline passes its `frontend.Model`'s), and
+    the fp32 graph is embedded in the sidecar for `bench_vta` unless a name says where it is
+    (`embed_fp32` overrides). `first_conv`: "im2col" (default; the first conv's windows gathered
+    on the host, a 1x1 GEMM on VTA) or "pad" (its 3 channels zero-padded to a block on VTA: 49
+    GEMM blocks per pixel instead of 10 at BLOCK 16). `pools=False` keeps the max-pools on the
+    host (both for comparison)."""
+    from .host import compile_host, host_target as resolve_host_target
 
     t0 = time.time()
     output = Path(output)
     cfg = load_config(config)
-    model, info, name = _load_model(onnx_model_or_name)
-    graph = prepare(from_onnx(model), first_conv)
+    model, loaded_info, loaded_name = _load_model(onnx_model_or_name)
+    info = info if info is not None else loaded_info
+    name = name if name is not None else loaded_name
+    graph = prepare(from_onnx(model), first_conv, cfg.block)
     convention, size = _preprocess_for(info, graph)
-    qn = quantize_graph(graph, _calibration(calibration_images, convention, size), cfg=cfg, pools=pools)
+    qn = quantize_graph(graph, calibration_inputs(calibration_images, convention, size), cfg=cfg, pools=pools)
     units = qn.vta_units()
     layers = [qn.layers[u.output] for u in units]
     tilings, sources = choose_tilings(layers, cfg, tiling_db)
@@ -159,7 +143,8 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
         except TilingError:
             programs.append(L.lower(L.default_tiling(cfg), cfg))
     t_lower = time.time()
-    target = host_target or default_host_target()
+    target = host_target if host_target is not None and not isinstance(host_target, (str, dict)) \
+        else resolve_host_target(host_target)
     lib = compile_host(qn, target)
     t_host = time.time()
 
@@ -212,7 +197,7 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     for i, p in enumerate(programs):
         arrays[f"insns_{i}"] = p.insns
         arrays[f"dram_{i}"] = p.dram_const
-    if name is None:
+    if embed_fp32 if embed_fp32 is not None else name is None:
         arrays["fp32_onnx"] = np.frombuffer(model.SerializeToString(), dtype=np.uint8)
 
     from tvmsqz.fsutil import atomic_path, export_library
@@ -225,6 +210,7 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
         **{k: manifest[k] for k in ("format", "model", "macs_offloaded", "macs_total", "mac_offload_share", "note")},
         "input": {"name": graph.input_name, "shape": list(graph.input_shape), "dtype": "float32"},
         "artifact": str(output), "sidecar": str(sidecar_path(output)),
+        "config": cfg.to_json(), "host_target": str(target),
         "vta_layers": len(programs), "host_segments": len(qn.host_segments()),
         "instructions": int(sum(len(p.insns) for p in programs)),
         "tilings": {L.name: {"tiling": t.to_json(), "source": s} for L, t, s in zip(layers, tilings, sources)},
@@ -235,26 +221,67 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
 
 # ---------------------------------------------------------------------------- load / run
 
-class VTAModel:
-    """A loaded VTA artifact: host library + VTA programs run on the simulator."""
+class VTAModel(ArtifactBase):
+    """A loaded VTA artifact (the `tvmsqz.artifact.Artifact` protocol): host library + VTA
+    programs run on the simulator.
 
-    def __init__(self, manifest: dict, programs: list, host, fp32_onnx: bytes | None = None):
-        self.manifest = manifest
-        self.cfg = VTAConfig.from_json(manifest["config"])
+    `manifest` is the artifact's manifest (`<name>.so.json`: model, target, input, files); the
+    sidecar's own manifest (stages, layers, tensors, quantisation, hardware config) is
+    `vta_manifest`. An artifact written by `compile_vta` alone has no `.so.json`: `manifest` is
+    then the input description taken from the sidecar."""
+
+    def __init__(self, vta_manifest: dict, programs: list, host, fp32_onnx: bytes | None = None, *,
+                 path: Path | None = None, manifest: dict | None = None):
+        self.vta_manifest = vta_manifest
+        self.path = Path(path) if path is not None else Path("model.so")
+        inp = vta_manifest["input"]
+        self.manifest = manifest if manifest is not None else {
+            "model": vta_manifest.get("model"),
+            "input": {"name": inp["name"], "shape": list(inp["shape"]), "dtype": "float32"}}
+        self.cfg = VTAConfig.from_json(vta_manifest["config"])
         self.programs = programs
         self.host = host
         self.fp32_onnx = fp32_onnx
         self._drams = [p.new_dram() for p in programs]
         self.last_stats: dict = {}
 
-    @property
-    def input_shape(self) -> tuple:
-        return tuple(self.manifest["input"]["shape"])
+    def files(self) -> list[Path]:
+        """The `.so` and its sidecar (listed in the manifest's "files" when there is one)."""
+        listed = super().files()
+        side = sidecar_path(self.path)
+        return listed if side in listed else [*listed, side]
+
+    def timer(self, x: np.ndarray):
+        x = np.asarray(x, dtype=np.float32)
+        return lambda: self.run(x)
+
+    def profile(self, x: np.ndarray, repeat: int = 5) -> list[dict]:
+        """Per layer, per inference: `time_us` (VTA layers: simulated cycles at the configured
+        clock; host segments: measured wall time of the TVM code on this CPU), `calls`, where it
+        ran, and for VTA layers the cycles; slowest first."""
+        rows: dict[str, dict] = {}
+        repeat = max(1, int(repeat))
+        clock = self.cfg.cycles.clock_mhz  # cycles per microsecond
+        for _ in range(repeat):
+            self.run(x)
+            for st in self.last_stats["stages"]:
+                row = rows.setdefault(st["name"], {"name": st["name"], "time_us": 0.0, "calls": 0,
+                                                   "where": st["where"], "kind": st["kind"]})
+                if st["where"] == "vta":
+                    row["time_us"] += st["cycles"] / clock
+                    row["cycles"] = st["cycles"]
+                else:
+                    row["time_us"] += st["host_ms"] * 1e3
+                row["calls"] += 1
+        for row in rows.values():
+            row["time_us"] /= repeat
+            row["calls"] //= repeat
+        return sorted(rows.values(), key=lambda r: -r["time_us"])
 
     def run(self, x: np.ndarray, record: dict | None = None) -> np.ndarray:
         """Run host segments (TVM) and VTA layers (simulator); `record`, if given, receives
         every stage's output tensors (packed int8 for VTA-side tensors)."""
-        m = self.manifest
+        m = self.vta_manifest
         x = np.asarray(x, dtype=np.float32)
         if x.shape != self.input_shape:
             raise TvmsqzError(f"input shape {x.shape} does not match the model's {self.input_shape}")
@@ -335,8 +362,9 @@ class _TVMHost:
         return [res.numpy()] if n_out == 1 else [r.numpy() for r in res]
 
 
-def load_vta(artifact: Path) -> VTAModel:
-    """Load `artifact` (host library) and its `.vta.npz` sidecar."""
+def load_vta(artifact: Path, manifest: dict | None = None) -> VTAModel:
+    """Load `artifact` (host library) and its `.vta.npz` sidecar; `manifest` is the artifact's
+    manifest (`runtime.load` verified the files against it)."""
     import tvm
 
     from tvmsqz.quiet import quiet_stderr
@@ -348,11 +376,11 @@ def load_vta(artifact: Path) -> VTAModel:
     if not side.is_file():
         raise TvmsqzError(f"{artifact} has no VTA sidecar {side.name}: was it compiled for --target vta?")
     with np.load(side) as z:
-        manifest = json.loads(bytes(z["manifest"]).decode())
-        if manifest.get("format") != FORMAT:
+        vta_manifest = json.loads(bytes(z["manifest"]).decode())
+        if vta_manifest.get("format") != FORMAT:
             raise TvmsqzError(f"{side} is not a {FORMAT} sidecar")
         programs = []
-        for L in manifest["layers"]:
+        for L in vta_manifest["layers"]:
             i = L["index"]
             programs.append(VTAProgram(
                 name=L["name"], insns=z[f"insns_{i}"], dram_const=z[f"dram_{i}"], inp_offset=L["inp_offset"],
@@ -361,7 +389,7 @@ def load_vta(artifact: Path) -> VTAModel:
         fp32 = bytes(z["fp32_onnx"]) if "fp32_onnx" in z.files else None
     with quiet_stderr():
         lib = tvm.runtime.load_module(str(artifact))
-    return VTAModel(manifest, programs, _TVMHost(lib), fp32)
+    return VTAModel(vta_manifest, programs, _TVMHost(lib), fp32, path=artifact, manifest=manifest)
 
 
 # ---------------------------------------------------------------------------- bench
@@ -373,7 +401,7 @@ def _fp32_session(model: VTAModel, fp32_model=None):
         if model.fp32_onnx is not None:
             blob = model.fp32_onnx
         else:
-            onnx_model, _, _ = _load_model(model.manifest["model"])
+            onnx_model, _, _ = _load_model(model.vta_manifest["model"])
             blob = onnx_model.SerializeToString()
     elif isinstance(fp32_model, (bytes, bytearray)):
         blob = bytes(fp32_model)
@@ -402,7 +430,7 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
     from tvmsqz.images import class_names, preprocess, sample_images
 
     model = artifact if isinstance(artifact, VTAModel) else load_vta(artifact)
-    m = model.manifest
+    m = model.vta_manifest
     conv, size = m["input"]["preprocess"], m["input"]["shape"][2]
     if images is None:
         images = sample_images()
@@ -480,7 +508,7 @@ def tune_vta(model, trials: int, output_db: Path, *, config=None, progress=None,
         raise TvmsqzError("trials must be at least 1")
     cfg = load_config(config)
     onnx_model, _, _ = _load_model(model)
-    graph = prepare(from_onnx(onnx_model), first_conv)
+    graph = prepare(from_onnx(onnx_model), first_conv, cfg.block)
     layers = shape_layers(graph, cfg, pools)
     res = tune_layers(layers, cfg, int(trials), Path(output_db), progress=progress, seed=seed)
     db = load_db(Path(output_db))

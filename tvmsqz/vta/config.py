@@ -2,7 +2,9 @@
 
 The parameters are those of apache/tvm-vta `config/vta_config.json` (log2 widths and buffer
 sizes); everything else (element sizes, buffer depths, instruction field widths) is derived the
-way `include/vta/hw_spec_const.h` derives it. The defaults live in `targets/vta.json`.
+way `include/vta/hw_spec_const.h` derives it. The defaults are `targets/vta.json`'s; a VTA target
+file (`tvmsqz compile --target my-vta.json`) may give others, e.g. LOG_BLOCK 5 for a 32x32 GEMM
+core (BLOCK_IN = BLOCK_OUT = 2**LOG_BLOCK: this VTA has one block size for both).
 """
 
 from __future__ import annotations
@@ -152,24 +154,34 @@ class VTAConfig:
         return cls(**merged, cycles=cm)
 
 
-def load_config(source: str | Path | dict | VTAConfig | None = None) -> VTAConfig:
-    """A `VTAConfig` from a config object, a dict, a target file or the `vta` target (default)."""
-    from tvmsqz.targets import get_target, load_target_file
+def config_from_target(data: dict[str, Any]) -> VTAConfig:
+    """The `VTAConfig` of a VTA target's data (a `TargetSpec.data`, or a target file's JSON): its
+    "vta" hardware parameters (LOG_* keys; others such as TARGET/HW_VER are informational) and
+    its "cycle_model" (the `note` and other non-parameters ignored). Missing ones default."""
+    hw = data.get("vta", data)
+    if not isinstance(hw, dict):
+        raise TvmsqzError("a VTA target's \"vta\" field must be an object of LOG_* parameters")
+    hw = {k: v for k, v in hw.items() if k.startswith("LOG_")}
+    return VTAConfig.from_json({**hw, "cycles": data.get("cycle_model")})
 
+
+def load_config(source: str | Path | dict | VTAConfig | None = None) -> VTAConfig:
+    """A `VTAConfig` from a config object, a dict (a VTA target's data or a `to_json()` dict), a
+    JSON file (a VTA target file or a bare parameter dict), or None: the defaults, which are
+    `targets/vta.json`'s (apache/tvm-vta's `vta_config.json`, BLOCK 16). The VTA pipeline passes
+    the target's data (`config_from_target(spec.data)`); nothing here reads the targets folder."""
     if isinstance(source, VTAConfig):
         return source
-    if isinstance(source, dict):
-        return VTAConfig.from_json(source)
     if source is None:
-        raw = get_target("vta").data
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise TvmsqzError(f"no such VTA config: {path}")
-        raw = load_target_file(path) if "family" in _peek(path) else _peek(path)
-    hw = raw.get("vta", raw)
-    hw = {k: v for k, v in hw.items() if k.startswith("LOG_")}
-    return VTAConfig.from_json({**hw, "cycles": raw.get("cycle_model")})
+        return VTAConfig.from_json(None)
+    if isinstance(source, dict):
+        if "vta" in source or "cycle_model" in source or "family" in source:
+            return config_from_target(source)
+        return VTAConfig.from_json(source)
+    path = Path(source)
+    if not path.is_file():
+        raise TvmsqzError(f"no such VTA config: {path}")
+    return config_from_target(_peek(path))
 
 
 def _peek(path: Path) -> dict:

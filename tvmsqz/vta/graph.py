@@ -5,19 +5,20 @@ Supported ONNX ops: Conv (groups 1, symmetric pads), Relu, MaxPool, AveragePool 
 GlobalAveragePool, Concat, Add, Flatten, Reshape (to 2-D), Softmax, Dropout/Identity.
 A Relu that is a Conv's only consumer is folded into the Conv.
 
-`prepare(graph, first_conv="im2col")` rewrites a convolution that reads the model input with a
-channel count that is not a multiple of 16 (SqueezeNet's conv1: 3 channels, 7x7 stride 2) into
-an `im2col` layout op on the host + a 1x1 convolution over the k*k*C window values (147 -> 160
-lanes: 10 GEMM blocks per output pixel instead of 49 with channels padded 3 -> 16). VTA's loads
-move whole 16-byte blocks, so this gather cannot happen on VTA; on the host it is a copy.
+`prepare(graph, first_conv="im2col", block)` rewrites a convolution that reads the model input
+with a channel count that is not a multiple of the GEMM block (BLOCK = 16 in the default
+configuration; SqueezeNet's conv1: 3 channels, 7x7 stride 2) into an `im2col` layout op on the
+host + a 1x1 convolution over the k*k*C window values (147 -> 160 lanes: 10 GEMM blocks per
+output pixel instead of 49 with channels padded 3 -> 16). VTA's loads move whole blocks, so this
+gather cannot happen on VTA; on the host it is a copy.
 
-Partition rule: every convolution runs on VTA, its channel counts padded to multiples of 16 (the
-padding lanes carry zero weights; a classifier's 1000 outputs become 1008 and the host drops the
-last 8), unless its padding exceeds the LOAD pad fields (15) or no tiling fits the buffers. A
-Concat whose inputs are all VTA convolutions of one tensor with whole 16-channel blocks (a Fire
-module's expand1x1 + expand3x3) becomes one fused VTA layer. A MaxPool whose input comes from
-VTA runs on VTA's ALU (`pool.py`) when it is exact there (no window overhang, or a non-negative
-input). What stays on the host, and why, is `host_reason`.
+Partition rule: every convolution runs on VTA, its channel counts padded to multiples of BLOCK
+(the padding lanes carry zero weights; a classifier's 1000 outputs become 1008 at BLOCK 16 and
+the host drops the last 8), unless its padding exceeds the LOAD pad fields (15) or no tiling
+fits the buffers. A Concat whose inputs are all VTA convolutions of one tensor with whole
+channel blocks (a Fire module's expand1x1 + expand3x3) becomes one fused VTA layer. A MaxPool
+whose input comes from VTA runs on VTA's ALU (`pool.py`) when it is exact there (no window
+overhang, or a non-negative input). What stays on the host, and why, is `host_reason`.
 """
 
 from __future__ import annotations
@@ -290,19 +291,20 @@ def run_fp32(graph: Graph, x: np.ndarray, keep: set | None = None) -> tuple[np.n
 FIRST_CONV_MODES = ("im2col", "pad")
 
 
-def prepare(graph: Graph, first_conv: str = "im2col") -> Graph:
+def prepare(graph: Graph, first_conv: str = "im2col", block: int = 16) -> Graph:
     """The graph the VTA flow compiles. With `first_conv="im2col"`, each conv that reads the
-    model input, has k > 1 and a channel count that is not a multiple of 16, and needs fewer
-    GEMM blocks per pixel as a 1x1 conv over its windows (ceil(k*k*C/16) < k*k*ceil(C/16)),
-    becomes `im2col` (host) + 1x1 conv (VTA) with weights permuted to the tap-major order.
-    `"pad"` keeps it as it is: it runs on VTA with its channels zero-padded to 16."""
+    model input, has k > 1 and a channel count that is not a multiple of the GEMM block (`block`,
+    the configuration's BLOCK_IN, 16 by default), and needs fewer GEMM blocks per pixel as a 1x1
+    conv over its windows (ceil(k*k*C/16) < k*k*ceil(C/16) for 16), becomes `im2col` (host) +
+    1x1 conv (VTA) with weights permuted to the tap-major order. `"pad"` keeps it as it is: it
+    runs on VTA with its channels zero-padded to a whole block."""
     if first_conv not in FIRST_CONV_MODES:
         raise TvmsqzError(f"first_conv must be one of {', '.join(FIRST_CONV_MODES)}, not {first_conv!r}")
     ops = []
     for op in graph.ops:
         if first_conv == "im2col" and op.kind == "conv" and op.inputs[0] == graph.input_name:
             o, c, k, _ = op.attrs["weight"].shape
-            if k > 1 and c % 16 and -(-c * k * k // 16) < k * k * -(-c // 16):
+            if k > 1 and c % block and -(-c * k * k // block) < k * k * -(-c // block):
                 cols = f"{op.output}/im2col"
                 ops.append(Op("im2col", list(op.inputs), cols,
                               {"kernel": k, "stride": op.attrs["stride"], "pad": op.attrs["pad"]}, f"{op.name}/im2col"))
@@ -394,6 +396,7 @@ def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
     max-pool on the host (for comparison)."""
     cons = graph.consumers()
     prod = graph.producers()
+    block = cfg.block if cfg is not None else 16
     eligible = {op.output: vta_eligible(op, graph, cfg) for op in graph.ops if op.kind == "conv"}
     fused_into: dict[str, str] = {}  # conv output -> concat output
     units: dict[str, VTAUnit] = {}
@@ -402,7 +405,7 @@ def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
             continue
         srcs = [prod.get(i) for i in op.inputs]
         if all(s is not None and eligible.get(s.output) and len(cons.get(s.output, [])) == 1
-               and s.attrs["weight"].shape[0] % 16 == 0 for s in srcs) \
+               and s.attrs["weight"].shape[0] % block == 0 for s in srcs) \
                 and len({s.inputs[0] for s in srcs}) == 1 \
                 and len({graph.shapes[s.output][2:] for s in srcs}) == 1 and len({s.attrs["stride"] for s in srcs}) == 1:
             name = op.name or op.output
@@ -440,13 +443,13 @@ def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
 
 _HOST_REASONS = {
     "im2col": "layout step: gathers each conv window into channels so the conv runs as a 1x1 GEMM "
-              "(VTA's loads move whole 16-byte blocks and cannot gather bytes)",
+              "(VTA's loads move whole channel blocks and cannot gather bytes)",
     "gap": "global average: a division by H*W (not a power of two) and the classifier's final scale; few ops",
     "softmax": "needs exp and a division; the ALU has min/max/add/shift/mul only",
     "flatten": "a reshape of the host's own tensor: no data movement",
     "avgpool": "average: a division by the window size, which the ALU cannot do exactly",
     "add": "residual addition of two int8 tensors with different scales: not lowered to the ALU",
-    "concat": "inputs are not all VTA convolutions of one tensor with whole 16-channel blocks",
+    "concat": "inputs are not all VTA convolutions of one tensor with whole channel blocks",
     "relu": "a ReLU not folded into a conv",
 }
 

@@ -3,10 +3,11 @@
 Each host segment (for SqueezeNet: the first conv's im2col layout step with the input's
 quantisation, and global average pooling + softmax after the classifier; `pools=False` or
 `first_conv="pad"` split the model differently) becomes one Relax function `seg<i>` in one
-IRModule, compiled with `tvm.compile` for the host's CPU target (the project's `x86` target:
-x86-64-v4 with AVX-512, else x86-64-v3). Inputs that come from VTA arrive packed
-(C/16, H, W, 16) int8 and are unpacked and dequantised inside the function ((q - z) * 2**-a);
-outputs bound for VTA are quantised (floor(x * 2**a + 0.5) + z, clipped to int8; z = the
+IRModule, compiled with `tvm.compile` for the host's CPU target (the VTA target's "host",
+resolved by `resolve_host`; `x86` by default: x86-64-v4 with AVX-512, else x86-64-v3). Inputs
+that come from VTA arrive packed (C/BLOCK, H, W, BLOCK) int8 (BLOCK = `QuantNet.block`, the
+configuration's GEMM block) and are unpacked and dequantised inside the function
+((q - z) * 2**-a); outputs bound for VTA are quantised (floor(x * 2**a + 0.5) + z, clipped to int8; z = the
 tensor's zero points, 0 for most) and packed inside it, so the only thing crossing the
 host/accelerator boundary is int8 data in VTA's layout.
 """
@@ -20,18 +21,63 @@ from tvmsqz.errors import TvmsqzError
 from .quant import QuantNet
 
 
-def host_target():
-    """The TVM target for the host CPU: the `vta` target's "host" (default `x86`, which
-    resolves to x86-64-v4 with AVX-512, else x86-64-v3)."""
-    from tvmsqz.targets import get_target
+def resolve_host(name: str = "x86") -> dict:
+    """The host CPU target the host segments are compiled for, from the target file `name` (a
+    shipped target name such as "x86" or "x86-avx2", or a target file path): {"name", "tvm" (the
+    TVM target dict, "num-cores": "host" resolved), "requires_cpu_flags", "cc"}.
 
-    return get_target(get_target("vta").data.get("host", "x86")).target
+    An alias (`x86`: "this host's x86-64 CPU") resolves as `tvmsqz.targets` resolves it: to the
+    native CPU target (no cross compiler) whose `requires_cpu_flags` this host has, the one that
+    requires the most (x86-avx512 before x86-avx2). Read from the target files directly, so that
+    the VTA modules need neither `tvmsqz.targets` nor a backend."""
+    import json
+    from pathlib import Path
+
+    from tvmsqz.paths import TARGETS_DIR
+    from tvmsqz.spec import host_cores, host_cpu_flags
+
+    def read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise TvmsqzError(f"cannot read the VTA host target {path}: {exc}") from None
+
+    path = Path(name) if name.endswith(".json") or "/" in name else TARGETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise TvmsqzError(f"the VTA target's host {name!r} is no target name or target file")
+    raw = read(path)
+    if raw.get("family") != "cpu":
+        raise TvmsqzError(f"the VTA target's host {name!r} is not a CPU target (family {raw.get('family')!r})")
+    if "alias_of" in raw:
+        flags = host_cpu_flags()
+        native = [c for c in map(read, sorted(TARGETS_DIR.glob("*.json")))
+                  if c.get("family") == "cpu" and c.get("tvm") and "requires_cpu_flags" in c
+                  and not (c.get("export") or {}).get("cc") and set(c["requires_cpu_flags"]) <= flags]
+        if not native:
+            raise TvmsqzError(f"this host's CPU fits no target that {name!r} stands for; name the VTA host explicitly")
+        raw = max(native, key=lambda c: len(c["requires_cpu_flags"]))
+    tvm_config = dict(raw.get("tvm") or {})
+    if not tvm_config:
+        raise TvmsqzError(f"the VTA target's host {name!r} has no TVM target")
+    if tvm_config.get("num-cores") == "host":
+        tvm_config["num-cores"] = host_cores()
+    return {"name": raw["name"], "tvm": tvm_config, "requires_cpu_flags": list(raw.get("requires_cpu_flags") or []),
+            "cc": (raw.get("export") or {}).get("cc")}
+
+
+def host_target(host: str | dict | None = None):
+    """The TVM target of the host segments: `host` is a `resolve_host` result, a host target name
+    (a VTA target's "host"), or None for `x86` (x86-64-v4 with AVX-512, else x86-64-v3)."""
+    import tvm
+
+    resolved = host if isinstance(host, dict) else resolve_host(host or "x86")
+    return tvm.target.Target(resolved["tvm"])
 
 
 def _shape(qn: QuantNet, t: str, rep: str) -> tuple:
     s = qn.graph.shapes[t]
     if rep == "q":
-        return (-(-s[1] // 16), s[2], s[3], 16)
+        return (-(-s[1] // qn.block), s[2], s[3], qn.block)
     return tuple(s)
 
 
@@ -82,16 +128,17 @@ def build_module(qn: QuantNet):
                     v = env[t]
                     if rep == "q":
                         _, c, h, w = qn.graph.shapes[t]
-                        cb = -(-c // 16)
+                        blk = qn.block
+                        cb = -(-c // blk)
                         v = bb.emit(R.multiply(v, const(np.float32(2.0 ** qn.qexp[t]))))
                         v = bb.emit(R.floor(R.add(v, const(np.float32(0.5)))))
                         if t in qn.zero:
                             v = bb.emit(R.add(v, zero_const(t)))
                         v = bb.emit(R.clip(v, -128, 127))
                         v = bb.emit(R.astype(v, "int8"))
-                        if cb * 16 != c:
-                            v = bb.emit(R.nn.pad(v, [0, 0, 0, cb * 16 - c, 0, 0, 0, 0]))
-                        v = bb.emit(R.reshape(v, (cb, 16, h, w)))
+                        if cb * blk != c:
+                            v = bb.emit(R.nn.pad(v, [0, 0, 0, cb * blk - c, 0, 0, 0, 0]))
+                        v = bb.emit(R.reshape(v, (cb, blk, h, w)))
                         v = bb.emit(R.permute_dims(v, [0, 2, 3, 1]))
                     outs.append(v)
                 res = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
@@ -160,7 +207,7 @@ def _quantised_gathers(qn: QuantNet, seg) -> dict:
 def _im2col_blocks(bb, qn: QuantNet, op, x, const):
     """The im2col of `x`, quantised and packed for VTA, computed in the cheap order: quantise
     the C input channels (zero points are per source channel, tiled over the taps), then one
-    gather kernel writes each output lane (block b, pixel, lane l: window channel 16b + l =
+    gather kernel writes each output lane (block b, pixel, lane l: window channel BLOCK*b + l =
     tap * C + c) straight from its int8 source pixel, zeros in the padding lanes. Quantising
     is elementwise and the gather copies, so the result is bit-identical to quantising the float
     im2col (`quant.host_numpy`'s order) at a twelfth of the float work and without the k*k-way
@@ -173,7 +220,8 @@ def _im2col_blocks(bb, qn: QuantNet, op, x, const):
     t = op.output
     kc = qn.graph.shapes[t][1]
     ho, wo = qn.graph.shapes[t][2:]
-    cb = -(-kc // 16)
+    blk = qn.block
+    cb = -(-kc // blk)
     if p:  # pad in float: a padded 0 quantises to the zero point, as in the float im2col
         x = bb.emit(R.nn.pad(x, [0, 0, 0, 0, p, p, p, p]))
     v = bb.emit(R.multiply(x, const(np.float32(2.0 ** qn.qexp[t]))))
@@ -184,11 +232,11 @@ def _im2col_blocks(bb, qn: QuantNet, op, x, const):
 
     def gather(q):
         def lane(b, y, xx, ln):
-            ch = b * 16 + ln
+            ch = b * blk + ln
             tap = ch // c
             return tirx.if_then_else(ch < kc, q[0, ch % c, y * s + tap // k, xx * s + tap % k], tirx.const(0, "int8"))
 
-        return te.compute((cb, ho, wo, 16), lane, name="im2col_blocks")
+        return te.compute((cb, ho, wo, blk), lane, name="im2col_blocks")
 
     return bb.emit_te(gather, v)
 

@@ -1,7 +1,7 @@
 """Lowering one int8 convolution layer (or a fused group of convolutions sharing an input, such
 as a Fire module's expand1x1 + expand3x3 pair) to a VTA program.
 
-Data layouts in DRAM (BATCH=1, BLOCK=16):
+Data layouts in DRAM (BATCH=1, BLOCK=16 shown; `cfg.block` in general):
   activations  (C/16, H, W, 16) int8           element (cb, y, x) = 16 bytes
   weights      per output block ob: (C_in/16, KH, KW) elements of (16 out, 16 in) int8
   bias         (C_out/16, 16) int32             loaded into the accumulator once
@@ -96,9 +96,6 @@ class ConvLayer:
         for k, b in enumerate(self.branches):
             if b.weight.dtype != np.int8:
                 raise ValueError(f"{self.name}: branch weights must be int8")
-            if b.weight.shape[0] % 16 and k != len(self.branches) - 1:
-                # the concatenated output is blocked by 16: only the last branch may end in a partial block
-                raise ValueError(f"{self.name}: only the last branch may have O % 16 != 0")
             if b.weight.shape[1] != self.in_channels:
                 raise ValueError(f"{self.name}: weight input channels {b.weight.shape[1]} != {self.in_channels}")
 
@@ -154,7 +151,7 @@ class Tiling:
     h: int  # output rows per tile
     w: int  # output columns per tile
     oc: int  # output channel blocks per tile
-    ic: int  # input channel blocks per GEMM step (divides C_in/16)
+    ic: int  # input channel blocks per GEMM step (divides C_in/BLOCK)
     nbuf: int = 2  # input/weight buffer slots
     nacc: int = 2  # accumulator slots
     order: str = "spatial"  # "spatial": spatial tiles outer; "oc": output-channel tiles outer
@@ -178,7 +175,7 @@ def align(n: int, a: int = ALIGN) -> int:
 # ---------------------------------------------------------------------------- packing
 
 def pack_activation(x: np.ndarray, block: int = 16) -> np.ndarray:
-    """(1, C, H, W) or (C, H, W) int8 -> (ceil(C/16), H, W, 16), zero-padded channels."""
+    """(1, C, H, W) or (C, H, W) int8 -> (ceil(C/block), H, W, block), zero-padded channels."""
     x = np.asarray(x)
     if x.ndim == 4:
         if x.shape[0] != 1:
@@ -192,7 +189,7 @@ def pack_activation(x: np.ndarray, block: int = 16) -> np.ndarray:
 
 
 def unpack_activation(p: np.ndarray, channels: int | None = None) -> np.ndarray:
-    """(CB, H, W, 16) -> (1, C, H, W)."""
+    """(CB, H, W, block) -> (1, C, H, W)."""
     cb, h, w, b = p.shape
     x = p.transpose(0, 3, 1, 2).reshape(cb * b, h, w)
     if channels is not None:
@@ -204,6 +201,10 @@ def layer_geometry(layer: ConvLayer, block: int = 16):
     """(input blocks, per output block (branch, KH, KW, pad, block within branch)); channel
     counts are rounded up to whole blocks (the padding lanes carry zero weights)."""
     ib = ceil_div(layer.in_channels, block)
+    for k, b in enumerate(layer.branches[:-1]):
+        if b.weight.shape[0] % block:
+            # the concatenated output is blocked: only the last branch may end in a partial block
+            raise ValueError(f"{layer.name}: only the last branch may have O % {block} != 0 (branch {k})")
     obs = []  # per output block: (branch index, KH, KW, pad, weight block offset within branch)
     for bi, b in enumerate(layer.branches):
         kh, kw = b.kernel
@@ -437,17 +438,20 @@ def _elem_bytes(memory_type: int, cfg: VTAConfig) -> int:
 def assemble(name: str, pb: ProgramBuilder, uops: UopKernels, consts: list, in_shape: tuple, out_shape: tuple,
              cfg: VTAConfig, *, macs: int, tiling: "Tiling", meta: dict) -> VTAProgram:
     """Lay out the layer's DRAM segment (micro-ops, the `consts` sections in order, input,
-    output; each aligned to 256 bytes), resolve every LOAD/STORE's `_rel` = (section, element
+    output; each aligned to 256 bytes or a whole element), resolve every LOAD/STORE's `_rel` = (section, element
     offset) into its `dram_base`, and encode the instruction stream.
 
     Addresses are resolved only here because the micro-op section's size is known only after
     the whole program has been emitted."""
     sections = [("uop", uops.blob())] + [(n, np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for n, a in consts]
     sections += [("inp", np.zeros(int(np.prod(in_shape)), np.uint8)), ("out", np.zeros(int(np.prod(out_shape)), np.uint8))]
+    # every section starts at a whole element of any memory type (DRAM addresses count elements;
+    # 256 bytes, one 16x16 weight block, in the default configuration)
+    unit = max(ALIGN, cfg.wgt_elem_bytes, cfg.acc_elem_bytes, cfg.inp_elem_bytes, cfg.out_elem_bytes)
     offsets, pos = {}, 0
     for sec, data in sections:
         offsets[sec] = pos
-        pos = align(pos + data.nbytes)
+        pos = align(pos + data.nbytes, unit)
     const = np.zeros(offsets["inp"], dtype=np.uint8)
     for sec, data in sections[:-2]:
         const[offsets[sec]:offsets[sec] + data.nbytes] = data

@@ -14,6 +14,10 @@ minimises the mean squared quantisation error over the calibration activations (
 clipping" and 4 bits finer, so outliers may clip). The host quantises with
 q = clip(floor(x * 2**a + 0.5), -128, 127), identically in numpy and in the TVM host code.
 
+The generic pieces (MSE exponent search, zero points, per-channel weight exponents, the
+rounding `quantize_np`/`dequantize_np`, the bias-correction arithmetic) live in `tvmsqz.quant`;
+this module builds VTA's quantised network (`QuantNet`: host segments + VTA layers) on them.
+
 Bias correction (`correct_biases`, on by default): rounding and clipping errors do not average
 out to zero per channel, and they add up through the layers. After the exponents are fixed, the
 calibration images run through the quantised reference layer by layer; each VTA convolution's
@@ -25,71 +29,19 @@ agreement with the numpy reference are untouched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tvmsqz.errors import TvmsqzError
+from tvmsqz.quant.bias import conv_mean_error, corrected_bias
+from tvmsqz.quant.scales import (choose_exponent, choose_exponent_zp, dequantize_np, quantize_np, weight_exponents,
+                                 zero_point)
 
 from .graph import Graph, VTAUnit, eval_op, partition, pool_layer, run_fp32
 from .lower import Branch, ConvLayer, pack_activation, unpack_activation
 
 MAX_SAMPLES = 400_000
-
-
-def _per_channel(z, ndim: int):
-    """Zero points (C,) shaped to broadcast over an NCHW tensor; 0 when there are none."""
-    return np.float32(0) if z is None else np.asarray(z, np.float32).reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def quantize_np(x: np.ndarray, a: int, z=None) -> np.ndarray:
-    """clip(floor(x * 2**a + 0.5) + z, -128, 127) as int8 (`z`: integer zero point per channel);
-    the host's TVM code does the same float32 operations in the same order."""
-    x = x.astype(np.float32)
-    return np.clip(np.floor(x * np.float32(2.0 ** a) + np.float32(0.5)) + _per_channel(z, x.ndim),
-                   -128, 127).astype(np.int8)
-
-
-def dequantize_np(q: np.ndarray, a: int, z=None) -> np.ndarray:
-    """(q - z) * 2**-a in float32: the inverse of `quantize_np` on the codes."""
-    return (q.astype(np.float32) - _per_channel(z, q.ndim)) * np.float32(2.0 ** -a)
-
-
-def _best_exponent(amax: float, error, hi: int = 127) -> int:
-    """The exponent in [no clipping, 4 bits finer] with the least `error(a)`; the coarsest wins ties."""
-    if amax <= 0:
-        return 0
-    a0 = math.floor(math.log2(hi / amax))
-    return min(range(a0, a0 + 5), key=lambda a: (error(a), a))
-
-
-def choose_exponent(samples: np.ndarray, amax: float, lo: int = -128, hi: int = 127) -> int:
-    """MSE-optimal exponent for codes in [lo, hi] ([0, 255]: a ReLU output stored with zero
-    point -128)."""
-    def error(a):
-        q = np.clip(np.floor(samples * 2.0 ** a + 0.5), lo, hi) * 2.0 ** -a
-        return float(np.mean((q - samples) ** 2))
-
-    return _best_exponent(amax, error, hi)
-
-
-def zero_point(mid: np.ndarray, a: int) -> np.ndarray:
-    """Integer per-channel zero points that centre each channel's range [lo, hi] (mid = its
-    middle) in int8 at exponent `a` (floor(m + 0.5): a half-integer middle, as for integer
-    pixel values, maps [lo, hi] onto exactly [-128, 127])."""
-    return np.clip(-np.floor(mid * 2.0 ** a + 0.5), -128, 127).astype(np.int64)
-
-
-def choose_exponent_zp(samples: np.ndarray, chans: np.ndarray, mid: np.ndarray) -> int:
-    """`choose_exponent` for a tensor with zero points: the error of each exponent is measured
-    with its own integer zero points (rounding the zero point is part of the error)."""
-    def error(a):
-        z = zero_point(mid, a)[chans]
-        q = (np.clip(np.floor(samples * 2.0 ** a + 0.5) + z, -128, 127) - z) * 2.0 ** -a
-        return float(np.mean((q - samples) ** 2))
-
-    return _best_exponent(float(np.abs(samples - mid[chans]).max()), error)
 
 
 @dataclass
@@ -109,6 +61,7 @@ class QuantNet:
     wexp: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     zero: dict = field(default_factory=dict)  # tensor -> (C,) int zero points (host-quantised inputs only)
+    block: int = 16  # the configuration's GEMM block: VTA-side tensors are (C/block, H, W, block) int8
 
     # ------------------------------------------------------------------ queries
     def vta_units(self) -> list:
@@ -141,7 +94,8 @@ class QuantNet:
         outs = []
         for t, rep in seg.outputs:
             v = env[t]
-            outs.append(pack_activation(quantize_np(v, self.qexp[t], self.zero.get(t))) if rep == "q" else v)
+            outs.append(pack_activation(quantize_np(v, self.qexp[t], self.zero.get(t)), self.block) if rep == "q"
+                        else v)
         return outs
 
     def run(self, x: np.ndarray, host=None, vta=None, record: dict | None = None) -> np.ndarray:
@@ -159,7 +113,7 @@ class QuantNet:
                 layer = self.layers[st.output]
                 xin = env[st.input]
                 if vta is None:
-                    y = pack_activation(layer.reference(unpack_activation(xin, layer.in_channels)))
+                    y = pack_activation(layer.reference(unpack_activation(xin, layer.in_channels)), self.block)
                 else:
                     y = vta(st, layer, xin)
                 env[st.output] = y
@@ -236,28 +190,6 @@ def unit_layer(unit: VTAUnit, graph: Graph, *, per_channel: bool = True):
     return conv_layer(unit, graph, shift=np.full(o, 8) if per_channel else 8)
 
 
-def weight_exponents(amax: np.ndarray, bias: np.ndarray, a_in: int, per_channel: bool = True) -> np.ndarray:
-    """Power-of-two weight exponents, one per output channel (`amax`: each filter's largest
-    |weight|), or one for all of them.
-
-    Per channel, each filter uses the int8 range by itself: on the Deep Compression model that
-    is 4-15 dB more weight SQNR than one exponent per layer (the classifier: 30 -> 40 dB), and it
-    costs VTA nothing, because the requantising SHR takes a per-lane shift vector from the
-    accumulator just as the bias ADD takes the bias. An all-zero filter gets the layer's
-    exponent; an exponent is lowered where the bias would not fit int32."""
-    top = float(amax.max())
-    layer_e = math.floor(math.log2(127.0 / top)) if top > 0 else 0
-    if not per_channel:
-        return np.full(len(amax), layer_e, dtype=np.int64)
-    safe = np.where(amax > 0, amax, top if top > 0 else 1.0)
-    e = np.floor(np.log2(127.0 / safe)).astype(np.int64)
-    limit = np.abs(bias) * 2.0 ** (a_in + e)
-    while (limit >= 2 ** 30).any():
-        e = np.where(limit >= 2 ** 30, e - 1, e)
-        limit = np.abs(bias) * 2.0 ** (a_in + e)
-    return e
-
-
 OFFSET = -128  # zero point of a VTA-produced ReLU output: codes -128..127 stand for 0..255
 
 
@@ -308,20 +240,6 @@ def zero_point_tensors(graph: Graph, stages: list) -> dict:
     return {t: k for t, k in kinds.items() if t in units or k == "centre"}
 
 
-def _mean_patch(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
-    """(C, k, k) float64: the mean, over a convolution's output pixels, of each input window
-    (zero padded), so that mean(conv(x, w)) = sum(w * _mean_patch(x)) per output channel."""
-    x = np.asarray(x, np.float64)[0]
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
-    ho = (xp.shape[1] - k) // stride + 1
-    wo = (xp.shape[2] - k) // stride + 1
-    out = np.empty((x.shape[0], k, k))
-    for ky in range(k):
-        for kx in range(k):
-            out[:, ky, kx] = xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride].mean(axis=(1, 2))
-    return out
-
-
 def correct_biases(qn: QuantNet, calibration: list) -> dict:
     """Empirical bias correction in place (see the module doc): run `calibration` through the
     quantised reference in execution order; before each VTA convolution is run, subtract from
@@ -354,21 +272,20 @@ def correct_biases(qn: QuantNet, calibration: list) -> dict:
                 xq = dequantize_np(unpack_activation(env[st.input], layer.in_channels), a_in, qn.zero.get(st.input))
                 parts, o = [], 0
                 for op, br in zip(st.convs, layer.branches):
-                    n, k = br.weight.shape[0], br.weight.shape[2]
-                    s, p = op.attrs["stride"], op.attrs["pad"]
+                    n = br.weight.shape[0]
                     wq = br.weight.astype(np.float64) * 2.0 ** -we[o:o + n].reshape(-1, 1, 1, 1)
-                    wf = op.attrs["weight"].astype(np.float64)
-                    parts.append(np.einsum("oikl,ikl->o", wq, _mean_patch(xq, k, s, p))
-                                 - np.einsum("oikl,ikl->o", wf, _mean_patch(fp[st.input], k, s, p)))
+                    parts.append(conv_mean_error(wq, op.attrs["weight"].astype(np.float64), xq, fp[st.input],
+                                                 op.attrs["stride"], op.attrs["pad"]))
                     o += n
                 delta += np.concatenate(parts) / len(envs)
-            bias = layer.bias.astype(np.int64) - np.round(delta * 2.0 ** (a_in + we)).astype(np.int64)
+            bias = corrected_bias(layer.bias, delta, a_in + we)
             if np.abs(bias).max() >= 2 ** 31 - 2 ** 16:
                 raise TvmsqzError(f"{layer.name}: corrected bias overflows int32")
             layer.bias = bias.astype(np.int32)
             report[st.output] = float(np.sqrt(np.mean((delta * 2.0 ** qn.qexp[st.output]) ** 2)))
         for env in envs:
-            env[st.output] = pack_activation(layer.reference(unpack_activation(env[st.input], layer.in_channels)))
+            env[st.output] = pack_activation(layer.reference(unpack_activation(env[st.input], layer.in_channels)),
+                                             qn.block)
     return report
 
 
@@ -470,7 +387,7 @@ def quantize_graph(graph: Graph, calibration: list, *, progress=None, cfg=None, 
         wexp[u.output] = [int(v) for v in we] if per_channel else int(we[0])
     qn = QuantNet(graph, stages, qexp, layers, wexp,
                   calibration={"images": len(calibration), "amax": {k: float(v) for k, v in amax.items()}},
-                  zero=zero)
+                  zero=zero, block=cfg.block if cfg is not None else 16)
     if bias_correction:
         qn.calibration["bias_correction"] = correct_biases(qn, calibration)
     return qn

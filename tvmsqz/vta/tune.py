@@ -34,6 +34,30 @@ from .lower import Tiling, TilingError, is_valid
 
 FORMAT = "tvmsqz-vta-tilings/1"
 
+#: The database's file name in a schedules folder, unless the target names another ("tiling_db").
+TILINGS_FILE = "tilings.json"
+
+
+def tiling_db_name(data: dict | None) -> str:
+    """The tiling database's file name of a VTA target (its data's "tiling_db")."""
+    return (data or {}).get("tiling_db", TILINGS_FILE)
+
+
+def shipped_tiling_db(schedules_dir: Path | None, data: dict | None = None) -> Path | None:
+    """A VTA target's shipped tiling database (`schedules/<its schedules>/tilings.json`), or None
+    when the target names no schedules folder. The VTA pipeline passes `spec.schedules_dir` and
+    `spec.data`; `compile_vta` without a database uses `default_tiling_db()`."""
+    return Path(schedules_dir) / tiling_db_name(data) if schedules_dir is not None else None
+
+
+def default_tiling_db() -> Path:
+    """The shipped database of the default configuration (`schedules/vta/tilings.json`, the
+    `vta` target's): what `compile_vta` looks tilings up in when no target or database is named.
+    Records are keyed by the hardware configuration, so another configuration finds none there."""
+    from tvmsqz.paths import SCHEDULES_DIR
+
+    return SCHEDULES_DIR / "vta" / TILINGS_FILE
+
 
 def config_fingerprint(cfg: VTAConfig) -> str:
     hw = {k: v for k, v in cfg.to_json().items() if k.startswith("LOG_")}
