@@ -496,16 +496,28 @@ def main_parent(args) -> int:
         clean = {**report, "rows": [{k: v for k, v in r.items() if k != "_outputs"} for r in report["rows"]]}
         (out / "results.json").write_text(json.dumps(clean, indent=2) + "\n")
 
-    order = [(kind, job) for kind in ("tvm", "eager") for job in payload["jobs"]]
-    order += [(kind, job) for kind in plan[2:] for job in payload["jobs"]]
-    for kind, job in order:
-        model, batch = job["model"], job["batch"]
-        log(f"  {model} b{batch} {kind}")
-        if kind == "tvm":
-            for variant, bundle_name in job["bundles"].items():
-                measure("tvm", model, batch, bundle_name, "tvm" if variant == "graph" else f"tvm-{variant}")
-        else:
-            measure(kind, model, batch)
+    if args.only:  # LABEL@MODEL-bN, in this order
+        by_key = {f"{j['model']}-b{j['batch']}": j for j in payload["jobs"]}
+        for entry in args.only:
+            label, _, key = entry.partition("@")
+            job = by_key[key]
+            log(f"  {key} {label}")
+            if label.startswith("tvm"):
+                variant = "graph" if label == "tvm" else label[len("tvm-"):]
+                measure("tvm", job["model"], job["batch"], job["bundles"][variant], label)
+            else:
+                measure(label, job["model"], job["batch"])
+    else:
+        order = [(kind, job) for kind in ("tvm", "eager") for job in payload["jobs"]]
+        order += [(kind, job) for kind in plan[2:] for job in payload["jobs"]]
+        for kind, job in order:
+            model, batch = job["model"], job["batch"]
+            log(f"  {model} b{batch} {kind}")
+            if kind == "tvm":
+                for variant, bundle_name in job["bundles"].items():
+                    measure("tvm", model, batch, bundle_name, "tvm" if variant == "graph" else f"tvm-{variant}")
+            else:
+                measure(kind, model, batch)
 
     kernels = [r["results"].get("tvm", {}).get("profile", {}).get("kernels_per_inference") for r in report["rows"]
                if r["batch"] == 1]
@@ -634,6 +646,8 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=400.0, help="seconds after which nothing new is started")
     p.add_argument("--worker-timeout", type=float, default=150.0)
     p.add_argument("--no-default-compile", action="store_true")
+    p.add_argument("--only", nargs="+", help="measure just these, in order: LABEL@MODEL-bN with LABEL tvm, "
+                   "tvm-VARIANT, eager, compile:MODE (e.g. tvm-unfused@squeezenet1_0-b64)")
     p.add_argument("--torch-device", default="cuda", help="cpu: a dry run of this script without a GPU "
                    "(with a CPU bundle; numbers meaningless)")
     p.add_argument("--report", help="results.json: print its markdown table (and --plot PNG)")

@@ -5,9 +5,9 @@ On a machine with TVM and nvcc (no GPU needed):
     python benchmarks/gpu_payload.py --out PAYLOAD [--target cuda-sm90]
 
 1. compiles SqueezeNet 1.1 and 1.0 for the CUDA target at batch 1 and 64 (`tvmsqz compile`),
-   plus two SqueezeNet 1.1 variants: batch 1 without the CUDA graph (`TVMSQZ_CUDA_GRAPH=0`),
-   and batch 1 and 64 with each Fire module's expand pair left unfused (`--no-fuse`: dlight's
-   Matmul rule for every conv instead of tvmsqz's FusedConv rule);
+   plus variants: SqueezeNet 1.1 batch 1 without the CUDA graph (`TVMSQZ_CUDA_GRAPH=0`), and
+   both models with each Fire module's expand pair left unfused (`--no-fuse`: dlight's Matmul
+   rule for every conv instead of tvmsqz's FusedConv rule);
 2. packages each into a runtime-only bundle (`tvmsqz package`: libtvm_runtime.so,
    libtvm_runtime_cuda.so, libcudart, libtvm_ffi.so, the Python runner) and packs them into one
    `bundles.tar.xz` (the artifacts of one model share their weights, the bundles their
@@ -102,8 +102,8 @@ def main() -> int:
         for batch in BATCHES:
             # variant -> (environment, extra compile flags)
             variants = {"graph": ({}, [])}
-            if model == "squeezenet1_1" and not args.no_variants:
-                if batch == 1:
+            if not args.no_variants:
+                if batch == 1 and model == "squeezenet1_1":
                     variants["nograph"] = ({"TVMSQZ_CUDA_GRAPH": "0"}, [])
                 variants["unfused"] = ({}, ["--no-fuse"])
             bundles = {}
