@@ -440,7 +440,7 @@ def test_every_squeezenet_kernel_gets_a_gpu_schedule():
     from tvmsqz.frontend import load_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec)
+    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     rules = {gv.name_hint: rule_for(f, spec) for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
     fire = {k: v for k, v in rules.items() if k.startswith("fire_")}
     assert len(fire) == 4 and set(fire.values()) == {"FusedConv"}, rules
@@ -458,7 +458,7 @@ def test_tuned_kernels_are_left_alone():
     from tvmsqz.frontend import load_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec)
+    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     name = next(gv.name_hint for gv in mod.get_global_vars() if gv.name_hint.startswith("fire_"))
     marked = mod[name].with_attr("tirx.is_scheduled", True)
     mod[name] = marked
@@ -472,7 +472,7 @@ def test_untuned_squeezenet_schedules_match_pytorch():
     from tvmsqz.models import torch_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec)
+    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     with serial_threads():
         mod = cuda.default_schedule(mod, spec)
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())

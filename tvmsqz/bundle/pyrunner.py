@@ -247,22 +247,14 @@ class Model:
         host = self.host_tensor(x)
         if self.device.device_type == KDL_CPU:
             return host
-        code, bits = _DL_CODES[x.dtype.name]
-        shape = self.rt.call(self.rt.global_func("ffi.Shape"), *[int(d) for d in x.shape])
-        dev = self.rt.call(self.rt.global_func("runtime.TVMTensorAllocWithScope"), shape, DataType(code, bits),
-                           self.device, None, what="allocating the input on the device")
-        self.rt.call(self.rt.global_func("runtime.TVMTensorCopyFromTo"), host, dev,
-                     what="copying the input to the device")
-        self.sync()
+        dev = copy_to_device(self.rt, host, x.shape, x.dtype.name, self.device)
         host.release()
-        shape.release()
         return dev
 
     def sync(self) -> None:
         """Wait for the device (a no-op on the CPU): what a timed GPU call must end with."""
         if self.device.device_type != KDL_CPU:
-            self.rt.call(self.rt.global_func("runtime.Device_StreamSync"), self.device, 0,  # 0: the default stream
-                         what="synchronizing the device")
+            sync(self.rt, self.device)
 
     def from_dlpack(self, capsule) -> Owned:
         """A tvm-ffi Tensor sharing the memory of a DLPack capsule (`torch.utils.dlpack.to_dlpack`),
@@ -331,8 +323,7 @@ class Model:
             raise Refusal(f"the model returned an unsupported tensor (dtype code {t.dtype.code}/{t.dtype.bits})")
         host_array = aligned_copy(np.empty(shape, dtype=dtype))
         host = self.host_tensor(host_array)
-        self.rt.call(self.rt.global_func("runtime.TVMTensorCopyFromTo"), out, host,
-                     what="copying the output from the device")
+        copy_tensor(self.rt, out, host, "copying the output from the device")
         self.sync()
         return host
 
@@ -358,6 +349,32 @@ class Model:
         raw = ctypes.string_at(t.data + t.byte_offset, nbytes)
         managed.contents.deleter(managed)
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+# ----------------------------------------------------------------------------- device memory
+
+
+def copy_to_device(rt: Runtime, host: Owned, shape, dtype: str, device: Device) -> Owned:
+    """A new tensor on `device` holding a copy of the host tensor `host` (synchronized)."""
+    code, bits = _DL_CODES[dtype]
+    dims = rt.call(rt.global_func("ffi.Shape"), *[int(d) for d in shape])
+    dev = rt.call(rt.global_func("runtime.TVMTensorAllocWithScope"), dims, DataType(code, bits), device, None,
+                  what="allocating the input on the device")
+    dims.release()
+    copy_tensor(rt, host, dev, "copying the input to the device")
+    sync(rt, device)
+    return dev
+
+
+def copy_tensor(rt: Runtime, src: Owned, dst: Owned, what: str) -> None:
+    """Copy between two tensors of the same shape and dtype, on any devices (queued on the
+    device's default stream: `sync` before the host reads)."""
+    rt.call(rt.global_func("runtime.TVMTensorCopyFromTo"), src, dst, what=what)
+
+
+def sync(rt: Runtime, device: Device) -> None:
+    """Wait until the device's default stream (0) has run everything queued on it."""
+    rt.call(rt.global_func("runtime.Device_StreamSync"), device, 0, what="synchronizing the device")
 
 
 # ----------------------------------------------------------------------------- bundle checks
