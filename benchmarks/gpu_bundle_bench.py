@@ -610,7 +610,8 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("tvm", "TVM (bundle, CUDA graph)"), ("tvm-nograph", "TVM, no graph"), ("eager", "PyTorch eager"),
+    keys = [("tvm", "TVM fused Fire (bundle, CUDA graph)"), ("tvm-unfused", "TVM unfused Fire (cuda-sm90 default)"),
+            ("eager", "PyTorch eager"),
             ("compile:reduce-overhead", "torch.compile r-o"), ("compile:default", "torch.compile default")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, batch, what in ((axes[0], 1, "latency"), (axes[1], 64, "throughput")):
@@ -652,6 +653,7 @@ def main() -> int:
                    "(with a CPU bundle; numbers meaningless)")
     p.add_argument("--report", help="results.json: print its markdown table (and --plot PNG)")
     p.add_argument("--plot")
+    p.add_argument("--complement", help="a second results.json whose measurements fill what --report lacks")
     # worker-only
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out-json", help=argparse.SUPPRESS)
@@ -668,6 +670,14 @@ def main() -> int:
         return 0
     if args.report:
         report = json.loads(Path(args.report).read_text())
+        if args.complement:
+            extra = {(r["model"], r["batch"]): r for r in json.loads(Path(args.complement).read_text())["rows"]}
+            for row in report["rows"]:
+                more = extra.get((row["model"], row["batch"]), {})
+                for key, value in more.get("results", {}).items():
+                    if "error" in row["results"].get(key, {"error": ""}) and "error" not in value:
+                        row["results"][key] = value
+                        row["parity"][key] = more["parity"].get(key, {})
         print(markdown(report))
         if args.plot:
             plot(report, Path(args.plot))
