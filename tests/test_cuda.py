@@ -224,6 +224,13 @@ def test_backend_hooks():
     assert cuda.device(spec) == tvm.cuda(0)
 
 
+@pytest.mark.parametrize("value, graph", [("0", False), ("off", False), ("1", True), ("", True)])
+def test_cuda_graph_can_be_turned_off_for_a_build(monkeypatch, value, graph):
+    """TVMSQZ_CUDA_GRAPH=0 builds without RewriteCUDAGraph (how the H200 bench measured the graph's effect)."""
+    monkeypatch.setenv("TVMSQZ_CUDA_GRAPH", value)
+    assert cuda.pass_config(get_target("cuda-sm90")) == {"relax.backend.use_cuda_graph": graph}
+
+
 @pytest.mark.parametrize("arch", ["sm_12", "sm_9", "compute_90", "auto", "", None, 90])
 def test_unknown_architecture_is_refused(arch):
     raw = {"name": "cuda-bad", "family": "cuda", "tvm": {"kind": "cuda", "arch": arch}, "schedules": None}
