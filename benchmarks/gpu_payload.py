@@ -36,7 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from gpu_bundle_bench import parity_batches  # noqa: E402
+from gpu_bundle_bench import parity_batches
 
 MODELS = ["squeezenet1_1", "squeezenet1_0"]
 BATCHES = [1, 64]
@@ -84,8 +84,8 @@ def main() -> int:
     args = p.parse_args()
 
     import torch
-
     import tvm
+
     from tvmsqz import __version__
     from tvmsqz.backends.cuda import find_nvcc, nvcc_version
     from tvmsqz.bundle import build_bundle

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require
+
 from tvmsqz.bundle import build_bundle
 from tvmsqz.bundle.runtimes import find_runtime, needed_libs
 from tvmsqz.errors import TvmsqzError
