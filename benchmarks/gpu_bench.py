@@ -1,7 +1,9 @@
 """GPU benchmark: tvmsqz (TVM, CUDA target) vs PyTorch eager (cuDNN) vs torch.compile, one GPU, one run.
 
 Meant for a machine with an NVIDIA GPU; it is not part of the test suite (CI has no GPU).
-STATUS: written and smoke-tested on a CPU only (`--device cpu`); it has NOT yet been run on a GPU.
+STATUS: written and smoke-tested on a CPU only (`--device cpu`); it has NOT yet been run on a GPU: it
+needs TVM on the GPU machine. The H200 numbers in benchmarks/RESULTS.md come from its twin for a GPU
+machine without TVM, `gpu_bundle_bench.py` (runtime-only bundles built by `gpu_payload.py`).
 
     # everything on the GPU machine (needs nvcc there too):
     python benchmarks/gpu_bench.py --tag h100 --target cuda

@@ -224,6 +224,13 @@ def test_backend_hooks():
     assert cuda.device(spec) == tvm.cuda(0)
 
 
+@pytest.mark.parametrize("value, graph", [("0", False), ("off", False), ("1", True), ("", True)])
+def test_cuda_graph_can_be_turned_off_for_a_build(monkeypatch, value, graph):
+    """TVMSQZ_CUDA_GRAPH=0 builds without RewriteCUDAGraph (how the H200 bench measured the graph's effect)."""
+    monkeypatch.setenv("TVMSQZ_CUDA_GRAPH", value)
+    assert cuda.pass_config(get_target("cuda-sm90")) == {"relax.backend.use_cuda_graph": graph}
+
+
 @pytest.mark.parametrize("arch", ["sm_12", "sm_9", "compute_90", "auto", "", None, 90])
 def test_unknown_architecture_is_refused(arch):
     raw = {"name": "cuda-bad", "family": "cuda", "tvm": {"kind": "cuda", "arch": arch}, "schedules": None}
@@ -440,7 +447,7 @@ def test_every_squeezenet_kernel_gets_a_gpu_schedule():
     from tvmsqz.frontend import load_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec)
+    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     rules = {gv.name_hint: rule_for(f, spec) for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
     fire = {k: v for k, v in rules.items() if k.startswith("fire_")}
     assert len(fire) == 4 and set(fire.values()) == {"FusedConv"}, rules
@@ -458,7 +465,7 @@ def test_tuned_kernels_are_left_alone():
     from tvmsqz.frontend import load_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec)
+    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     name = next(gv.name_hint for gv in mod.get_global_vars() if gv.name_hint.startswith("fire_"))
     marked = mod[name].with_attr("tirx.is_scheduled", True)
     mod[name] = marked
@@ -472,7 +479,7 @@ def test_untuned_squeezenet_schedules_match_pytorch():
     from tvmsqz.models import torch_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec)
+    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     with serial_threads():
         mod = cuda.default_schedule(mod, spec)
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())

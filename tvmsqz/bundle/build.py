@@ -25,7 +25,7 @@ from typing import Any
 
 from ..version import __version__
 from ..errors import TvmsqzError
-from .runtimes import RUNTIME_LIBS, RuntimeSource, find_runtime
+from .runtimes import DEVICE_LIBS, RUNTIME_LIBS, RuntimeSource, find_cuda_runtime, find_runtime, needed_libs
 
 FORMAT = "tvmsqz-bundle/1"
 RUNNER_CPP = Path(__file__).with_name("runner.cpp")
@@ -47,6 +47,7 @@ class BundleTarget:
     label: str  # the triple when the target names one, else the ELF machine
     cc: str  # the C++ compiler that links for this machine
     strip: str | None  # its strip tool, when installed
+    device: str = "cpu"  # where the Relax VM runs the kernels: "cpu" or "cuda"
 
 
 def host_arch() -> str:
@@ -63,8 +64,9 @@ def _strip_tool(cc: str) -> str | None:
 def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
     """The architecture, compiler and strip tool for `artifact`, from its ELF header and manifest.
 
-    Only artifacts that a backend runs on the CPU device can be bundled: the runners drive a
-    Relax VM on `kDLCPU` and carry no accelerator runtime.
+    Artifacts that a backend runs on the CPU device, and CUDA artifacts (the bundle then carries
+    `libtvm_runtime_cuda.so` and the CUDA runtime it needs; the Python runner drives the VM on
+    the GPU, the C++ runner refuses such a bundle) can be bundled.
     """
     from ..backends import backend_for_family
     from ..toolchain import elf_machine
@@ -73,9 +75,9 @@ def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
     backend = backend_for_family(target.get("family", "cpu"))
     device_type = getattr(backend, "device_type", None)
     device = device_type(None) if callable(device_type) else None
-    if device != "cpu":
+    if device not in ("cpu", *DEVICE_LIBS):
         raise TvmsqzError(f"{artifact.name} is a {target.get('family')} artifact (device {device or 'of its own'}): "
-                          "bundles carry the TVM CPU runtime only")
+                          f"bundles carry the TVM runtime for {', '.join(('cpu', *DEVICE_LIBS))} only")
     arch = elf_machine(artifact)
     triple = (target.get("tvm") or {}).get("mtriple")
     cc = target.get("cc") or os.environ.get("CXX") or "c++"
@@ -85,7 +87,30 @@ def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
     if shutil.which(cc) is None:
         raise TvmsqzError(f"compiler {cc} not found: it builds the bundle's C++ runner for {triple or arch} "
                           "(scripts/setup_arm.sh installs the cross compilers)")
-    return BundleTarget(arch=arch, label=triple or arch, cc=cc, strip=_strip_tool(cc))
+    return BundleTarget(arch=arch, label=triple or arch, cc=cc, strip=_strip_tool(cc), device=device)
+
+
+def device_libs(runtime: RuntimeSource, target: BundleTarget) -> dict[str, Path]:
+    """The device runtime libraries a bundle for `target.device` carries, in load order: for
+    CUDA the CUDA runtime (`libcudart.so.N`, the soname libtvm_runtime_cuda.so needs) and then
+    `libtvm_runtime_cuda.so`. Empty for the CPU."""
+    if target.device == "cpu":
+        return {}
+    libs: dict[str, Path] = {}
+    for name in DEVICE_LIBS[target.device]:
+        path = runtime.device_lib(name)
+        if path is None:
+            raise TvmsqzError(f"the TVM runtime at {runtime.origin} has no {name}: a {target.device} bundle needs "
+                              f"it (the apache-tvm wheel for x86-64 carries it)")
+        for soname in needed_libs(path):
+            if soname.startswith("libcudart.so"):
+                cudart = find_cuda_runtime(soname)
+                if cudart is None:
+                    raise TvmsqzError(f"{name} needs the CUDA runtime {soname}, which was not found on this "
+                                      "machine (bash scripts/setup_cuda.sh installs it with nvcc)")
+                libs[soname] = cudart
+        libs[name] = path
+    return libs
 
 
 def build_runner(runtime: RuntimeSource, target: BundleTarget, log: Log | None = None) -> Path:
@@ -219,6 +244,7 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
     target = bundle_target(artifact, manifest)
     runtime = find_runtime(target.arch, (manifest.get("versions") or {}).get("tvm"),
                            runtime_from=Path(runtime_from) if runtime_from else None, arch_label=target.label)
+    extra_libs = device_libs(runtime, target)
     exe = build_runner(runtime, target, log=log)
     if log is not None:
         log(f"runtime for {target.label}: {runtime.origin}")
@@ -228,9 +254,10 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
             for sub in ("bin", "lib", "model", "share"):
                 (stage / sub).mkdir(parents=True)
             unstripped = 0
-            for name in RUNTIME_LIBS:
+            lib_files = {**{name: runtime.libs[name] for name in RUNTIME_LIBS}, **extra_libs}
+            for name, source in lib_files.items():
                 dest = stage / "lib" / name
-                shutil.copyfile(runtime.libs[name], dest)
+                shutil.copyfile(source, dest)
                 unstripped += dest.stat().st_size
                 if strip and target.strip:
                     proc = subprocess.run([target.strip, "--strip-unneeded", str(dest)], capture_output=True,
@@ -247,7 +274,7 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
                 (stage / rel).chmod(0o755)
             (stage / LABELS).write_text("\n".join(class_names()) + "\n")
             (stage / "README.txt").write_text(_readme(manifest, target))
-            files = ([_entry(stage, f"lib/{n}", "runtime") for n in RUNTIME_LIBS]
+            files = ([_entry(stage, f"lib/{n}", "runtime") for n in lib_files]
                      + [_entry(stage, f"model/{n}", "model") for n in model_files]
                      + [_entry(stage, rel, "runner") for rel in (CPP_RUNNER, PY_RUNNER)]
                      + [_entry(stage, rel, "other") for rel in (LABELS, "README.txt")])
@@ -264,10 +291,12 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
                 "target_config": manifest["target"].get("tvm"),
                 "arch": target.arch,
                 "triple": target.label,
+                "device": target.device,
                 "input": {"name": manifest["input"].get("name", "data"), "shape": manifest["input"]["shape"],
                           "dtype": manifest["input"].get("dtype", "float32")},
                 "runtime": {**runtime.versions, "source": runtime.origin,
-                            "stripped": bool(strip and target.strip), "libs": [f"lib/{n}" for n in RUNTIME_LIBS]},
+                            "stripped": bool(strip and target.strip), "libs": [f"lib/{n}" for n in lib_files],
+                            "device_libs": list(extra_libs)},
                 "runners": {"cpp": CPP_RUNNER, "python": PY_RUNNER},
                 "built_with": {"cc": target.cc, "tvmsqz": __version__},
                 "sizes": sizes,

@@ -33,8 +33,11 @@ FORMAT = "tvmsqz-bundle/1"
 BUNDLE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POOLED_ALLOCATOR = 2  # tvm::runtime::memory::AllocatorType::kPooled
 KDL_CPU = 1
+#: bundle.json "device" -> DLPack device type (kDLCPU 1, kDLCUDA 2)
+DL_DEVICES = {"cpu": 1, "cuda": 2}
 # tvm-ffi type indices (c_api.h, TVMFFITypeIndex)
-T_NONE, T_INT, T_BOOL, T_RAW_STR, T_OBJECT_BEGIN, T_TENSOR, T_ARRAY = 0, 1, 2, 8, 64, 70, 71
+T_NONE, T_INT, T_BOOL, T_DTYPE, T_DEVICE, T_RAW_STR = 0, 1, 2, 5, 6, 8
+T_OBJECT_BEGIN, T_TENSOR, T_ARRAY = 64, 70, 71
 
 
 class Refusal(Exception):
@@ -88,16 +91,37 @@ _DLManagedTensor._fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_
 #: the input's DLPack deleter: numpy owns the memory. Module-level, so that it outlives every
 #: tensor (a callback freed before the tensor that calls it crashes the interpreter).
 _KEEP_MEMORY = _DELETER(lambda _: None)
+#: the name of an unconsumed DLPack capsule (kept alive: PyCapsule_New does not copy it)
+_DLTENSOR_NAME = b"dltensor"
 
 #: numpy dtype name -> DLPack (code, bits): kDLInt 0, kDLUInt 1, kDLFloat 2
 _DL_CODES = {"float32": (2, 32), "float16": (2, 16), "float64": (2, 64), "int8": (0, 8), "uint8": (1, 8),
              "int32": (0, 32), "int64": (0, 64)}
 
 
-class Runtime:
-    """The two bundled libraries, and calls into tvm-ffi's global functions through them."""
+class Device:
+    """A DLDevice argument (kTVMFFIDevice)."""
 
-    def __init__(self, libdir: str):
+    def __init__(self, device_type: int, device_id: int = 0):
+        self.device_type, self.device_id = device_type, device_id
+
+
+class DataType:
+    """A DLDataType argument (kTVMFFIDataType)."""
+
+    def __init__(self, code: int, bits: int, lanes: int = 1):
+        self.code, self.bits, self.lanes = code, bits, lanes
+
+
+class Runtime:
+    """The bundled libraries, and calls into tvm-ffi's global functions through them.
+
+    `device_libs` are the bundle's device runtime libraries (`libtvm_runtime_cuda.so`, and the
+    CUDA runtime `libcudart.so.*` it needs), loaded after libtvm_runtime.so: loading one
+    registers its DeviceAPI and the VM builtins (CUDA graphs) with the runtime.
+    """
+
+    def __init__(self, libdir: str, device_libs: list[str] | tuple[str, ...] = ()):
         mode = getattr(os, "RTLD_GLOBAL", 0x100) | getattr(os, "RTLD_NOW", 2)
         try:
             # tvm_ffi first: libtvm_runtime.so needs it, and the model finds both by symbol
@@ -105,6 +129,13 @@ class Runtime:
             self.rt = ctypes.CDLL(os.path.join(libdir, "libtvm_runtime.so"), mode=mode)
         except OSError as exc:
             raise Refusal(f"cannot load the bundled TVM runtime: {exc}") from None
+        self.device_libs = []
+        for name in device_libs:  # the CUDA runtime before libtvm_runtime_cuda.so (its NEEDED)
+            try:
+                self.device_libs.append(ctypes.CDLL(os.path.join(libdir, name), mode=mode))
+            except OSError as exc:
+                raise Refusal(f"cannot load the bundled device runtime {name}: {exc} "
+                              "(a CUDA bundle needs the NVIDIA driver, libcuda.so.1)") from None
         f = self.ffi
         f.TVMFFIFunctionGetGlobal.argtypes = [ctypes.POINTER(_ByteArray), ctypes.POINTER(ctypes.c_void_p)]
         f.TVMFFIFunctionCall.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Any), ctypes.c_int32, ctypes.POINTER(_Any)]
@@ -147,6 +178,12 @@ class Runtime:
         for slot, arg in zip(packed, args):
             if isinstance(arg, Owned):
                 slot.type_index, slot.v.v_ptr = arg.type_index, arg.handle
+            elif isinstance(arg, Device):
+                slot.type_index, slot.v.v_int64 = T_DEVICE, arg.device_type | (arg.device_id << 32)
+            elif isinstance(arg, DataType):
+                slot.type_index, slot.v.v_int64 = T_DTYPE, arg.code | (arg.bits << 8) | (arg.lanes << 16)
+            elif arg is None:
+                slot.type_index, slot.v.v_int64 = T_NONE, 0
             elif isinstance(arg, bool):
                 slot.type_index, slot.v.v_int64 = T_BOOL, int(arg)
             elif isinstance(arg, int):
@@ -179,10 +216,15 @@ class Owned:
 
 
 class Model:
-    """The bundled model in a Relax VM on the CPU, called with numpy arrays."""
+    """The bundled model in a Relax VM on its device (the CPU or a GPU), called with numpy arrays
+    (`tensor`, `to_numpy`: copied to and from the device) or DLPack capsules (`from_dlpack`,
+    `to_dlpack`: no copy, e.g. torch tensors already on the GPU)."""
 
-    def __init__(self, runtime: Runtime, path: str):
+    def __init__(self, runtime: Runtime, path: str, device: str = "cpu", device_id: int = 0):
+        if device not in DL_DEVICES:
+            raise Refusal(f"the bundle's device {device!r} is unknown to this runner (known: {', '.join(DL_DEVICES)})")
         self.rt = runtime
+        self.device = Device(DL_DEVICES[device], device_id)
         get = runtime.global_func("ffi.ModuleGetFunction")
         what = f"cannot load {path} as a TVM artifact"
         self.lib = runtime.call(runtime.global_func("ffi.ModuleLoadFromFile"), path, what=what)
@@ -191,12 +233,65 @@ class Model:
             raise Refusal(f"{what}: it has no Relax VM executable")
         self.vm = runtime.call(load_exec.handle, what=what)
         init = runtime.call(get, self.vm, "vm_initialization", False, what=what)
-        runtime.call(init.handle, KDL_CPU, 0, POOLED_ALLOCATOR, what=what)
+        if self.device.device_type == KDL_CPU:
+            runtime.call(init.handle, KDL_CPU, 0, POOLED_ALLOCATOR, what=what)
+        else:  # the accelerator, then the CPU as the host device (as tvm's VirtualMachine does)
+            runtime.call(init.handle, self.device.device_type, self.device.device_id, POOLED_ALLOCATOR,
+                         KDL_CPU, 0, POOLED_ALLOCATOR, what=what)
         self.main = runtime.call(get, self.vm, "main", False, what=what)
         self._keep: list = []
 
     def tensor(self, x):
-        """A tvm-ffi Tensor viewing `x` (which must stay alive): DLPack, no copy."""
+        """The model's input from numpy array `x`: on the CPU a view of `x` (which must stay
+        alive), on a GPU a device copy of it."""
+        host = self.host_tensor(x)
+        if self.device.device_type == KDL_CPU:
+            return host
+        dev = copy_to_device(self.rt, host, x.shape, x.dtype.name, self.device)
+        host.release()
+        return dev
+
+    def sync(self) -> None:
+        """Wait for the device (a no-op on the CPU): what a timed GPU call must end with."""
+        if self.device.device_type != KDL_CPU:
+            sync(self.rt, self.device)
+
+    def from_dlpack(self, capsule) -> Owned:
+        """A tvm-ffi Tensor sharing the memory of a DLPack capsule (`torch.utils.dlpack.to_dlpack`),
+        which is consumed (renamed `used_dltensor`, as the DLPack protocol asks)."""
+        api = ctypes.pythonapi
+        api.PyCapsule_GetPointer.restype, api.PyCapsule_GetPointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
+                                                                                               ctypes.c_char_p]
+        api.PyCapsule_SetName.restype, api.PyCapsule_SetName.argtypes = ctypes.c_int, [ctypes.py_object,
+                                                                                       ctypes.c_char_p]
+        ptr = api.PyCapsule_GetPointer(capsule, b"dltensor")
+        handle = ctypes.c_void_p()
+        if self.rt.ffi.TVMFFITensorFromDLPack(ctypes.cast(ptr, ctypes.POINTER(_DLManagedTensor)), 64, 1,
+                                              ctypes.byref(handle)):
+            self.rt._raise("wrapping a DLPack tensor")
+        api.PyCapsule_SetName(capsule, b"used_dltensor")
+        return Owned(self.rt, T_TENSOR, handle.value)
+
+    def to_dlpack(self, out: Owned):
+        """The model's output (first tensor) as a DLPack capsule (`torch.from_dlpack` takes it)."""
+        out = self._first_tensor(out)
+        managed = ctypes.POINTER(_DLManagedTensor)()
+        if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
+            self.rt._raise("exporting the output")
+        api = ctypes.pythonapi
+        api.PyCapsule_New.restype, api.PyCapsule_New.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p,
+                                                                                   ctypes.c_void_p]
+        return api.PyCapsule_New(ctypes.cast(managed, ctypes.c_void_p), _DLTENSOR_NAME, None)
+
+    def _first_tensor(self, out: Owned) -> Owned:
+        if out.type_index == T_ARRAY:
+            out = self.rt.call(self.rt.global_func("ffi.ArrayGetItem"), out, 0)
+        if out.type_index != T_TENSOR:
+            raise Refusal(f"the model returned type {out.type_index}, not a tensor")
+        return out
+
+    def host_tensor(self, x):
+        """A tvm-ffi Tensor on the CPU viewing `x` (which must stay alive): DLPack, no copy."""
         shape = (ctypes.c_int64 * x.ndim)(*x.shape)
         code, bits = _DL_CODES[x.dtype.name]
         managed = _DLManagedTensor()
@@ -214,16 +309,33 @@ class Model:
         for obj in (self.main, self.vm, self.lib):
             obj.release()
 
+    def _to_host(self, out: Owned) -> Owned:
+        import numpy as np
+
+        managed = ctypes.POINTER(_DLManagedTensor)()
+        if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
+            self.rt._raise("reading the output")
+        t = managed.contents.dl_tensor
+        dtype = next((n for n, cb in _DL_CODES.items() if cb == (t.dtype.code, t.dtype.bits)), None)
+        shape = tuple(t.shape[i] for i in range(t.ndim))
+        managed.contents.deleter(managed)
+        if dtype is None:
+            raise Refusal(f"the model returned an unsupported tensor (dtype code {t.dtype.code}/{t.dtype.bits})")
+        host_array = aligned_copy(np.empty(shape, dtype=dtype))
+        host = self.host_tensor(host_array)
+        copy_tensor(self.rt, out, host, "copying the output from the device")
+        self.sync()
+        return host
+
     def __call__(self, arg: Owned) -> Owned:
         return self.rt.call(self.main.handle, arg, what="the model failed on this input")
 
     def to_numpy(self, out: Owned):
         import numpy as np
 
-        if out.type_index == T_ARRAY:
-            out = self.rt.call(self.rt.global_func("ffi.ArrayGetItem"), out, 0)
-        if out.type_index != T_TENSOR:
-            raise Refusal(f"the model returned type {out.type_index}, not a tensor")
+        out = self._first_tensor(out)
+        if self.device.device_type != KDL_CPU:  # copy to a host tensor first
+            out = self._to_host(out)
         managed = ctypes.POINTER(_DLManagedTensor)()
         if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
             self.rt._raise("reading the output")
@@ -237,6 +349,32 @@ class Model:
         raw = ctypes.string_at(t.data + t.byte_offset, nbytes)
         managed.contents.deleter(managed)
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+# ----------------------------------------------------------------------------- device memory
+
+
+def copy_to_device(rt: Runtime, host: Owned, shape, dtype: str, device: Device) -> Owned:
+    """A new tensor on `device` holding a copy of the host tensor `host` (synchronized)."""
+    code, bits = _DL_CODES[dtype]
+    dims = rt.call(rt.global_func("ffi.Shape"), *[int(d) for d in shape])
+    dev = rt.call(rt.global_func("runtime.TVMTensorAllocWithScope"), dims, DataType(code, bits), device, None,
+                  what="allocating the input on the device")
+    dims.release()
+    copy_tensor(rt, host, dev, "copying the input to the device")
+    sync(rt, device)
+    return dev
+
+
+def copy_tensor(rt: Runtime, src: Owned, dst: Owned, what: str) -> None:
+    """Copy between two tensors of the same shape and dtype, on any devices (queued on the
+    device's default stream: `sync` before the host reads)."""
+    rt.call(rt.global_func("runtime.TVMTensorCopyFromTo"), src, dst, what=what)
+
+
+def sync(rt: Runtime, device: Device) -> None:
+    """Wait until the device's default stream (0) has run everything queued on it."""
+    rt.call(rt.global_func("runtime.Device_StreamSync"), device, 0, what="synchronizing the device")
 
 
 # ----------------------------------------------------------------------------- bundle checks
@@ -370,17 +508,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         raise Refusal("a seeded input is float32 only; pass --input x.npy")
 
-    runtime = Runtime(os.path.join(BUNDLE, "lib"))
-    model = Model(runtime, os.path.join(BUNDLE, model_info["file"]))
+    runtime = Runtime(os.path.join(BUNDLE, "lib"), manifest.get("runtime", {}).get("device_libs", []))
+    model = Model(runtime, os.path.join(BUNDLE, model_info["file"]), manifest.get("device", "cpu"))
     xa = aligned_copy(x)
     arg = model.tensor(xa)
     for _ in range(args.warmup):
         model(arg).release()
+    model.sync()
     ms = []
     out = None
     for _ in range(args.repeat):
         start = time.perf_counter()
         out = model(arg)
+        model.sync()  # a GPU call returns once its kernels are queued
         ms.append((time.perf_counter() - start) * 1e3)
         if len(ms) < args.repeat:
             out.release()
@@ -406,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         top = [(int(i), float(flat[i])) for i in order]
     named = len(labels) == flat.size
     lat = stats(ms)
-    print(f"model {model_info['name']} ({manifest['target']}, {manifest['arch']}), input {spec['name']} "
+    print(f"model {model_info['name']} ({manifest['target']}, {manifest['arch']}, "
+          f"device {manifest.get('device', 'cpu')}), input {spec['name']} "
           f"{list(spec['shape'])} {spec['dtype']} ({source})")
     print(f"output {list(y.shape)} {y.dtype.name}" + (f" -> {args.output}" if args.output else ""))
     for rank, (cls, score) in enumerate(top, 1):
@@ -414,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"latency over {args.repeat} runs: median {lat['median']:.3f} ms, min {lat['min']:.3f} ms, "
           f"mean {lat['mean']:.3f} ms")
     if args.json:
-        print(json.dumps({"runner": "python", "arch": manifest["arch"], "output_shape": list(y.shape),
+        print(json.dumps({"runner": "python", "arch": manifest["arch"], "device": manifest.get("device", "cpu"),
+                          "output_shape": list(y.shape),
                           "top": [list(t) for t in top], "latency_ms": lat, "peak_rss_bytes": peak_rss_bytes()}))
     sys.stdout.flush()
     return 0

@@ -230,6 +230,15 @@ Bundle ReadBundle(const std::string& dir) {
   b.labels_file = GetString(model, "labels", "model");
   b.target = GetString(m, "target", "bundle");
   b.arch = GetString(m, "arch", "bundle");
+  // A GPU bundle (bundle.json "device": "cuda") runs through the Python runner only: this
+  // runner drives the VM on the CPU device and carries no device-memory copies.
+  if (m.find(ffi::String("device")) != m.end()) {
+    std::string device = GetString(m, "device", "bundle");
+    if (device != "cpu") {
+      Refuse("this bundle runs on the " + device + " device, which the C++ runner does not drive: "
+             "use python3 bin/tvmsqz-run.py");
+    }
+  }
   ffi::json::Object input = AsObject(Get(m, "input", "bundle"), "input");
   b.input_name = GetString(input, "name", "input");
   b.input_dtype = GetString(input, "dtype", "input");

@@ -29,6 +29,9 @@ from pathlib import Path
 from ..errors import TvmsqzError
 
 RUNTIME_LIBS = ("libtvm_ffi.so", "libtvm_runtime.so")
+#: device runtime libraries beside libtvm_runtime.so, by device: loaded after it, they register
+#: that device's DeviceAPI and VM builtins (CUDA graphs) with the runtime
+DEVICE_LIBS = {"cuda": ("libtvm_runtime_cuda.so",)}
 #: where the two libraries and the headers lie inside a site-packages folder (or a wheel)
 _SITE_LAYOUT = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so", "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
 _SITE_INCLUDE = "tvm_ffi/include"
@@ -47,6 +50,11 @@ class RuntimeSource:
     include: Path
     versions: dict[str, str] = field(default_factory=dict)
     origin: str = ""
+
+    def device_lib(self, name: str) -> Path | None:
+        """A device runtime library (`libtvm_runtime_cuda.so`) beside libtvm_runtime.so, if built."""
+        path = self.libs["libtvm_runtime.so"].with_name(name)
+        return path if path.is_file() else None
 
 
 def _machine(path: Path) -> str | None:
@@ -116,7 +124,7 @@ def _from_wheels(wheels: list[Path], cache: Path) -> list[RuntimeSource]:
 def _extract(pair: dict[str, Path], site: Path) -> None:
     from ..fsutil import atomic_write
 
-    wanted = re.compile(r"^(tvm/lib/libtvm_runtime\.so|tvm_ffi/lib/libtvm_ffi\.so|tvm_ffi/include/.*"
+    wanted = re.compile(r"^(tvm/lib/libtvm_runtime(_cuda)?\.so|tvm_ffi/lib/libtvm_ffi\.so|tvm_ffi/include/.*"
                         r"|apache_tvm[^/]*\.dist-info/METADATA)$")
     for whl in pair.values():
         try:
@@ -204,3 +212,59 @@ def find_runtime(arch: str, tvm_version: str | None, *, runtime_from: Path | Non
                               f"TVM {have}: a runtime must match its compiler")
         return exact[0]
     return same_arch[0]
+
+
+def needed_libs(path: Path) -> list[str]:
+    """The DT_NEEDED sonames of an ELF shared library (64-bit little-endian), read without readelf."""
+    import struct
+
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise TvmsqzError(f"{path} is not a 64-bit little-endian ELF file")
+    shoff, shentsize, shnum = struct.unpack_from("<Q", data, 0x28)[0], *struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    dynamic = [s for s in sections if s[1] == 6]  # SHT_DYNAMIC
+    if not dynamic:
+        return []
+    dyn = dynamic[0]
+    strtab = sections[dyn[6]]  # sh_link: the dynamic string table
+    names = []
+    for off in range(dyn[4], dyn[4] + dyn[5], 16):
+        tag, val = struct.unpack_from("<qQ", data, off)
+        if tag == 0:
+            break
+        if tag == 1:  # DT_NEEDED
+            start = strtab[4] + val
+            names.append(data[start:data.index(b"\0", start)].decode())
+    return names
+
+
+def find_cuda_runtime(soname: str) -> Path | None:
+    """The CUDA runtime library `soname` (`libcudart.so.13`) that libtvm_runtime_cuda.so needs,
+    from this machine's CUDA: the `nvidia-cuda-runtime` pip package (which scripts/setup_cuda.sh
+    installs), `$CUDA_HOME` / `$CUDA_PATH`, nvcc's toolkit, /usr/local/cuda*. It is redistributable
+    and small (under 1 MB), so a CUDA bundle carries it: the GPU machine then needs only the driver."""
+    import glob
+    import sys
+
+    roots: list[Path] = []
+    for base in sys.path:
+        for sub in ("nvidia/cu13/lib", "nvidia/cu12/lib", "nvidia/cuda_runtime/lib"):
+            roots.append(Path(base) / sub)
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            roots += [Path(os.environ[var]) / "lib64", Path(os.environ[var]) / "lib"]
+    import shutil
+
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        toolkit = Path(nvcc).resolve().parent.parent
+        roots += [toolkit / "lib64", toolkit / "lib", toolkit / "targets/x86_64-linux/lib"]
+    for pattern in ("/usr/local/cuda/lib64", "/usr/local/cuda/lib", "/usr/local/cuda-*/lib64", "/usr/local/cuda-*/lib",
+                    "/usr/local/cuda-*/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"):
+        roots += [Path(p) for p in sorted(glob.glob(pattern), reverse=True)]
+    for root in roots:
+        candidate = root / soname
+        if candidate.is_file():
+            return candidate.resolve()
+    return None

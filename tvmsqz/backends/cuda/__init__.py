@@ -154,8 +154,17 @@ def default_schedule(mod, spec: TargetSpec):
 
 
 def pass_config(spec: TargetSpec) -> dict:
-    """PassContext options for `tvm.compile`: capture each inference into a CUDA graph."""
-    return {"relax.backend.use_cuda_graph": True}
+    """PassContext options for `tvm.compile`: capture each inference into a CUDA graph.
+
+    `TVMSQZ_CUDA_GRAPH=0` in the environment builds without the graph (every kernel launched
+    one by one), which is how `benchmarks/gpu_bench.py` measures what the graph saves.
+    """
+    return {"relax.backend.use_cuda_graph": cuda_graph_enabled()}
+
+
+def cuda_graph_enabled() -> bool:
+    """False when `TVMSQZ_CUDA_GRAPH` is `0`, `false`, `no` or `off`; True otherwise."""
+    return os.environ.get("TVMSQZ_CUDA_GRAPH", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def export(executable, spec: TargetSpec, path: Path) -> None:
