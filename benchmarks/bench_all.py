@@ -16,8 +16,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass",
-                  "squeezenet1_0_dc"]
+DEFAULT_MODELS = [
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "squeezenet1_0_bypass",
+    "squeezenet1_0_complex_bypass",
+    "squeezenet1_0_dc",
+]
 
 
 def bench(model: str, batch: int, out: Path, extra: list[str]) -> dict:
@@ -28,9 +33,11 @@ def bench(model: str, batch: int, out: Path, extra: list[str]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | batch | fused | tuned kernels | TVM median ms | ORT median ms | PyTorch median ms | TVM/ORT "
-            "| TVM/PyTorch | TVM peak RSS MiB | ORT peak RSS MiB | activations MiB | artifact MiB | max diff/range "
-            "| top-1 agree |")
+    head = (
+        "| model | batch | fused | tuned kernels | TVM median ms | ORT median ms | PyTorch median ms | TVM/ORT "
+        "| TVM/PyTorch | TVM peak RSS MiB | ORT peak RSS MiB | activations MiB | artifact MiB | max diff/range "
+        "| top-1 agree |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat, mem, par = r["latency_ms"], r["memory"], r["parity"]
@@ -41,7 +48,8 @@ def table(rows: list[dict]) -> str:
             f"| {lat['tvm']['median']:.2f} | {lat['onnxruntime']['median']:.2f} | {torch_ms} "
             f"| {r['ratio_vs_onnxruntime']:.2f} | {ratio_t} | {mem['tvm_peak_rss_bytes'] / 2**20:.0f} "
             f"| {mem['onnxruntime_peak_rss_bytes'] / 2**20:.0f} | {mem['activation_bytes'] / 2**20:.1f} "
-            f"| {mem['artifact_bytes'] / 2**20:.1f} | {par['max_rel_diff']:.1e} | {par['top1_agreement']:.0%} |")
+            f"| {mem['artifact_bytes'] / 2**20:.1f} | {par['max_rel_diff']:.1e} | {par['top1_agreement']:.0%} |"
+        )
     return "\n".join(lines)
 
 

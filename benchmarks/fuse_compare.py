@@ -37,7 +37,9 @@ def fire_signature(row: dict) -> tuple | None:
 def per_fire(report: dict, fused: bool) -> dict[str, float]:
     """Microseconds per Fire-module output shape (C, H, W) summed over its expand-stage kernels."""
     groups: dict[str, float] = defaultdict(float)
-    concat_shapes = {tuple(r["shapes"][-1]) for r in report["profile"] if "concatenate" in r["name"] and r.get("shapes")}
+    concat_shapes = {
+        tuple(r["shapes"][-1]) for r in report["profile"] if "concatenate" in r["name"] and r.get("shapes")
+    }
     for row in report["profile"]:
         name = row["name"]
         if fused and name.startswith("fire_"):
@@ -71,11 +73,29 @@ def main() -> None:
     for variant, flags in (("fused", []), ("unfused", ["--no-fuse"])):
         db = outdir / f"db-{variant}"
         if args.trials > 0:
-            cli("tune", args.model, "--trials", str(args.trials), "-o", str(db), *flags,
-                *(["--resume"] if args.resume or db.exists() else []))
+            cli(
+                "tune",
+                args.model,
+                "--trials",
+                str(args.trials),
+                "-o",
+                str(db),
+                *flags,
+                *(["--resume"] if args.resume or db.exists() else []),
+            )
         out = outdir / f"bench-{variant}.json"
-        cli("bench", args.model, "--database", str(db), "--repeat", str(args.repeat), "--json", str(out), "--no-torch",
-            *flags)
+        cli(
+            "bench",
+            args.model,
+            "--database",
+            str(db),
+            "--repeat",
+            str(args.repeat),
+            "--json",
+            str(out),
+            "--no-torch",
+            *flags,
+        )
         reports[variant] = json.loads(out.read_text())
     fused, unfused = per_fire(reports["fused"], True), per_fire(reports["unfused"], False)
     lines = ["| Fire output (C x H x W) | unfused expand+concat us | fused us | speed-up |", "|---|---|---|---|"]
@@ -85,13 +105,24 @@ def main() -> None:
     e2e = {v: r["latency_ms"]["tvm"]["median"] for v, r in reports.items()}
     ort = {v: r["latency_ms"]["onnxruntime"]["median"] for v, r in reports.items()}
     lines.append("")
-    lines.append(f"End to end (median ms): fused {e2e['fused']:.2f} (ORT in the same run {ort['fused']:.2f}), "
-                 f"unfused {e2e['unfused']:.2f} (ORT {ort['unfused']:.2f}); {args.trials} trials each.")
+    lines.append(
+        f"End to end (median ms): fused {e2e['fused']:.2f} (ORT in the same run {ort['fused']:.2f}), "
+        f"unfused {e2e['unfused']:.2f} (ORT {ort['unfused']:.2f}); {args.trials} trials each."
+    )
     table = "\n".join(lines)
     (outdir / "table.md").write_text(table + "\n")
-    (outdir / "summary.json").write_text(json.dumps({"per_fire_us": {"fused": fused, "unfused": unfused},
-                                                     "end_to_end_ms": e2e, "onnxruntime_ms": ort,
-                                                     "trials": args.trials}, indent=2) + "\n")
+    (outdir / "summary.json").write_text(
+        json.dumps(
+            {
+                "per_fire_us": {"fused": fused, "unfused": unfused},
+                "end_to_end_ms": e2e,
+                "onnxruntime_ms": ort,
+                "trials": args.trials,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(table)
 
 

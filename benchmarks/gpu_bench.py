@@ -45,8 +45,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass",
-          "squeezenet1_0_dc"]
+MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass", "squeezenet1_0_dc"]
 RUNTIMES = ("tvm", "eager", "compile")
 
 
@@ -57,8 +56,13 @@ RUNTIMES = ("tvm", "eager", "compile")
 
 def latency_stats(samples_s: list[float]) -> dict:
     ms = np.asarray(samples_s) * 1e3
-    return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)), "min": float(ms.min()),
-            "mean": float(ms.mean()), "runs": int(ms.size)}
+    return {
+        "median": float(np.median(ms)),
+        "p90": float(np.percentile(ms, 90)),
+        "min": float(ms.min()),
+        "mean": float(ms.mean()),
+        "runs": int(ms.size),
+    }
 
 
 def time_calls(run, sync, warmup: int, repeat: int, stream: int, batch: int) -> dict:
@@ -80,17 +84,21 @@ def time_calls(run, sync, warmup: int, repeat: int, stream: int, batch: int) -> 
             run()
         sync()
         best = min(best, time.perf_counter() - start)
-    return {"latency_ms": latency_stats(samples), "throughput_ips": batch * stream / best,
-            "stream": stream}
+    return {"latency_ms": latency_stats(samples), "throughput_ips": batch * stream / best, "stream": stream}
 
 
 def gpu_query(fields: str) -> list[list[str]]:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
-    out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30)
-    return [[c.strip() for c in line.split(",")] for line in out.stdout.strip().splitlines()] if out.returncode == 0 else []
+    out = subprocess.run(
+        [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30
+    )
+    return (
+        [[c.strip() for c in line.split(",")] for line in out.stdout.strip().splitlines()]
+        if out.returncode == 0
+        else []
+    )
 
 
 def gpu_used_mib(index: int = 0) -> float | None:
@@ -103,8 +111,12 @@ def process_gpu_mib() -> float | None:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
-    out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     for line in out.stdout.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 2 and parts[0] == str(os.getpid()):
@@ -117,8 +129,10 @@ def process_gpu_mib() -> float | None:
 
 def memory_report(baseline_mib: float | None) -> dict:
     used = gpu_used_mib()
-    return {"device_used_delta_mib": None if used is None or baseline_mib is None else used - baseline_mib,
-            "process_mib": process_gpu_mib()}
+    return {
+        "device_used_delta_mib": None if used is None or baseline_mib is None else used - baseline_mib,
+        "process_mib": process_gpu_mib(),
+    }
 
 
 def first_output(out):
@@ -148,9 +162,12 @@ def kernel_profile(run, sync, iters: int = 5) -> dict:
                 run()
             sync()
             torch.cuda.synchronize()
-        kernels = [e for e in prof.events()
-                   if str(getattr(e, "device_type", "")).endswith("CUDA")
-                   and not any(w in e.name for w in ("Memcpy", "Memset", "memcpy", "memset"))]
+        kernels = [
+            e
+            for e in prof.events()
+            if str(getattr(e, "device_type", "")).endswith("CUDA")
+            and not any(w in e.name for w in ("Memcpy", "Memset", "memcpy", "memset"))
+        ]
         busy_us = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) for e in kernels)
         return {"kernels_per_inference": len(kernels) / iters, "gpu_busy_ms": busy_us / iters / 1e3}
     except Exception as exc:  # noqa: BLE001 - the profile is optional
@@ -264,7 +281,12 @@ def worker_floor(args) -> dict:
         start = time.perf_counter()
         sync()
         samples.append(time.perf_counter() - start)
-    return {"kernels": n, "eager_launches_ms": eager, "graph_replay_ms": graphed, "sync_only_ms": latency_stats(samples)}
+    return {
+        "kernels": n,
+        "eager_launches_ms": eager,
+        "graph_replay_ms": graphed,
+        "sync_only_ms": latency_stats(samples),
+    }
 
 
 def worker_main(args) -> None:
@@ -307,7 +329,7 @@ def build_artifact(model: str, batch: int, spec, path: Path, database, fuse: boo
 
 
 def parity_inputs(model: str, batch: int) -> tuple[list[str], np.ndarray]:
-    from tvmsqz.bench import parity_inputs as inputs_for
+    from tvmsqz.benchmark import parity_inputs as inputs_for
     from tvmsqz.models import get_model_info
 
     info = get_model_info(model)
@@ -332,19 +354,34 @@ def environment(args, spec) -> dict:
 
     import tvmsqz
 
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "host": platform.node(), "python": platform.python_version(), "tvm": tvm.__version__,
-           "tvmsqz": tvmsqz.__version__, "target": spec.name, "arch": (spec.tvm_config or {}).get("arch"),
-           "tf32": args.tf32, "device": args.device}
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "tvm": tvm.__version__,
+        "tvmsqz": tvmsqz.__version__,
+        "target": spec.name,
+        "arch": (spec.tvm_config or {}).get("arch"),
+        "tf32": args.tf32,
+        "device": args.device,
+    }
     rows = gpu_query("name,driver_version,memory.total,compute_cap")
     if rows:
-        env.update(gpu=rows[0][0], driver=rows[0][1], gpu_memory_mib=rows[0][2], compute_capability=rows[0][3],
-                   gpus_visible=len(rows))
+        env.update(
+            gpu=rows[0][0],
+            driver=rows[0][1],
+            gpu_memory_mib=rows[0][2],
+            compute_capability=rows[0][3],
+            gpus_visible=len(rows),
+        )
     try:
         import torch
 
-        env.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+        env.update(
+            torch=torch.__version__,
+            torch_cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        )
     except ImportError:
         env["torch"] = None
     nvcc = shutil.which("nvcc")
@@ -356,7 +393,7 @@ def environment(args, spec) -> dict:
 
 
 def parity(out: np.ndarray, ref: np.ndarray, name: str) -> dict:
-    from tvmsqz.bench import parity as compare
+    from tvmsqz.benchmark import parity as compare
 
     return compare(out, ref, name)
 
@@ -366,14 +403,18 @@ def fmt(value, spec: str = ".2f", missing: str = "-") -> str:
 
 
 def markdown(env: dict, rows: list[dict], floor: dict | None) -> str:
-    lines = [f"### GPU: {env.get('gpu', 'not measured')} ({env['target']}, {env['arch']})", "",
-             f"Driver {env.get('driver', '?')}, compute capability {env.get('compute_capability', '?')}; "
-             f"TVM {env['tvm']}, tvmsqz {env['tvmsqz']}, PyTorch {env.get('torch')} (CUDA {env.get('torch_cuda')}, "
-             f"cuDNN {env.get('cudnn')}), nvcc {env.get('nvcc', '-')}; PyTorch TF32 {'on' if env['tf32'] else 'off'}; "
-             f"{env['date']}.", "",
-             "| model | batch | TVM ms | eager ms | compile ms | TVM img/s | eager img/s | compile img/s "
-             "| TVM/eager | TVM/compile | GPU MiB TVM / eager / compile | max abs diff | top-1 | tuned |",
-             "|" + "---|" * 14]
+    lines = [
+        f"### GPU: {env.get('gpu', 'not measured')} ({env['target']}, {env['arch']})",
+        "",
+        f"Driver {env.get('driver', '?')}, compute capability {env.get('compute_capability', '?')}; "
+        f"TVM {env['tvm']}, tvmsqz {env['tvmsqz']}, PyTorch {env.get('torch')} (CUDA {env.get('torch_cuda')}, "
+        f"cuDNN {env.get('cudnn')}), nvcc {env.get('nvcc', '-')}; PyTorch TF32 {'on' if env['tf32'] else 'off'}; "
+        f"{env['date']}.",
+        "",
+        "| model | batch | TVM ms | eager ms | compile ms | TVM img/s | eager img/s | compile img/s "
+        "| TVM/eager | TVM/compile | GPU MiB TVM / eager / compile | max abs diff | top-1 | tuned |",
+        "|" + "---|" * 14,
+    ]
     for r in rows:
         res = r["results"]
 
@@ -395,11 +436,13 @@ def markdown(env: dict, rows: list[dict], floor: dict | None) -> str:
             f"| {fmt(tvm_ms / comp_ms if tvm_ms and comp_ms else None)} "
             f"| {fmt(mem('tvm'), '.0f')} / {fmt(mem('eager'), '.0f')} / {fmt(mem('compile'), '.0f')} "
             f"| {fmt(par.get('max_abs_diff'), '.1e')} ({par.get('reference', '-')}) "
-            f"| {fmt(par.get('top1_agreement'), '.0%')} | {r['tuned']} |")
+            f"| {fmt(par.get('top1_agreement'), '.0%')} | {r['tuned']} |"
+        )
     if floor:
         lines += ["", "Launch-bound floor (batch 1): " + floor_text(rows, floor)]
-    errors = [f"{r['model']} b{r['batch']} {k}: {v['error']}" for r in rows for k, v in r["results"].items()
-              if "error" in v]
+    errors = [
+        f"{r['model']} b{r['batch']} {k}: {v['error']}" for r in rows for k, v in r["results"].items() if "error" in v
+    ]
     if errors:
         lines += ["", "Not measured:"] + [f"- {e}" for e in errors]
     return "\n".join(lines) + "\n"
@@ -409,15 +452,19 @@ def floor_text(rows: list[dict], floor: dict) -> str:
     if "error" in floor:
         return f"not measured ({floor['error']})"
     n = floor["kernels"]
-    parts = [f"{n} trivial kernels cost {floor['eager_launches_ms']['median']:.3f} ms launched one by one "
-             f"and {floor['graph_replay_ms']['median']:.3f} ms as one CUDA-graph replay "
-             f"(a bare synchronize: {floor['sync_only_ms']['median']:.3f} ms)."]
+    parts = [
+        f"{n} trivial kernels cost {floor['eager_launches_ms']['median']:.3f} ms launched one by one "
+        f"and {floor['graph_replay_ms']['median']:.3f} ms as one CUDA-graph replay "
+        f"(a bare synchronize: {floor['sync_only_ms']['median']:.3f} ms)."
+    ]
     for r in rows:
         prof = r["results"].get("tvm", {}).get("profile", {})
         if r["batch"] == 1 and "kernels_per_inference" in prof:
-            parts.append(f"{r['model']}: TVM launches {prof['kernels_per_inference']:.0f} kernels, "
-                         f"{prof['gpu_busy_ms']:.3f} ms of GPU time, "
-                         f"{r['results']['tvm']['latency_ms']['median']:.3f} ms end to end.")
+            parts.append(
+                f"{r['model']}: TVM launches {prof['kernels_per_inference']:.0f} kernels, "
+                f"{prof['gpu_busy_ms']:.3f} ms of GPU time, "
+                f"{r['results']['tvm']['latency_ms']['median']:.3f} ms end to end."
+            )
     return " ".join(parts)
 
 
@@ -436,12 +483,19 @@ def main() -> None:
     parser.add_argument("--database", type=Path, default=None, help="tuning database (default: schedules/<target>)")
     parser.add_argument("--no-tuning", action="store_true")
     parser.add_argument("--no-fuse", action="store_true")
-    parser.add_argument("--compile-mode", default="reduce-overhead",
-                        help="torch.compile mode; reduce-overhead uses CUDA graphs, as the TVM build does")
+    parser.add_argument(
+        "--compile-mode",
+        default="reduce-overhead",
+        help="torch.compile mode; reduce-overhead uses CUDA graphs, as the TVM build does",
+    )
     parser.add_argument("--no-torch-compile", action="store_true")
     parser.add_argument("--tf32", action="store_true", help="let PyTorch use TF32 (TVM kernels are FP32)")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                        help="cpu: smoke test of this script with an x86 target (numbers meaningless)")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: smoke test of this script with an x86 target (numbers meaningless)",
+    )
     parser.add_argument("--timeout", type=int, default=1800)
     # worker-only options
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -501,11 +555,28 @@ def main() -> None:
             if kind == "compile" and args.no_torch_compile:
                 continue
             baseline = gpu_used_mib() if args.device == "cuda" else None
-            common = ["--device", args.device, "--inputs", f"{stem}-inputs.npy", "--out-npy", f"{stem}-{kind}.npy",
-                      "--model", model, "--artifact", str(so), "--repeat", str(args.repeat), "--warmup",
-                      str(args.warmup), "--stream", str(args.stream), "--compile-mode", args.compile_mode,
-                      *(["--tf32"] if args.tf32 else []),
-                      *(["--baseline-mib", str(baseline)] if baseline is not None else [])]
+            common = [
+                "--device",
+                args.device,
+                "--inputs",
+                f"{stem}-inputs.npy",
+                "--out-npy",
+                f"{stem}-{kind}.npy",
+                "--model",
+                model,
+                "--artifact",
+                str(so),
+                "--repeat",
+                str(args.repeat),
+                "--warmup",
+                str(args.warmup),
+                "--stream",
+                str(args.stream),
+                "--compile-mode",
+                args.compile_mode,
+                *(["--tf32"] if args.tf32 else []),
+                *(["--baseline-mib", str(baseline)] if baseline is not None else []),
+            ]
             results[kind] = run_worker(kind, common, Path(f"{stem}-{kind}.json"), args.timeout)
             if "error" not in results[kind]:
                 outputs[kind] = np.load(f"{stem}-{kind}.npy")
@@ -513,16 +584,20 @@ def main() -> None:
             reference, ref_name = outputs["eager"], "torch eager"
         else:
             reference, ref_name = reference_outputs(model, batch, inputs), "onnxruntime cpu"
-        par = {k: parity(v, reference, ref_name) for k, v in outputs.items() if k != "eager" or ref_name != "torch eager"}
+        par = {
+            k: parity(v, reference, ref_name) for k, v in outputs.items() if k != "eager" or ref_name != "torch eager"
+        }
         for p in par.values():
             p["samples"] = names
-        rows.append({"model": model, "batch": batch, "artifact": so.name, "tuned": tuned, "results": results,
-                     "parity": par})
+        rows.append(
+            {"model": model, "batch": batch, "artifact": so.name, "tuned": tuned, "results": results, "parity": par}
+        )
 
     floor = None
     if args.device == "cuda":
-        kernels = [r["results"].get("tvm", {}).get("profile", {}).get("kernels_per_inference") for r in rows
-                   if r["batch"] == 1]
+        kernels = [
+            r["results"].get("tvm", {}).get("profile", {}).get("kernels_per_inference") for r in rows if r["batch"] == 1
+        ]
         n = int(round(max([k for k in kernels if k] or [30])))
         floor = run_worker("floor", ["--device", "cuda", "--kernels", str(n)], raw / "floor.json", 600)
     report = {"environment": env, "rows": rows, "launch_floor": floor}

@@ -53,8 +53,13 @@ HERE = Path(__file__).resolve().parent
 
 def latency_stats(samples_s: list[float]) -> dict:
     ms = np.asarray(samples_s) * 1e3
-    return {"min": float(ms.min()), "median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
-            "mean": float(ms.mean()), "runs": int(ms.size)}
+    return {
+        "min": float(ms.min()),
+        "median": float(np.median(ms)),
+        "p90": float(np.percentile(ms, 90)),
+        "mean": float(ms.mean()),
+        "runs": int(ms.size),
+    }
 
 
 def time_calls(run, sync, warmup: int, repeat: int, stream: int, batch: int) -> dict:
@@ -81,8 +86,12 @@ def time_calls(run, sync, warmup: int, repeat: int, stream: int, batch: int) -> 
 
 def smi(query: str) -> list[list[str]]:
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [[c.strip() for c in ln.split(",")] for ln in out.stdout.strip().splitlines()] if out.returncode == 0 else []
@@ -127,9 +136,14 @@ def parity(out: np.ndarray, ref: np.ndarray, name: str) -> dict:
     abs_diff = np.abs(out - ref).max(axis=1)
     ranges = np.maximum(ref.max(axis=1) - ref.min(axis=1), np.finfo(np.float32).tiny)
     top5 = [set(np.argsort(-o)[:5]) == set(np.argsort(-r)[:5]) for o, r in zip(out, ref)]
-    return {"reference": name, "max_abs_diff": float(abs_diff.max()), "max_rel_diff": float((abs_diff / ranges).max()),
-            "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()), "top5_agreement": float(np.mean(top5)),
-            "samples": int(out.shape[0])}
+    return {
+        "reference": name,
+        "max_abs_diff": float(abs_diff.max()),
+        "max_rel_diff": float((abs_diff / ranges).max()),
+        "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+        "top5_agreement": float(np.mean(top5)),
+        "samples": int(out.shape[0]),
+    }
 
 
 def import_file(name: str, path: Path):
@@ -155,15 +169,22 @@ def kernel_profile(run, sync, iters: int = 10) -> dict:
                 run()
             sync()
             torch.cuda.synchronize()
-        kernels = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")
-                   and not any(w in e.name.lower() for w in ("memcpy", "memset"))]
+        kernels = [
+            e
+            for e in prof.events()
+            if str(getattr(e, "device_type", "")).endswith("CUDA")
+            and not any(w in e.name.lower() for w in ("memcpy", "memset"))
+        ]
         busy_us = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) for e in kernels)
         names: dict[str, float] = {}
         for e in kernels:
             names[e.name] = names.get(e.name, 0.0) + (getattr(e, "device_time", None) or 0.0) / iters
         top = sorted(names.items(), key=lambda kv: -kv[1])[:8]
-        return {"kernels_per_inference": len(kernels) / iters, "gpu_busy_ms": busy_us / iters / 1e3,
-                "top_kernels_us": [[n[:80], round(t, 2)] for n, t in top]}
+        return {
+            "kernels_per_inference": len(kernels) / iters,
+            "gpu_busy_ms": busy_us / iters / 1e3,
+            "top_kernels_us": [[n[:80], round(t, 2)] for n, t in top],
+        }
     except Exception as exc:  # noqa: BLE001 - the profile is optional
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -202,8 +223,13 @@ def worker_tvm(args) -> dict:
     def run():
         model(arg).release()
 
-    result = {"runtime": "tvm", "device": device, "load_seconds": load_s, "first_call_ms": first_call_ms,
-              **time_calls(run, model.sync, args.warmup, args.repeat, args.stream, inputs.shape[1])}
+    result = {
+        "runtime": "tvm",
+        "device": device,
+        "load_seconds": load_s,
+        "first_call_ms": first_call_ms,
+        **time_calls(run, model.sync, args.warmup, args.repeat, args.stream, inputs.shape[1]),
+    }
     result["memory"] = {"device_used_delta_mib": delta(args.baseline_mib)}
     result["profile"] = kernel_profile(run, model.sync)
     np.save(args.out_npy, np.concatenate(outputs))
@@ -232,8 +258,11 @@ def worker_torch(args, mode: str | None) -> dict:
     dev = torch.device(args.torch_device)
     net = net.to(dev)
     inputs = np.load(args.inputs)
-    result: dict = {"runtime": "eager" if mode is None else f"compile:{mode}", "weights_sha256": digest.hexdigest(),
-                    "cudnn": torch.backends.cudnn.version()}
+    result: dict = {
+        "runtime": "eager" if mode is None else f"compile:{mode}",
+        "weights_sha256": digest.hexdigest(),
+        "cudnn": torch.backends.cudnn.version(),
+    }
     on_gpu = args.torch_device == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     with torch.inference_mode():
@@ -250,8 +279,10 @@ def worker_torch(args, mode: str | None) -> dict:
         result.update(time_calls(lambda: net(x_dev), sync, args.warmup, args.repeat, args.stream, inputs.shape[1]))
         result["memory"] = {"device_used_delta_mib": delta(args.baseline_mib)}
         if on_gpu:
-            result["memory"].update(torch_max_allocated_mib=torch.cuda.max_memory_allocated() / 2**20,
-                                    torch_reserved_mib=torch.cuda.memory_reserved() / 2**20)
+            result["memory"].update(
+                torch_max_allocated_mib=torch.cuda.max_memory_allocated() / 2**20,
+                torch_reserved_mib=torch.cuda.memory_reserved() / 2**20,
+            )
         if mode in (None, "reduce-overhead") and on_gpu:
             result["profile"] = kernel_profile(lambda: net(x_dev), sync)
     np.save(args.out_npy, np.concatenate(outputs))
@@ -261,16 +292,21 @@ def worker_torch(args, mode: str | None) -> dict:
 def worker_ort(args) -> dict:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(Path(args.payload) / f"{args.model}-b{args.batch}.onnx"),
-                                providers=["CUDAExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(Path(args.payload) / f"{args.model}-b{args.batch}.onnx"), providers=["CUDAExecutionProvider"]
+    )
     if "CUDAExecutionProvider" not in sess.get_providers():
         raise SystemExit("onnxruntime fell back to the CPU")
     name = sess.get_inputs()[0].name
     inputs = np.load(args.inputs)
     outputs = [sess.run(None, {name: x})[0] for x in inputs]
     x0 = inputs[0]
-    result = {"runtime": "ort-cuda", **time_calls(lambda: sess.run(None, {name: x0}), lambda: None, args.warmup,
-                                                  args.repeat, args.stream, inputs.shape[1])}
+    result = {
+        "runtime": "ort-cuda",
+        **time_calls(
+            lambda: sess.run(None, {name: x0}), lambda: None, args.warmup, args.repeat, args.stream, inputs.shape[1]
+        ),
+    }
     result["memory"] = {"device_used_delta_mib": delta(args.baseline_mib)}
     np.save(args.out_npy, np.concatenate(outputs))
     return result
@@ -311,8 +347,12 @@ def worker_floor(args) -> dict:
         eager()
     for _ in range(20):
         graph.replay()
-    return {"kernels": n, "eager_launches_ms": one_by_one, "graph_replay_ms": timed(graph.replay),
-            "sync_only_ms": timed(lambda: None)}
+    return {
+        "kernels": n,
+        "eager_launches_ms": one_by_one,
+        "graph_replay_ms": timed(graph.replay),
+        "sync_only_ms": timed(lambda: None),
+    }
 
 
 def worker_main(args) -> None:
@@ -352,14 +392,20 @@ def run_worker(kind: str, argv: list[str], out_json: Path, timeout: float, log) 
         return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
     result = json.loads(out_json.read_text())
     lat = result.get("latency_ms", {})
-    log(f"    {kind}: median {lat.get('median', float('nan')):.3f} ms, "
-        f"{result.get('throughput_ips', float('nan')):.0f} img/s ({wall:.0f} s)")
+    log(
+        f"    {kind}: median {lat.get('median', float('nan')):.3f} ms, "
+        f"{result.get('throughput_ips', float('nan')):.0f} img/s ({wall:.0f} s)"
+    )
     return result
 
 
 def environment(payload: dict) -> dict:
-    env = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "python": platform.python_version(),
-           "host_cpus": os.cpu_count(), **{f"payload_{k}": v for k, v in payload.get("built_with", {}).items()}}
+    env = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "host_cpus": os.cpu_count(),
+        **{f"payload_{k}": v for k, v in payload.get("built_with", {}).items()},
+    }
     rows = smi("name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit")
     if rows:
         keys = ["gpu", "driver", "gpu_memory_mib", "compute_capability", "sm_clock_max_mhz", "power_limit_w"]
@@ -390,8 +436,12 @@ def environment(payload: dict) -> dict:
 
 def cli_smoke(bundle: Path, log) -> dict:
     """The bundle's Python runner as a user runs it (`python3 bin/tvmsqz-run.py --json`)."""
-    proc = subprocess.run([sys.executable, str(bundle / "bin" / "tvmsqz-run.py"), "--repeat", "50", "--warmup", "5",
-                           "--json"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(bundle / "bin" / "tvmsqz-run.py"), "--repeat", "50", "--warmup", "5", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         log(f"  cli {bundle.name}: FAILED: {proc.stderr.strip()}")
         return {"error": proc.stderr.strip(), "rc": proc.returncode}
@@ -450,12 +500,21 @@ def main_parent(args) -> int:
         names, xs = parity_batches(batch, photos)
         stem = work / f"{model}-b{batch}"
         np.save(f"{stem}-inputs.npy", np.stack(xs))
-        rows[(model, batch)] = {"model": model, "batch": batch, "samples": names, "bundles": job["bundles"],
-                                "tuned": job.get("tuned", "untuned"), "results": {}, "parity": {}}
+        rows[(model, batch)] = {
+            "model": model,
+            "batch": batch,
+            "samples": names,
+            "bundles": job["bundles"],
+            "tuned": job.get("tuned", "untuned"),
+            "results": {},
+            "parity": {},
+        }
         report["rows"].append(rows[(model, batch)])
         if not ort_cuda:
-            rows[(model, batch)]["results"]["ort-cuda"] = {"error": "onnxruntime has no CUDAExecutionProvider here "
-                                                           f"(providers: {env.get('onnxruntime_providers')})"}
+            rows[(model, batch)]["results"]["ort-cuda"] = {
+                "error": "onnxruntime has no CUDAExecutionProvider here "
+                f"(providers: {env.get('onnxruntime_providers')})"
+            }
 
     def measure(kind: str, model: str, batch: int, bundle: str | None = None, label: str | None = None) -> None:
         row = rows[(model, batch)]
@@ -466,10 +525,24 @@ def main_parent(args) -> int:
             return
         stem = work / f"{model}-b{batch}"
         baseline = used_mib()
-        argv = ["--payload", str(payload_dir), "--model", model, "--batch", str(batch), "--inputs",
-                f"{stem}-inputs.npy", "--out-npy", f"{stem}-{label}.npy", "--repeat",
-                str(args.repeat if batch == 1 else max(50, args.repeat // 4)), "--warmup", str(args.warmup),
-                "--stream", str(args.stream)]
+        argv = [
+            "--payload",
+            str(payload_dir),
+            "--model",
+            model,
+            "--batch",
+            str(batch),
+            "--inputs",
+            f"{stem}-inputs.npy",
+            "--out-npy",
+            f"{stem}-{label}.npy",
+            "--repeat",
+            str(args.repeat if batch == 1 else max(50, args.repeat // 4)),
+            "--warmup",
+            str(args.warmup),
+            "--stream",
+            str(args.stream),
+        ]
         if bundle:
             argv += ["--bundle", str(bundles / bundle)]
         if baseline is not None:
@@ -484,7 +557,9 @@ def main_parent(args) -> int:
     def save_rows() -> None:
         for row in report["rows"]:
             outs = row.get("_outputs", {})
-            ref_cpu = refs.get(f"{row['model']}-b{row['batch']}") if f"{row['model']}-b{row['batch']}" in refs.files else None
+            ref_cpu = (
+                refs.get(f"{row['model']}-b{row['batch']}") if f"{row['model']}-b{row['batch']}" in refs.files else None
+            )
             row["parity"] = {}
             for label, y in outs.items():
                 entry = {}
@@ -503,7 +578,7 @@ def main_parent(args) -> int:
             job = by_key[key]
             log(f"  {key} {label}")
             if label.startswith("tvm"):
-                variant = "graph" if label == "tvm" else label[len("tvm-"):]
+                variant = "graph" if label == "tvm" else label[len("tvm-") :]
                 measure("tvm", job["model"], job["batch"], job["bundles"][variant], label)
             else:
                 measure(label, job["model"], job["batch"])
@@ -519,15 +594,18 @@ def main_parent(args) -> int:
             else:
                 measure(kind, model, batch)
 
-    kernels = [r["results"].get("tvm", {}).get("profile", {}).get("kernels_per_inference") for r in report["rows"]
-               if r["batch"] == 1]
+    kernels = [
+        r["results"].get("tvm", {}).get("profile", {}).get("kernels_per_inference")
+        for r in report["rows"]
+        if r["batch"] == 1
+    ]
     n = int(round(max([k for k in kernels if k] or [20])))
     if left() > 10:
         report["launch_floor"] = run_worker("floor", ["--kernels", str(n)], work / "floor.json", min(left(), 60), log)
     report["total_seconds"] = time.perf_counter() - t_start
     save_rows()
     log(f"done in {report['total_seconds']:.0f} s")
-    print(markdown(json.loads((out / 'results.json').read_text())))
+    print(markdown(json.loads((out / "results.json").read_text())))
     return 0
 
 
@@ -542,13 +620,23 @@ def fmt(v, spec=".3f", missing="-"):
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    cols = [("tvm", "TVM"), ("eager", "eager"), ("compile:reduce-overhead", "compile (r-o)"),
-            ("compile:default", "compile (default)")]
-    lines = ["| model | batch | runtime | median ms | min ms | p90 ms | img/s | GPU MiB | vs eager: max abs diff, top-1 "
-             "| vs CPU ref: max abs diff, top-1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    cols = [
+        ("tvm", "TVM"),
+        ("eager", "eager"),
+        ("compile:reduce-overhead", "compile (r-o)"),
+        ("compile:default", "compile (default)"),
+    ]
+    lines = [
+        "| model | batch | runtime | median ms | min ms | p90 ms | img/s | GPU MiB | vs eager: max abs diff, top-1 "
+        "| vs CPU ref: max abs diff, top-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
-        for key, name in cols + [("tvm-nograph", "TVM, no CUDA graph"), ("tvm-unfused", "TVM, Fire pairs unfused"),
-                                 ("ort-cuda", "ORT CUDA")]:
+        for key, name in cols + [
+            ("tvm-nograph", "TVM, no CUDA graph"),
+            ("tvm-unfused", "TVM, Fire pairs unfused"),
+            ("ort-cuda", "ORT CUDA"),
+        ]:
             r = row["results"].get(key)
             if r is None:
                 continue
@@ -558,16 +646,22 @@ def markdown(report: dict) -> str:
             lat = r["latency_ms"]
             par = row.get("parity", {}).get(key, {})
             ve, vc = par.get("vs_eager"), par.get("vs_cpu_reference")
+
             def agree(p):
                 return f"{p['max_abs_diff']:.1e}, {p['top1_agreement']:.0%}" if p else "-"
 
             lines.append(
-                f"| {row['model']} | {row['batch']} | {name} | {lat['median']:.3f} | {lat['min']:.3f} | {lat['p90']:.3f} "
+                f"| {row['model']} | {row['batch']} | {name} | {lat['median']:.3f} | {lat['min']:.3f} "
+                f"| {lat['p90']:.3f} "
                 f"| {r['throughput_ips']:.0f} | {fmt(r['memory'].get('device_used_delta_mib'), '.0f')} "
-                f"| {'(reference)' if key == 'eager' else agree(ve)} | {agree(vc)} |")
-    lines += ["", "| model | batch | TVM/eager (median) | TVM/compile r-o | TVM/compile default | TVM img/s / eager img/s "
-              "| TVM kernels/inference | TVM GPU busy ms | eager kernels | compile r-o kernels |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+                f"| {'(reference)' if key == 'eager' else agree(ve)} | {agree(vc)} |"
+            )
+    lines += [
+        "",
+        "| model | batch | TVM/eager (median) | TVM/compile r-o | TVM/compile default | TVM img/s / eager img/s "
+        "| TVM kernels/inference | TVM GPU busy ms | eager kernels | compile r-o kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
         res = row["results"]
 
@@ -580,27 +674,36 @@ def markdown(report: dict) -> str:
         tp = res.get("tvm", {}).get("throughput_ips")
         ep = res.get("eager", {}).get("throughput_ips")
         prof = res.get("tvm", {}).get("profile", {})
-        lines.append(f"| {row['model']} | {row['batch']} | {ratio(med('tvm'), med('eager'))} "
-                     f"| {ratio(med('tvm'), med('compile:reduce-overhead'))} | {ratio(med('tvm'), med('compile:default'))} "
-                     f"| {ratio(tp, ep)} | {fmt(prof.get('kernels_per_inference'), '.0f')} "
-                     f"| {fmt(prof.get('gpu_busy_ms'))} "
-                     f"| {fmt(res.get('eager', {}).get('profile', {}).get('kernels_per_inference'), '.0f')} "
-                     f"| {fmt(res.get('compile:reduce-overhead', {}).get('profile', {}).get('kernels_per_inference'), '.0f')} |")
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {ratio(med('tvm'), med('eager'))} "
+            f"| {ratio(med('tvm'), med('compile:reduce-overhead'))} | {ratio(med('tvm'), med('compile:default'))} "
+            f"| {ratio(tp, ep)} | {fmt(prof.get('kernels_per_inference'), '.0f')} "
+            f"| {fmt(prof.get('gpu_busy_ms'))} "
+            f"| {fmt(res.get('eager', {}).get('profile', {}).get('kernels_per_inference'), '.0f')} "
+            f"| {fmt(res.get('compile:reduce-overhead', {}).get('profile', {}).get('kernels_per_inference'), '.0f')} |"
+        )
     want = report.get("payload", {}).get("weights_sha256", {})
     seen = {row["model"]: row["results"].get("eager", {}).get("weights_sha256") for row in report["rows"]}
-    checks = [f"{m}: {'same' if seen.get(m) == d else 'DIFFERENT' if seen.get(m) else 'not checked'}"
-              for m, d in want.items()]
+    checks = [
+        f"{m}: {'same' if seen.get(m) == d else 'DIFFERENT' if seen.get(m) else 'not checked'}" for m, d in want.items()
+    ]
     lines += ["", "Seeded weights on the GPU machine vs the payload's (sha256): " + ", ".join(checks) + "."]
     floor = report.get("launch_floor") or {}
     if floor and "error" not in floor:
-        lines += ["", f"Launch floor: {floor['kernels']} trivial kernels cost {floor['eager_launches_ms']['median']:.3f} ms "
-                      f"launched one by one, {floor['graph_replay_ms']['median']:.3f} ms as one CUDA-graph replay "
-                      f"(a bare synchronize: {floor['sync_only_ms']['median']:.3f} ms)."]
-    lines += ["", f"GPU {env.get('gpu')} (compute capability {env.get('compute_capability')}, "
-                  f"{env.get('gpu_memory_mib')} MiB), driver {env.get('driver')} (CUDA {env.get('driver_cuda')}); "
-                  f"PyTorch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}), "
-                  f"TF32 off; TVM {env.get('payload_tvm')} runtime (bundle), nvcc {env.get('payload_nvcc')}; "
-                  f"Python {env.get('python')}; {env.get('date')}."]
+        lines += [
+            "",
+            f"Launch floor: {floor['kernels']} trivial kernels cost {floor['eager_launches_ms']['median']:.3f} ms "
+            f"launched one by one, {floor['graph_replay_ms']['median']:.3f} ms as one CUDA-graph replay "
+            f"(a bare synchronize: {floor['sync_only_ms']['median']:.3f} ms).",
+        ]
+    lines += [
+        "",
+        f"GPU {env.get('gpu')} (compute capability {env.get('compute_capability')}, "
+        f"{env.get('gpu_memory_mib')} MiB), driver {env.get('driver')} (CUDA {env.get('driver_cuda')}); "
+        f"PyTorch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}), "
+        f"TF32 off; TVM {env.get('payload_tvm')} runtime (bundle), nvcc {env.get('payload_nvcc')}; "
+        f"Python {env.get('python')}; {env.get('date')}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -610,9 +713,13 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("tvm", "TVM fused Fire (bundle, CUDA graph)"), ("tvm-unfused", "TVM unfused Fire (cuda-sm90 default)"),
-            ("eager", "PyTorch eager"),
-            ("compile:reduce-overhead", "torch.compile r-o"), ("compile:default", "torch.compile default")]
+    keys = [
+        ("tvm", "TVM fused Fire (bundle, CUDA graph)"),
+        ("tvm-unfused", "TVM unfused Fire (cuda-sm90 default)"),
+        ("eager", "PyTorch eager"),
+        ("compile:reduce-overhead", "torch.compile r-o"),
+        ("compile:default", "torch.compile default"),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, batch, what in ((axes[0], 1, "latency"), (axes[1], 64, "throughput")):
         rows = [r for r in report["rows"] if r["batch"] == batch]
@@ -647,10 +754,17 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=400.0, help="seconds after which nothing new is started")
     p.add_argument("--worker-timeout", type=float, default=150.0)
     p.add_argument("--no-default-compile", action="store_true")
-    p.add_argument("--only", nargs="+", help="measure just these, in order: LABEL@MODEL-bN with LABEL tvm, "
-                   "tvm-VARIANT, eager, compile:MODE (e.g. tvm-unfused@squeezenet1_0-b64)")
-    p.add_argument("--torch-device", default="cuda", help="cpu: a dry run of this script without a GPU "
-                   "(with a CPU bundle; numbers meaningless)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        help="measure just these, in order: LABEL@MODEL-bN with LABEL tvm, "
+        "tvm-VARIANT, eager, compile:MODE (e.g. tvm-unfused@squeezenet1_0-b64)",
+    )
+    p.add_argument(
+        "--torch-device",
+        default="cuda",
+        help="cpu: a dry run of this script without a GPU (with a CPU bundle; numbers meaningless)",
+    )
     p.add_argument("--report", help="results.json: print its markdown table (and --plot PNG)")
     p.add_argument("--plot")
     p.add_argument("--complement", help="a second results.json whose measurements fill what --report lacks")

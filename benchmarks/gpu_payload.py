@@ -77,10 +77,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--target", default="cuda-sm90")
-    p.add_argument("--artifacts", type=Path, default=Path("/tmp/gpu-artifacts"), help="where the .so files are built (reused if there)")
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("/tmp/gpu-artifacts"),
+        help="where the .so files are built (reused if there)",
+    )
     p.add_argument("--models", nargs="+", default=MODELS)
-    p.add_argument("--no-variants", action="store_true",
-                   help="skip the SqueezeNet 1.1 variants (no CUDA graph at batch 1; Fire pairs unfused)")
+    p.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="skip the SqueezeNet 1.1 variants (no CUDA graph at batch 1; Fire pairs unfused)",
+    )
     args = p.parse_args()
 
     import torch
@@ -111,8 +119,23 @@ def main() -> int:
                 name = f"{model}-b{batch}" + ("" if variant == "graph" else f"-{variant}")
                 so = args.artifacts / f"{name}.so"
                 if not so.is_file():
-                    sh([sys.executable, "-m", "tvmsqz", "compile", model, "--target", args.target, "--batch",
-                        str(batch), *flags, "-o", str(so)], env)
+                    sh(
+                        [
+                            sys.executable,
+                            "-m",
+                            "tvmsqz",
+                            "compile",
+                            model,
+                            "--target",
+                            args.target,
+                            "--batch",
+                            str(batch),
+                            *flags,
+                            "-o",
+                            str(so),
+                        ],
+                        env,
+                    )
                 build_bundle(so, out / "bundles" / name)
                 bundles[variant] = name
             jobs.append({"model": model, "batch": batch, "bundles": bundles, "tuned": "untuned"})
@@ -149,9 +172,18 @@ def main() -> int:
     np.savez_compressed(out / "references.npz", **refs)
 
     nvcc = find_nvcc()
-    payload = {"jobs": jobs, "target": args.target, "weights_sha256": digests,
-               "built_with": {"tvm": tvm.__version__, "tvmsqz": __version__, "torch": torch.__version__,
-                              "nvcc": nvcc_version(nvcc) if nvcc else None, "python": sys.version.split()[0]}}
+    payload = {
+        "jobs": jobs,
+        "target": args.target,
+        "weights_sha256": digests,
+        "built_with": {
+            "tvm": tvm.__version__,
+            "tvmsqz": __version__,
+            "torch": torch.__version__,
+            "nvcc": nvcc_version(nvcc) if nvcc else None,
+            "python": sys.version.split()[0],
+        },
+    }
     (out / "payload.json").write_text(json.dumps(payload, indent=2) + "\n")
     shutil.copyfile(HERE / "gpu_bundle_bench.py", out / "gpu_bundle_bench.py")
     shutil.copyfile(ROOT / "tvmsqz" / "models" / "squeezenet.py", out / "squeezenet.py")

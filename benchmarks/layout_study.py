@@ -60,25 +60,35 @@ def conv_model(cin: int, cout: int, size: int, k: int, stride: int, pad: int):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(cin * 1000 + cout)
-    inits = {"w": (rng.standard_normal((cout, cin, k, k)) * (2.0 / (cin * k * k)) ** 0.5).astype("float32"),
-             "b": (rng.standard_normal(cout) * 0.1).astype("float32")}
+    inits = {
+        "w": (rng.standard_normal((cout, cin, k, k)) * (2.0 / (cin * k * k)) ** 0.5).astype("float32"),
+        "b": (rng.standard_normal(cout) * 0.1).astype("float32"),
+    }
     nodes = []
     first = "data"
     if cin != 3:
         inits["ws"] = rng.standard_normal((cin, 3, 1, 1)).astype("float32")
         inits["bs"] = (rng.standard_normal(cin) * 0.1).astype("float32")
-        nodes += [helper.make_node("Conv", ["data", "ws", "bs"], ["s"], kernel_shape=[1, 1]),
-                  helper.make_node("Relu", ["s"], ["stem"])]
+        nodes += [
+            helper.make_node("Conv", ["data", "ws", "bs"], ["s"], kernel_shape=[1, 1]),
+            helper.make_node("Relu", ["s"], ["stem"]),
+        ]
         first = "stem"
-    nodes += [helper.make_node("Conv", [first, "w", "b"], ["c"], kernel_shape=[k, k], strides=[stride, stride],
-                               pads=[pad] * 4),
-              helper.make_node("Relu", ["c"], ["r"]),
-              helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-              helper.make_node("Flatten", ["g"], ["out"])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
-                                                                            [1, 3, size, size])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, cout])],
-                              [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    nodes += [
+        helper.make_node(
+            "Conv", [first, "w", "b"], ["c"], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4
+        ),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, cout])],
+        [numpy_helper.from_array(v, n) for n, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -94,8 +104,9 @@ def target_file(folder: Path, name: str, layout: dict) -> Path:
 
 
 def tvmsqz(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "tvmsqz", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "tvmsqz", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 _TIME_KERNEL = """
@@ -165,8 +176,7 @@ def main(argv: list[str]) -> None:
             timed = run_json(_TIME_KERNEL, str(so), shape)
             per_task = json.loads((db / "tuning_summary.json").read_text())["per_task"]
             spent = [t["trials"] for t in per_task if timed["kernel"].removesuffix("_prepacked") == t["name"]]
-            row.setdefault("tvm", {})[name] = {**timed, "trials": spent[0] if spent else None,
-                                              "budget": args.trials}
+            row.setdefault("tvm", {})[name] = {**timed, "trials": spent[0] if spent else None, "budget": args.trials}
             result_path.write_text(json.dumps(results, indent=1) + "\n")
         result_path.write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
@@ -183,8 +193,11 @@ def table(results: dict) -> str:
             cells.append(f"{t['us']:.0f} ({row['mflop'] / t['us'] * 1e3:.0f})" if t else "-")
         timed = {n: row["tvm"][n]["us"] for n in names if n in row.get("tvm", {})}
         best = min(timed, key=timed.get) if timed else "-"
-        lines.append(f"| {label} | {row['mflop']:.1f} | " + " | ".join(cells)
-                     + f" | {row['ort_us']:.0f} ({row['mflop'] / row['ort_us'] * 1e3:.0f}) | {best} |")
+        lines.append(
+            f"| {label} | {row['mflop']:.1f} | "
+            + " | ".join(cells)
+            + f" | {row['ort_us']:.0f} ({row['mflop'] / row['ort_us'] * 1e3:.0f}) | {best} |"
+        )
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS: the peak is per core
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def measured_peak_gflops() -> float:
@@ -36,20 +36,20 @@ def measured_peak_gflops() -> float:
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * 2048 ** 3 / best / 1e9
+    return 2 * 2048**3 / best / 1e9
 
 
 def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int = 30) -> tuple[list[dict], dict]:
     """(per-call list of {kernel, us, flops} for conv kernels in graph order, build info)."""
+    import tvm
+    from tvm.runtime.vm import VMInstrumentReturnKind
+
     import tvmsqz
     from tvmsqz.build import prepare
     from tvmsqz.frontend import load_model
     from tvmsqz.runtime import load
     from tvmsqz.targets import get_target
     from tvmsqz.tuning.tasks import kernel_flops
-
-    import tvm
-    from tvm.runtime.vm import VMInstrumentReturnKind
 
     spec = get_target("x86")
     out = Path(tempfile.mkdtemp(prefix="tvmsqz-perconv-")) / "m.so"
@@ -60,10 +60,16 @@ def tvm_conv_calls(model: str, threads: int, database: str | None, repeat: int =
     # kernel does fewer multiplies, and its GFLOP/s are the effective (direct-equivalent) ones.
     direct = dataclasses.replace(spec, data={**spec.data, "layout": {**spec.data.get("layout", {}), "winograd": 0}})
     prepared = prepare(loaded.mod, direct)
-    flops_of = {gv.name_hint: kernel_flops(tvm.IRModule({"main": f}))
-                for gv, f in prepared.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-    direct_flops = [flops_of[callee] for callee in re.findall(r"R\.call_tir(?:_inplace)?\((?:cls\.)?(\w+)",
-                                                                prepared["main"].script()) if "conv2d" in callee]
+    flops_of = {
+        gv.name_hint: kernel_flops(tvm.IRModule({"main": f}))
+        for gv, f in prepared.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    direct_flops = [
+        flops_of[callee]
+        for callee in re.findall(r"R\.call_tir(?:_inplace)?\((?:cls\.)?(\w+)", prepared["main"].script())
+        if "conv2d" in callee
+    ]
     artifact = load(out)
     x = np.random.default_rng(0).standard_normal(loaded.input.shape).astype("float32")
     arg = tvm.runtime.tensor(x)
@@ -153,27 +159,51 @@ def main(argv: list[str]) -> None:
         gflops = call["flops"] / call["us"] / 1e3 if call["us"] and call["flops"] else None
         call.setdefault("flops", 0.0)
         layout = "NCHW16c" if "nchwc" in call["kernel"] else "NCHW"
-        rows.append({**call, "layout": layout + (" Winograd F(4,3)" if "winograd" in call["kernel"] else ""),
-                     "gflops": gflops, "ort_us": ort_us,
-                     "ort_gflops": call["flops"] / ort_us / 1e3 if ort_us else None,
-                     "share_of_peak": gflops / peak if gflops else None,
-                     "tuned": call["kernel"].removesuffix("_prepacked") in manifest["kernels"]["tuned"]
-                     or call["kernel"] in manifest["kernels"]["tuned"]})
+        rows.append(
+            {
+                **call,
+                "layout": layout + (" Winograd F(4,3)" if "winograd" in call["kernel"] else ""),
+                "gflops": gflops,
+                "ort_us": ort_us,
+                "ort_gflops": call["flops"] / ort_us / 1e3 if ort_us else None,
+                "share_of_peak": gflops / peak if gflops else None,
+                "tuned": call["kernel"].removesuffix("_prepacked") in manifest["kernels"]["tuned"]
+                or call["kernel"] in manifest["kernels"]["tuned"],
+            }
+        )
     total_tvm = sum(r["us"] for r in rows)
     total_ort = sum(r["ort_us"] or 0 for r in rows)
-    print(f"model {args.model}, {args.threads} thread(s), measured fp32 peak {peak:.0f} GFLOP/s "
-          f"(sgemm x {args.threads}); database {manifest['database']}")
-    print(f"{'#':>2} {'kernel':52} {'layout':24} {'MFLOP':>7} {'tvm us':>8} {'GFLOP/s':>8} {'peak':>5} "
-          f"{'ORT us':>8} {'ORT GF/s':>8}")
+    print(
+        f"model {args.model}, {args.threads} thread(s), measured fp32 peak {peak:.0f} GFLOP/s "
+        f"(sgemm x {args.threads}); database {manifest['database']}"
+    )
+    print(
+        f"{'#':>2} {'kernel':52} {'layout':24} {'MFLOP':>7} {'tvm us':>8} {'GFLOP/s':>8} {'peak':>5} "
+        f"{'ORT us':>8} {'ORT GF/s':>8}"
+    )
     for i, r in enumerate(rows):
-        print(f"{i:2d} {r['kernel'][:52]:52} {r['layout']:24} {r['flops'] / 1e6:7.1f} {r['us']:8.1f} "
-              f"{(r['gflops'] or 0):8.1f} {(r['share_of_peak'] or 0):5.0%} {(r['ort_us'] or 0):8.1f} "
-              f"{(r['ort_gflops'] or 0):8.1f}")
+        print(
+            f"{i:2d} {r['kernel'][:52]:52} {r['layout']:24} {r['flops'] / 1e6:7.1f} {r['us']:8.1f} "
+            f"{(r['gflops'] or 0):8.1f} {(r['share_of_peak'] or 0):5.0%} {(r['ort_us'] or 0):8.1f} "
+            f"{(r['ort_gflops'] or 0):8.1f}"
+        )
     print(f"convolutions total: tvmsqz {total_tvm:.0f} us, ONNX Runtime {total_ort:.0f} us")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "threads": args.threads, "peak_gflops": peak,
-                                               "rows": rows, "tvm_total_us": total_tvm, "ort_total_us": total_ort,
-                                               "database": manifest["database"]}, indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "threads": args.threads,
+                    "peak_gflops": peak,
+                    "rows": rows,
+                    "tvm_total_us": total_tvm,
+                    "ort_total_us": total_ort,
+                    "database": manifest["database"],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

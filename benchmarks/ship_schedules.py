@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tvmsqz.database import check_database, merge_databases  # noqa: E402
-from tvmsqz.targets import get_target  # noqa: E402
+from tvmsqz.database import check_database, merge_databases
+from tvmsqz.targets import get_target
 
 
 def only_models(db: Path, dest: Path, spec, models: list[str], keep: int) -> tuple[Path, int]:
@@ -37,8 +37,9 @@ def only_models(db: Path, dest: Path, spec, models: list[str], keep: int) -> tup
 
     source = ms.database.JSONDatabase(path_workload=str(db / WORKLOAD_FILE), path_tuning_record=str(db / RECORD_FILE))
     dest.mkdir()
-    out = ms.database.JSONDatabase(path_workload=str(dest / WORKLOAD_FILE), path_tuning_record=str(dest / RECORD_FILE),
-                                   allow_missing=True)
+    out = ms.database.JSONDatabase(
+        path_workload=str(dest / WORKLOAD_FILE), path_tuning_record=str(dest / RECORD_FILE), allow_missing=True
+    )
     n, done = 0, set()
     for model in models:
         tasks, _ = extract(load_model(model).mod, spec)
@@ -54,8 +55,9 @@ def only_models(db: Path, dest: Path, spec, models: list[str], keep: int) -> tup
                 continue
             done.add(key)
             for rec in source.get_top_k(workload, keep):
-                out.commit_tuning_record(ms.database.TuningRecord(rec.trace, target_workload, rec.run_secs,
-                                                                  rec.target, rec.args_info))
+                out.commit_tuning_record(
+                    ms.database.TuningRecord(rec.trace, target_workload, rec.run_secs, rec.target, rec.args_info)
+                )
                 n += 1
     return dest, n
 
@@ -68,8 +70,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cpu-name", required=True, help="human description recorded in the summary")
     parser.add_argument("--keep", type=int, default=8)
     parser.add_argument("--no-previous", action="store_true", help="drop the folder's current records")
-    parser.add_argument("--models", nargs="*", default=None,
-                        help="keep only the workloads these built-in models' default graphs tune")
+    parser.add_argument(
+        "--models", nargs="*", default=None, help="keep only the workloads these built-in models' default graphs tune"
+    )
     args = parser.parse_args(argv)
     spec = get_target(args.target)
     portable = REPO / "schedules" / spec.schedules
@@ -86,9 +89,17 @@ def main(argv: list[str]) -> None:
             summary = json.loads((run / "tuning_summary.json").read_text())
             summary.pop("history", None)
             runs.append({**summary, "work_dir": str(run)})
-        (merged / "tuning_summary.json").write_text(json.dumps({
-            "tuned_on": {"cpu": args.cpu_name, "date": datetime.date.today().isoformat()},
-            "records_per_workload": args.keep, "runs": runs}, indent=1) + "\n")
+        (merged / "tuning_summary.json").write_text(
+            json.dumps(
+                {
+                    "tuned_on": {"cpu": args.cpu_name, "date": datetime.date.today().isoformat()},
+                    "records_per_workload": args.keep,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         for dest in (folder, portable):
             dest.mkdir(parents=True, exist_ok=True)
             for item in merged.iterdir():

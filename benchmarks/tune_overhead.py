@@ -57,8 +57,13 @@ def timed_builder(inner):
         def build(self, build_inputs):
             start = time.perf_counter()
             results = inner.build(build_inputs)
-            self.batches.append({"n": len(build_inputs), "seconds": round(time.perf_counter() - start, 2),
-                                 "failed": sum(r.error_msg is not None for r in results)})
+            self.batches.append(
+                {
+                    "n": len(build_inputs),
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "failed": sum(r.error_msg is not None for r in results),
+                }
+            )
             return results
 
     return Timed()
@@ -75,27 +80,48 @@ def run_one(kind: str, spec, task, trials: int, batch: int, threads: int) -> dic
         inner = PersistentBuilder(max_workers=threads, timeout_sec=30.0)
     builder = timed_builder(inner)
     runner = make_local_runner(threads)
-    ctx = ms.TuneContext(mod=task.dispatched[0], target=spec.target, space_generator="post-order-apply",
-                         search_strategy="evolutionary", task_name=task.task_name, num_threads=threads,
-                         rand_state=1)
+    ctx = ms.TuneContext(
+        mod=task.dispatched[0],
+        target=spec.target,
+        space_generator="post-order-apply",
+        search_strategy="evolutionary",
+        task_name=task.task_name,
+        num_threads=threads,
+        rand_state=1,
+    )
     database = ms.database.MemoryDatabase()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tvmsqz-bench-") as work_dir:
-        ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=work_dir, max_trials_global=trials,
-                      num_trials_per_iter=batch, builder=builder, runner=runner, database=database,
-                      cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads), task_scheduler="round-robin")
+        ms.tune_tasks(
+            tasks=[ctx],
+            task_weights=[1.0],
+            work_dir=work_dir,
+            max_trials_global=trials,
+            num_trials_per_iter=batch,
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads),
+            task_scheduler="round-robin",
+        )
     wall = time.perf_counter() - start
     records = database.get_all_tuning_records()
-    valid = [min(float(s) for s in r.run_secs) for r in records
-             if r.run_secs and min(float(s) for s in r.run_secs) < 1e9]
+    valid = [
+        min(float(s) for s in r.run_secs) for r in records if r.run_secs and min(float(s) for s in r.run_secs) < 1e9
+    ]
     if hasattr(inner, "shutdown"):
         inner.shutdown()
     runner.pool.shutdown(wait=False)
     build_s = sum(b["seconds"] for b in builder.batches)
     return {
-        "builder": kind, "trials": len(records), "valid": len(valid), "wall_s": round(wall, 1),
-        "s_per_trial": round(wall / max(1, len(records)), 2), "build_s": round(build_s, 1),
-        "build_s_per_trial": round(build_s / max(1, len(records)), 2), "batches": builder.batches,
+        "builder": kind,
+        "trials": len(records),
+        "valid": len(valid),
+        "wall_s": round(wall, 1),
+        "s_per_trial": round(wall / max(1, len(records)), 2),
+        "build_s": round(build_s, 1),
+        "build_s_per_trial": round(build_s / max(1, len(records)), 2),
+        "batches": builder.batches,
         "best_us": round(min(valid) * 1e6, 1) if valid else None,
     }
 
@@ -120,18 +146,32 @@ def main() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     import_tensor_intrin()
     spec, task = pick_task(args.model, args.target, args.task)
-    print(f"task {task.task_name} of {args.model} for {spec.name}; {args.trials} trials in batches of "
-          f"{args.batch}; {threads} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"task {task.task_name} of {args.model} for {spec.name}; {args.trials} trials in batches of "
+        f"{args.batch}; {threads} cores; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     rows = []
     for kind in args.builders.split(","):
         row = run_one(kind.strip(), spec, task, args.trials, args.batch, threads)
         row["load_avg_after"] = round(os.getloadavg()[0], 1)
         rows.append(row)
-        print(f"{row['builder']:>10}: {row['s_per_trial']:6.2f} s/trial ({row['wall_s']} s for {row['trials']} trials, "
-              f"{row['valid']} valid), builder {row['build_s_per_trial']:.2f} s/trial, best "
-              f"{row['best_us'] if row['best_us'] is not None else '-'} us; batches {row['batches']}", flush=True)
-    report = {"task": task.task_name, "model": args.model, "target": spec.name, "trials": args.trials,
-              "batch": args.batch, "cores": threads, "host": platform.node(), "results": rows}
+        print(
+            f"{row['builder']:>10}: {row['s_per_trial']:6.2f} s/trial ({row['wall_s']} s for {row['trials']} trials, "
+            f"{row['valid']} valid), builder {row['build_s_per_trial']:.2f} s/trial, best "
+            f"{row['best_us'] if row['best_us'] is not None else '-'} us; batches {row['batches']}",
+            flush=True,
+        )
+    report = {
+        "task": task.task_name,
+        "model": args.model,
+        "target": spec.name,
+        "trials": args.trials,
+        "batch": args.batch,
+        "cores": threads,
+        "host": platform.node(),
+        "results": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

@@ -26,15 +26,22 @@ sys.path.insert(0, str(HERE.parent))
 def compare(q, p) -> dict:
     q = np.asarray(q, np.float64).reshape(-1)
     p = np.asarray(p, np.float64).reshape(-1)
-    return {"top1_agrees": bool(q.argmax() == p.argmax()), "fp32_top1": int(p.argmax()), "int8_top1": int(q.argmax()),
-            "top5_overlap": len(set(np.argsort(-q)[:5]) & set(np.argsort(-p)[:5])) / 5,
-            "kl": float(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12))))}
+    return {
+        "top1_agrees": bool(q.argmax() == p.argmax()),
+        "fp32_top1": int(p.argmax()),
+        "int8_top1": int(q.argmax()),
+        "top5_overlap": len(set(np.argsort(-q)[:5]) & set(np.argsort(-p)[:5])) / 5,
+        "kl": float(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)))),
+    }
 
 
 def summary(rows: list) -> dict:
-    return {"top1": f"{sum(r['top1_agrees'] for r in rows)}/{len(rows)}",
-            "top5_overlap": round(float(np.mean([r["top5_overlap"] for r in rows])), 4),
-            "mean_kl": round(float(np.mean([r["kl"] for r in rows])), 5), "per_image": rows}
+    return {
+        "top1": f"{sum(r['top1_agrees'] for r in rows)}/{len(rows)}",
+        "top5_overlap": round(float(np.mean([r["top5_overlap"] for r in rows])), 4),
+        "mean_kl": round(float(np.mean([r["kl"] for r in rows])), 5),
+        "per_image": rows,
+    }
 
 
 def main() -> None:
@@ -54,11 +61,12 @@ def main() -> None:
     for bc in (False, True):
         tag = "bias_correction" if bc else "no_bias_correction"
         qn = quantize_graph(graph, cal, bias_correction=bc)
-        out[f"shipped_split/{tag}"] = summary([{"image": n, **compare(qn.run(x), p)}
-                                              for (n, _), x, p in zip(imgs, ev, fp)])
+        out[f"shipped_split/{tag}"] = summary(
+            [{"image": n, **compare(qn.run(x), p)} for (n, _), x, p in zip(imgs, ev, fp)]
+        )
         rows = []
         for i, ((n, _), x, p) in enumerate(zip(imgs, ev, fp)):
-            qn = quantize_graph(graph, cal[:i] + cal[i + 1:], bias_correction=bc)
+            qn = quantize_graph(graph, cal[:i] + cal[i + 1 :], bias_correction=bc)
             rows.append({"image": n, **compare(qn.run(x), p)})
         out[f"leave_one_out/{tag}"] = summary(rows)
         for k in (f"shipped_split/{tag}", f"leave_one_out/{tag}"):

@@ -45,23 +45,35 @@ def measure(model: str, repeat: int) -> dict:
                 sims.append(vm.last_stats["sim_seconds"])
             st = vm.last_stats
             row = rep["per_image"][0]
-            rows.append({
-                "image": name, "label": row["vta_label"], "fp32_label": row["fp32_label"],
-                "top1_agrees": row["top1_agrees"], "top5_overlap": row["top5_overlap"],
-                "kl_vs_fp32": row.get("kl_vs_fp32"),
-                "simulated_cycles": st["cycles"], "simulated_ms": round(st["simulated_ms"], 3),
-                "host_ms": round(1e3 * statistics.median(hosts), 1),
-                "simulator_wall_s": round(statistics.median(sims), 2),
-                "dram_bytes": st["dram_bytes"],
-            })
+            rows.append(
+                {
+                    "image": name,
+                    "label": row["vta_label"],
+                    "fp32_label": row["fp32_label"],
+                    "top1_agrees": row["top1_agrees"],
+                    "top5_overlap": row["top5_overlap"],
+                    "kl_vs_fp32": row.get("kl_vs_fp32"),
+                    "simulated_cycles": st["cycles"],
+                    "simulated_ms": round(st["simulated_ms"], 3),
+                    "host_ms": round(1e3 * statistics.median(hosts), 1),
+                    "simulator_wall_s": round(statistics.median(sims), 2),
+                    "dram_bytes": st["dram_bytes"],
+                }
+            )
         layers = rep["per_layer"]
     return {
-        "model": model, "clock_mhz": rep["clock_mhz"], "repeat": repeat,
-        "mac_offload_share": man["mac_offload_share"], "macs_offloaded": man["macs_offloaded"],
-        "macs_total": man["macs_total"], "vta_layers": man["vta_layers"], "host_segments": man["host_segments"],
+        "model": model,
+        "clock_mhz": rep["clock_mhz"],
+        "repeat": repeat,
+        "mac_offload_share": man["mac_offload_share"],
+        "macs_offloaded": man["macs_offloaded"],
+        "macs_total": man["macs_total"],
+        "vta_layers": man["vta_layers"],
+        "host_segments": man["host_segments"],
         "top1_agreement": sum(r["top1_agrees"] for r in rows) / len(rows),
         "top5_overlap": sum(r["top5_overlap"] for r in rows) / len(rows),
-        "per_image": rows, "per_layer": layers,
+        "per_image": rows,
+        "per_layer": layers,
         "note": "simulated cycles are the cycle model's estimate; host ms is TVM on this x86 VM (2 cores, shared)",
     }
 
@@ -76,15 +88,23 @@ def table(tags: list[str]) -> str:
         cells = [f"{r0['image']} ({r0['fp32_label']})"]
         for run in runs:
             r = run["per_image"][i]
-            cells += [f"{r['simulated_ms']:.2f}", f"{r['host_ms']:.0f}",
-                      "yes" if r["top1_agrees"] else f"no ({r['label']})", f"{r['top5_overlap']:.1f}"]
+            cells += [
+                f"{r['simulated_ms']:.2f}",
+                f"{r['host_ms']:.0f}",
+                "yes" if r["top1_agrees"] else f"no ({r['label']})",
+                f"{r['top5_overlap']:.1f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     cells = ["**all six**"]
     for run in runs:
         n = len(run["per_image"])
-        cells += [f"{run['macs_offloaded'] / 1e6:.1f} M of {run['macs_total'] / 1e6:.1f} M MACs on VTA "
-                  f"({100 * run['mac_offload_share']:.1f}%)", "", f"{run['top1_agreement'] * n:.0f}/{n}",
-                  f"{run['top5_overlap']:.2f}"]
+        cells += [
+            f"{run['macs_offloaded'] / 1e6:.1f} M of {run['macs_total'] / 1e6:.1f} M MACs on VTA "
+            f"({100 * run['mac_offload_share']:.1f}%)",
+            "",
+            f"{run['top1_agreement'] * n:.0f}/{n}",
+            f"{run['top5_overlap']:.2f}",
+        ]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -19,8 +19,19 @@ PEERS = ("onnxruntime", "openvino", "ncnn", "torch")
 
 
 def bench(model: str, out: Path, repeat: int) -> dict:
-    cmd = [sys.executable, "-m", "tvmsqz", "bench", model, "--target", "x86", "--repeat", str(repeat),
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tvmsqz",
+        "bench",
+        model,
+        "--target",
+        "x86",
+        "--repeat",
+        str(repeat),
+        "--json",
+        str(out),
+    ]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -31,13 +42,16 @@ def _ms(lat: dict, name: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | threads | TVM ms | ORT ms | OpenVINO f32 ms | ncnn ms | PyTorch ms | TVM / fastest fp32 peer "
-            "| TVM / ORT | max diff/range vs ORT | top-1 |")
+    head = (
+        "| model | threads | TVM ms | ORT ms | OpenVINO f32 ms | ncnn ms | PyTorch ms | TVM / fastest fp32 peer "
+        "| TVM / ORT | max diff/range vs ORT | top-1 |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        for key, threads, ratio, fastest in (("latency_ms", r["threads"], "ratio_vs_fastest_peer", "fastest_peer"),
-                                              ("latency_ms_1thread", 1, "ratio_vs_fastest_peer_1thread",
-                                               "fastest_peer_1thread")):
+        for key, threads, ratio, fastest in (
+            ("latency_ms", r["threads"], "ratio_vs_fastest_peer", "fastest_peer"),
+            ("latency_ms_1thread", 1, "ratio_vs_fastest_peer_1thread", "fastest_peer_1thread"),
+        ):
             lat = r.get(key) or {}
             if "tvm" not in lat:
                 continue
@@ -47,7 +61,8 @@ def table(rows: list[dict]) -> str:
                 f"| {r['model']} | {threads} | {lat['tvm']['median']:.2f} | {_ms(lat, 'onnxruntime')} "
                 f"| {_ms(lat, 'openvino')} | {_ms(lat, 'ncnn')} | {_ms(lat, 'torch')} "
                 f"| {r.get(ratio, float('nan')):.2f} ({r.get(fastest)}) | {ort_ratio:.2f} "
-                f"| {par['max_rel_diff']:.1e} | {par['top1_agreement']:.0%} |")
+                f"| {par['max_rel_diff']:.1e} | {par['top1_agreement']:.0%} |"
+            )
     return "\n".join(lines)
 
 
@@ -60,7 +75,9 @@ def plot(rows: list[dict], path: Path) -> None:
     names = ["tvm", *PEERS]
     fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.5), squeeze=False)
     for ax, r in zip(axes[0], rows):
-        for offset, (key, label) in enumerate((("latency_ms", f"{r['threads']} threads"), ("latency_ms_1thread", "1 thread"))):
+        for offset, (key, label) in enumerate(
+            (("latency_ms", f"{r['threads']} threads"), ("latency_ms_1thread", "1 thread"))
+        ):
             lat = r.get(key) or {}
             vals = [lat[n]["median"] if n in lat else 0 for n in names]
             ax.bar([i + offset * 0.4 for i in range(len(names))], vals, width=0.4, label=label)

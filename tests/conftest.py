@@ -35,11 +35,18 @@ def require_cpu(flags: set[str], why: str) -> None:
         pytest.skip(f"{why}: this CPU lacks {', '.join(sorted(missing))}")
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run `python -m tvmsqz ARGS` as a real subprocess, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "tvmsqz", *args], cwd=cwd or REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tvmsqz", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"tvmsqz {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -69,7 +76,10 @@ def compiled(artifacts_dir):
     def build(model: str, target: str = "x86", fuse: bool = True, tuning: bool = False) -> Path:
         key = (model, target, fuse, tuning)
         if key not in cache:
-            out = artifacts_dir / f"{model}-{target}-{'fused' if fuse else 'unfused'}-{'tuned' if tuning else 'untuned'}.so"
+            out = (
+                artifacts_dir
+                / f"{model}-{target}-{'fused' if fuse else 'unfused'}-{'tuned' if tuning else 'untuned'}.so"
+            )
             args = ["compile", model, "--target", target, "-o", str(out)]
             args += ["--fuse"] if fuse else ["--no-fuse"]  # explicit: the x86 default is measured per target
             args += [] if tuning else ["--no-tuning"]

@@ -77,8 +77,10 @@ def test_onnx_proto_compiles_runs_times_profiles_and_exports(tmp_path, x16):
     assert out.is_file() and (tmp_path / "kept.so.json").is_file()
     again = tvmsqz.load(out)
     np.testing.assert_array_equal(again.run(x16), artifact.run(x16))
-    assert json.loads((tmp_path / "kept.so.json").read_text())["artifact"]["sha256"] == \
-        again.manifest["artifact"]["sha256"]
+    assert (
+        json.loads((tmp_path / "kept.so.json").read_text())["artifact"]["sha256"]
+        == again.manifest["artifact"]["sha256"]
+    )
 
 
 def test_onnx_path_and_output_path(tmp_path, x16):
@@ -146,6 +148,7 @@ def test_tune_refuses_a_bad_space_and_duration():
 def test_cross_compiled_artifact_is_returned_unloaded(tmp_path):
     """An ARM artifact compiles and exports here, and says why it cannot run here."""
     from conftest import require
+
     from tvmsqz.toolchain import cross_compiler
 
     require(cross_compiler("aarch64-linux-gnu-g++") is not None, "aarch64 cross compiler (scripts/setup_arm.sh)")
@@ -182,7 +185,9 @@ def test_package_imports_nothing_heavy_until_used():
     import subprocess
     import sys
 
-    code = ("import sys, tvmsqz; assert tvmsqz.__version__; "
-            "print(sorted(m for m in ('tvm', 'onnx', 'torch', 'tvmsqz.api') if m in sys.modules))")
+    code = (
+        "import sys, tvmsqz; assert tvmsqz.__version__; "
+        "print(sorted(m for m in ('tvm', 'onnx', 'torch', 'tvmsqz.api') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require
+
 from tvmsqz import device as D
 from tvmsqz import toolchain as cross
 from tvmsqz.errors import TvmsqzError
@@ -154,8 +154,7 @@ def test_artifact_is_elf_for_the_right_machine(name, tmp_path):
         f.seek(18)
         assert int.from_bytes(f.read(2), "little") == (0x28 if name in ARMV7_TARGETS else 0xB7)
     if shutil.which("file"):
-        assert expect in subprocess.run(["file", "-b", str(so)], capture_output=True,
-                                        text=True, check=True).stdout
+        assert expect in subprocess.run(["file", "-b", str(so)], capture_output=True, text=True, check=True).stdout
     assert not list(tmp_path.glob(".*.so")), "export left a temporary file"
 
 
@@ -174,9 +173,11 @@ def test_export_with_a_missing_cross_compiler_is_a_clear_error(tmp_path):
 def test_tracker_down_fails_fast():
     port = D.free_port()
     where = f"127.0.0.1:{port}"
-    for call in (lambda: D.check_tracker(where),
-                 lambda: D.rpc_session(where, "arm"),
-                 lambda: D.make_rpc_runner_builder(where, "arm", "aarch64-linux-gnu-g++")):
+    for call in (
+        lambda: D.check_tracker(where),
+        lambda: D.rpc_session(where, "arm"),
+        lambda: D.make_rpc_runner_builder(where, "arm", "aarch64-linux-gnu-g++"),
+    ):
         t0 = time.monotonic()
         with pytest.raises(TvmsqzError, match=f"^cannot reach RPC tracker at {where}: "):
             call()
@@ -204,13 +205,22 @@ def test_device_serve_registers_with_the_tracker(tmp_path):
     """`tvmsqz device serve` (here natively on the x86 host, standing in for a board)."""
     tracker = D.start_tracker("127.0.0.1", None, log_dir=tmp_path)
     port = D.free_port()
-    cmd = D.serve_command(tracker.address, "board-test", host="127.0.0.1", port=port,
-                          port_end=port + 1, custom_addr="127.0.0.1")
+    cmd = D.serve_command(
+        tracker.address, "board-test", host="127.0.0.1", port=port, port_end=port + 1, custom_addr="127.0.0.1"
+    )
     with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    proc = D.Proc("server", server.pid, server.pid, "127.0.0.1", port, str(tmp_path / "serve.log"),
-                  key="board-test", tracker=tracker.address, popen=server)
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = D.Proc(
+        "server",
+        server.pid,
+        server.pid,
+        "127.0.0.1",
+        port,
+        str(tmp_path / "serve.log"),
+        key="board-test",
+        tracker=tracker.address,
+        popen=server,
+    )
     try:
         D.wait_registered([proc], timeout=120)
         remote = D.rpc_session(tracker.address, "board-test", timeout=30)
@@ -265,6 +275,7 @@ def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(e
     import json
 
     from conftest import run_cli
+
     from tvmsqz.runtime import load as load_artifact
 
     so = tmp_path / "sq11-a72.so"
@@ -279,8 +290,21 @@ def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(e
     assert np.abs(on_device - on_x86).max() <= 1e-5 * (on_x86.max() - on_x86.min())
 
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", str(so), "--target", "arm", "--rpc-tracker", emu.tracker.address, "--rpc-key", EMU_KEY,
-                   "--repeat", "3", "--no-torch", "--json", str(out))
+    proc = run_cli(
+        "bench",
+        str(so),
+        "--target",
+        "arm",
+        "--rpc-tracker",
+        emu.tracker.address,
+        "--rpc-key",
+        EMU_KEY,
+        "--repeat",
+        "3",
+        "--no-torch",
+        "--json",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["emulated"] is True and report["ratio_vs_onnxruntime"] is None
     assert report["parity"]["max_rel_diff"] <= 1e-4 and report["parity"]["top1_agreement"] == 1.0
@@ -294,17 +318,24 @@ def test_tune_on_two_emulated_devices_then_compile_applies_records(emu, tmp_path
     target = _tvm_target("arm")
     D.preload_tensor_intrin()
     builder, runner = D.make_rpc_runner_builder(tracker, EMU_KEY, "aarch64-linux-gnu-g++")
-    assert runner.pool._threadpool._max_workers == 2  # noqa: SLF001 - one per device
+    assert runner.pool._threadpool._max_workers == 2
     work = tmp_path / "tune"
     try:
         ms.relax_integration.tune_relax(
-            _lowered(target), {}, target, str(work), max_trials_global=4, num_trials_per_iter=4,
-            op_names=["fused_conv2d_relu"], builder=builder, runner=runner)  # one task, one round
+            _lowered(target),
+            {},
+            target,
+            str(work),
+            max_trials_global=4,
+            num_trials_per_iter=4,
+            op_names=["fused_conv2d_relu"],
+            builder=builder,
+            runner=runner,
+        )  # one task, one round
     finally:
         builder.shutdown()
     db = ms.database.JSONDatabase(work_dir=str(work))
-    good = [r for r in db.get_all_tuning_records()
-            if r.run_secs and float(r.run_secs[0]) < 1e9]
+    good = [r for r in db.get_all_tuning_records() if r.run_secs and float(r.run_secs[0]) < 1e9]
     assert good, "no successful measurement in the database"
 
     import tvm
@@ -312,9 +343,11 @@ def test_tune_on_two_emulated_devices_then_compile_applies_records(emu, tmp_path
 
     with target, db:
         applied = relax.transform.MetaScheduleApplyDatabase()(_lowered(target))
-    scheduled = [gv.name_hint for gv, f in applied.functions.items()
-                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs
-                 and f.attrs.get("tirx.is_scheduled")]
+    scheduled = [
+        gv.name_hint
+        for gv, f in applied.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled")
+    ]
     assert "fused_conv2d_relu" in scheduled, scheduled
 
     so = build_artifact("arm", tmp_path / "small-arm-tuned.so", database=db)
@@ -327,9 +360,17 @@ def test_emulate_start_and_stop_from_another_process(tmp_path):
     _need_emulator()
     env = {**os.environ, "TVMSQZ_EMU_STATE": str(tmp_path / "state")}
     start = subprocess.run(
-        [sys.executable, "-c", "import json; from tvmsqz import device as D; "
-         f"print(json.dumps(D.emulate_start(1, key='emu-cli-test', tracker_port={D.free_port()})))"],
-        env=env, capture_output=True, text=True, timeout=400)
+        [
+            sys.executable,
+            "-c",
+            "import json; from tvmsqz import device as D; "
+            f"print(json.dumps(D.emulate_start(1, key='emu-cli-test', tracker_port={D.free_port()})))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert start.returncode == 0, start.stderr
     state = json.loads(start.stdout.strip().splitlines()[-1])
     assert state["running"] and state["emulated"] and len(state["devices"]) == 1
@@ -339,7 +380,11 @@ def test_emulate_start_and_stop_from_another_process(tmp_path):
 
     stop = subprocess.run(
         [sys.executable, "-c", "from tvmsqz import device as D; print(D.emulate_stop())"],
-        env=env, capture_output=True, text=True, timeout=60)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert stop.returncode == 0, stop.stderr
     assert not any(D.group_members(g) for g in pgids)
     assert not (tmp_path / "state" / "state.json").exists()
@@ -366,8 +411,9 @@ def test_killed_device_server_mid_tune_keeps_database(emu, tmp_path):
     tracker = emu.tracker.address
     target = _tvm_target("arm")
     D.preload_tensor_intrin()
-    builder, runner = D.make_rpc_runner_builder(tracker, EMU_KEY, "aarch64-linux-gnu-g++",
-                                                session_timeout=60, request_timeout=60)
+    builder, runner = D.make_rpc_runner_builder(
+        tracker, EMU_KEY, "aarch64-linux-gnu-g++", session_timeout=60, request_timeout=60
+    )
     killed: list[float] = []
 
     def kill_first_server_when_busy():
@@ -393,9 +439,16 @@ def _tune_kill_and_lose_all(emu, tracker, target, builder, runner, killed, kille
 
     work = tmp_path / "tune"
     watch = D.make_device_watch(tracker, EMU_KEY)
-    ms.tune_tir(_matmul(), target, str(work), max_trials_global=4, num_trials_per_iter=2,
-                builder=builder, runner=runner,
-                measure_callbacks=ms.MeasureCallback.create("default") + [watch])
+    ms.tune_tir(
+        _matmul(),
+        target,
+        str(work),
+        max_trials_global=4,
+        num_trials_per_iter=2,
+        builder=builder,
+        runner=runner,
+        measure_callbacks=ms.MeasureCallback.create("default") + [watch],
+    )
     killer.join(5)
     assert killed, "the device server was never busy"
     assert not emu.servers[0].alive()
@@ -408,12 +461,18 @@ def _tune_kill_and_lose_all(emu, tracker, target, builder, runner, killed, kille
     D.stop(emu.servers[1])
     watch = D.make_device_watch(tracker, EMU_KEY)
     with pytest.raises(Exception, match="no device is registered under key"):
-        ms.tune_tir(_matmul(), target, str(work), max_trials_global=8, num_trials_per_iter=2,
-                    builder=builder, runner=runner,
-                    measure_callbacks=ms.MeasureCallback.create("default") + [watch])
+        ms.tune_tir(
+            _matmul(),
+            target,
+            str(work),
+            max_trials_global=8,
+            num_trials_per_iter=2,
+            builder=builder,
+            runner=runner,
+            measure_callbacks=ms.MeasureCallback.create("default") + [watch],
+        )
     assert isinstance(watch.error, TvmsqzError)
     assert _records(work) >= n_before
     for name in ("database_workload.json", "database_tuning_record.json"):
         for line in (work / name).read_text().splitlines():
             json.loads(line)  # every line is a complete record
-

@@ -9,8 +9,9 @@ from conftest import run_cli
 
 def test_bench_json_has_documented_keys_and_consistent_values(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "squeezenet1_1", "--target", "x86", "--repeat", "5", "--no-tuning", "--fuse",
-                   "--json", str(out))
+    proc = run_cli(
+        "bench", "squeezenet1_1", "--target", "x86", "--repeat", "5", "--no-tuning", "--fuse", "--json", str(out)
+    )
     report = json.loads(out.read_text())
     assert report["model"] == "squeezenet1_1" and report["batch"] == 1
     assert report["target"] in ("x86-avx512", "x86-avx2")
@@ -29,8 +30,13 @@ def test_bench_json_has_documented_keys_and_consistent_values(tmp_path):
     assert all(name not in lat and reason for name, reason in report["peers_skipped"].items())
     assert report["peer_info"]["tvm"]["runtime_only"] is True  # the TVM worker loads libtvm_runtime only
     mem = report["memory"]
-    for key in ("tvm_peak_rss_bytes", "onnxruntime_peak_rss_bytes", "weight_bytes", "activation_bytes",
-                "artifact_bytes"):
+    for key in (
+        "tvm_peak_rss_bytes",
+        "onnxruntime_peak_rss_bytes",
+        "weight_bytes",
+        "activation_bytes",
+        "artifact_bytes",
+    ):
         assert mem[key] > 0, key
     assert 4.5e6 < mem["weight_bytes"] < 5.2e6  # SqueezeNet 1.1: 1.235 M float32 parameters
     assert mem["artifact_bytes"] > mem["weight_bytes"]  # weights live inside the .so

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, require, run_cli
+
 from tvmsqz import bundle as B
-from tvmsqz.toolchain import elf_machine
 from tvmsqz.device import emulator_problem
+from tvmsqz.toolchain import elf_machine
 
 SHAPE = (1, 3, 224, 224)
 TVM_LIBS_NEVER = ("libtvm_compiler.so", "libtvm.so")
@@ -34,8 +34,9 @@ def _x(seed: int = 3) -> np.ndarray:
 
 
 def _need_cross() -> None:
-    require(shutil.which("aarch64-linux-gnu-g++") is not None,
-            "aarch64-linux-gnu-g++ not found: run scripts/setup_arm.sh")
+    require(
+        shutil.which("aarch64-linux-gnu-g++") is not None, "aarch64-linux-gnu-g++ not found: run scripts/setup_arm.sh"
+    )
     problem = emulator_problem()
     require(not problem, f"{problem}: run scripts/setup_arm.sh (the aarch64 wheels are installed there)")
 
@@ -157,8 +158,10 @@ def check_layout(bundle: Path, arch: str, so: Path) -> dict:
 
 def test_package_x86_bundle(x86_bundle, x86_so):
     manifest = check_layout(x86_bundle, "x86_64", x86_so)
-    assert manifest["runtime"]["apache-tvm"] == json.loads(x86_so.with_name(x86_so.name + ".json").read_text())[
-        "versions"]["tvm"]
+    assert (
+        manifest["runtime"]["apache-tvm"]
+        == json.loads(x86_so.with_name(x86_so.name + ".json").read_text())["versions"]["tvm"]
+    )
     tar = x86_bundle.with_name(x86_bundle.name + ".tar.gz")
     with tarfile.open(tar) as tf:
         names = {m.name for m in tf.getmembers() if m.isfile()}
@@ -184,10 +187,17 @@ def test_package_takes_the_runtime_from_wheel_files(arm_so, tmp_path):
     site, wheels = arm_root() / "opt/tvm-site", tmp_path / "wheels"
     wheels.mkdir()
     ffi_files = [str(p.relative_to(site)) for p in (site / "tvm_ffi/include").rglob("*") if p.is_file()]
-    members = {"apache_tvm-0.27.0.post1-py3-none-manylinux_2_28_aarch64.whl":
-               ["tvm/lib/libtvm_runtime.so", "apache_tvm-0.27.0.post1.dist-info/METADATA"],
-               "apache_tvm_ffi-0.1.14.post1-cp311-cp311-manylinux_2_28_aarch64.whl":
-               ["tvm_ffi/lib/libtvm_ffi.so", "apache_tvm_ffi-0.1.14.post1.dist-info/METADATA", *ffi_files]}
+    members = {
+        "apache_tvm-0.27.0.post1-py3-none-manylinux_2_28_aarch64.whl": [
+            "tvm/lib/libtvm_runtime.so",
+            "apache_tvm-0.27.0.post1.dist-info/METADATA",
+        ],
+        "apache_tvm_ffi-0.1.14.post1-cp311-cp311-manylinux_2_28_aarch64.whl": [
+            "tvm_ffi/lib/libtvm_ffi.so",
+            "apache_tvm_ffi-0.1.14.post1.dist-info/METADATA",
+            *ffi_files,
+        ],
+    }
     for name, files in members.items():
         with zipfile.ZipFile(wheels / name, "w") as zf:
             for rel in files:
@@ -196,8 +206,15 @@ def test_package_takes_the_runtime_from_wheel_files(arm_so, tmp_path):
                 zf.writestr("tvm/lib/libtvm_compiler.so", b"\x7fELF stand-in for the 240 MB compiler")
     cache = tmp_path / "cache"
     out = tmp_path / "b"
-    run_cli("package", str(arm_so), "-o", str(out), "--runtime-from", str(wheels),
-            env={"TVMSQZ_CACHE": str(cache), "TVMSQZ_ARM_ROOT": str(tmp_path / "no-root")})
+    run_cli(
+        "package",
+        str(arm_so),
+        "-o",
+        str(out),
+        "--runtime-from",
+        str(wheels),
+        env={"TVMSQZ_CACHE": str(cache), "TVMSQZ_ARM_ROOT": str(tmp_path / "no-root")},
+    )
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["runtime"]["source"].endswith(".whl"), manifest["runtime"]
     assert manifest["runtime"]["apache-tvm"] == "0.27.0.post1"
@@ -228,12 +245,14 @@ def test_package_refusals(x86_so, tmp_path):
     manifest = json.loads(x86_so.with_name(x86_so.name + ".json").read_text())
     manifest["versions"]["tvm"] = "0.26.0"
     (work / (so.name + ".json")).write_text(json.dumps(manifest))
-    assert_one_line_error(run_cli("package", str(so), "-o", str(tmp_path / "b2"), check=False),
-                          "compiled by TVM 0.26.0")
+    assert_one_line_error(
+        run_cli("package", str(so), "-o", str(tmp_path / "b2"), check=False), "compiled by TVM 0.26.0"
+    )
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken/notes.txt").write_text("mine")
-    assert_one_line_error(run_cli("package", str(x86_so), "-o", str(tmp_path / "taken"), check=False),
-                          "is not a bundle")
+    assert_one_line_error(
+        run_cli("package", str(x86_so), "-o", str(tmp_path / "taken"), check=False), "is not a bundle"
+    )
     assert (tmp_path / "taken/notes.txt").read_text() == "mine"
     so.write_bytes(so.read_bytes()[:1000])
     (work / (so.name + ".json")).write_text(x86_so.with_name(x86_so.name + ".json").read_text())
@@ -264,8 +283,9 @@ def test_x86_runners_agree_on_the_seeded_input(x86_bundle, tmp_path):
     """Without --input both runners generate the same tensor (splitmix64): identical outputs."""
     outs = {}
     for runner in B.RUNNERS:
-        proc = B.run_bundle(x86_bundle, ["-o", tmp_path / f"{runner}.npy", "--repeat", "1", "--seed", "7"],
-                            runner=runner)
+        proc = B.run_bundle(
+            x86_bundle, ["-o", tmp_path / f"{runner}.npy", "--repeat", "1", "--seed", "7"], runner=runner
+        )
         assert proc.returncode == 0, proc.stderr
         assert "seeded random, seed 7" in proc.stdout
         outs[runner] = np.load(tmp_path / f"{runner}.npy")
@@ -296,8 +316,10 @@ def test_x86_runner_refuses_a_truncated_or_modified_model(runner, x86_bundle, tm
 def test_x86_runner_refuses_a_wrong_input(runner, x86_bundle, tmp_path):
     np.save(tmp_path / "small.npy", np.zeros((1, 3, 32, 32), "float32"))
     np.save(tmp_path / "f64.npy", np.zeros(SHAPE, "float64"))
-    assert_refusal(B.run_bundle(x86_bundle, ["--input", tmp_path / "small.npy"], runner=runner),
-                   "has shape [1, 3, 32, 32], the model expects [1, 3, 224, 224]")
+    assert_refusal(
+        B.run_bundle(x86_bundle, ["--input", tmp_path / "small.npy"], runner=runner),
+        "has shape [1, 3, 32, 32], the model expects [1, 3, 224, 224]",
+    )
     assert_refusal(B.run_bundle(x86_bundle, ["--input", tmp_path / "f64.npy"], runner=runner), "dtype")
     assert_refusal(B.run_bundle(x86_bundle, ["--repeat", "0"], runner=runner), "--repeat")
 
@@ -308,11 +330,13 @@ def test_x86_runner_refuses_a_wrong_input(runner, x86_bundle, tmp_path):
 def test_tvmsqz_run_maps_the_runtime_library_only(x86_so, tmp_path):
     """A real `tvmsqz run` process: at exit, /proc/self/maps has libtvm_runtime but no compiler."""
     maps = tmp_path / "maps.json"
-    code = ("import atexit, json, sys\n"
-            "from tvmsqz.runtime import tvm_libraries_mapped\n"
-            f"atexit.register(lambda: open({str(maps)!r}, 'w').write(json.dumps(tvm_libraries_mapped())))\n"
-            f"sys.argv = ['tvmsqz', 'run', {str(x86_so)!r}]\n"
-            "from tvmsqz.cli import main\nmain()\n")
+    code = (
+        "import atexit, json, sys\n"
+        "from tvmsqz.runtime import tvm_libraries_mapped\n"
+        f"atexit.register(lambda: open({str(maps)!r}, 'w').write(json.dumps(tvm_libraries_mapped())))\n"
+        f"sys.argv = ['tvmsqz', 'run', {str(x86_so)!r}]\n"
+        "from tvmsqz.cli import main\nmain()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "top-5" in proc.stdout
@@ -325,8 +349,13 @@ def test_memory_probe_runtime_only_and_full(x86_so):
     """The bench's TVM memory figure is the runtime-only process; the full wheel's is beside it."""
     got = {}
     for kind in ("tvm", "tvm-full"):
-        proc = subprocess.run([sys.executable, "-m", "tvmsqz.memprobe", kind, str(x86_so), "1,3,224,224", "2", "2"],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tvmsqz.memprobe", kind, str(x86_so), "1,3,224,224", "2", "2"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         got[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["tvm"]["runtime_only"] is True and "libtvm_compiler.so" not in got["tvm"]["tvm_libraries"]
@@ -339,9 +368,19 @@ def test_memory_probe_runtime_only_and_full(x86_so):
 
 def test_bare_root_has_no_tvm():
     root = _need_bare_root()
-    proc = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/usr/bin/python3", "-c",
-                           "import numpy, importlib.util as u; print(u.find_spec('tvm'), u.find_spec('tvm_ffi'))"],
-                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            shutil.which("chroot") or "/usr/sbin/chroot",
+            str(root),
+            "/usr/bin/python3",
+            "-c",
+            "import numpy, importlib.util as u; print(u.find_spec('tvm'), u.find_spec('tvm_ffi'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["None", "None"]
     assert not list(root.glob("**/libtvm*.so"))
@@ -352,9 +391,15 @@ def test_aarch64_runner_in_the_tvm_less_root_matches_the_x86_build(runner, arm_b
     root = _need_bare_root()
     x_path, ref = reference
     y_path = tmp_path / "y.npy"
-    proc = B.run_bundle(arm_bundle, ["--input", "{work}/x.npy", "-o", "{work}/y.npy", "--repeat", "1",
-                                     "--warmup", "0", "--json"],
-                        runner=runner, root=root, inputs={"x.npy": x_path}, outputs={"y.npy": y_path}, timeout=900)
+    proc = B.run_bundle(
+        arm_bundle,
+        ["--input", "{work}/x.npy", "-o", "{work}/y.npy", "--repeat", "1", "--warmup", "0", "--json"],
+        runner=runner,
+        root=root,
+        inputs={"x.npy": x_path},
+        outputs={"y.npy": y_path},
+        timeout=900,
+    )
     report = B.runner_report(proc)
     assert report["arch"] == "aarch64" and report["runner"] == runner
     assert_matches(np.load(y_path), ref)
@@ -365,9 +410,17 @@ def test_aarch64_runner_refusals_in_the_tvm_less_root(runner, arm_bundle, tmp_pa
     root = _need_bare_root()
     bundle = _copy(arm_bundle, tmp_path / "b")
     np.save(tmp_path / "small.npy", np.zeros((1, 3, 32, 32), "float32"))
-    assert_refusal(B.run_bundle(bundle, ["--input", "{work}/small.npy"], runner=runner, root=root,
-                                inputs={"small.npy": tmp_path / "small.npy"}, timeout=600),
-                   "has shape [1, 3, 32, 32], the model expects [1, 3, 224, 224]")
+    assert_refusal(
+        B.run_bundle(
+            bundle,
+            ["--input", "{work}/small.npy"],
+            runner=runner,
+            root=root,
+            inputs={"small.npy": tmp_path / "small.npy"},
+            timeout=600,
+        ),
+        "has shape [1, 3, 32, 32], the model expects [1, 3, 224, 224]",
+    )
     model = bundle / json.loads((bundle / "bundle.json").read_text())["model"]["file"]
     model.write_bytes(model.read_bytes()[:100_000])
     assert_refusal(B.run_bundle(bundle, [], runner=runner, root=root, timeout=600), "truncated")
@@ -398,7 +451,10 @@ def test_bench_reports_the_bundle_beside_onnxruntime(x86_so, tmp_path):
         # the same kernels on the same threads as the runtime-only TVM process timed in the same
         # rounds: their best runs agree (medians drift with the shared host's load)
         assert 0.5 < mem[f"bundle_{name}_latency_min_vs_tvm"] < 2, bundle
-    assert bundle["runtime_bytes"] + bundle["model_bytes"] < bundle["total_bytes"] < 2 * (
-        bundle["runtime_bytes"] + bundle["model_bytes"])
+    assert (
+        bundle["runtime_bytes"] + bundle["model_bytes"]
+        < bundle["total_bytes"]
+        < 2 * (bundle["runtime_bytes"] + bundle["model_bytes"])
+    )
     assert mem["bundle_runtime_bytes"] == bundle["runtime_bytes"]
     assert "bundle cpp runner" in proc.stdout

@@ -11,17 +11,22 @@ import textwrap
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import assert_one_line_error, run_cli
 from onnx import TensorProto, helper
 
-from conftest import assert_one_line_error, run_cli
 from tvmsqz.models import load_onnx
 
 
 def test_models_lists_builtins():
     rows = json.loads(run_cli("models", "--json").stdout)
     names = {r["name"] for r in rows}
-    assert {"squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass",
-            "squeezenet1_0_dc"} <= names
+    assert {
+        "squeezenet1_0",
+        "squeezenet1_1",
+        "squeezenet1_0_bypass",
+        "squeezenet1_0_complex_bypass",
+        "squeezenet1_0_dc",
+    } <= names
     assert "squeezenet1_1" in run_cli("models").stdout
 
 
@@ -87,8 +92,13 @@ def test_artifact_loads_in_fresh_process_with_only_tvm_runtime(compiled, tmp_pat
     moved.write_bytes(so.read_bytes())
     x = np.random.default_rng(4).standard_normal((1, 3, 224, 224)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run([sys.executable, "-I", "-c", FRESH, str(moved), str(tmp_path / "x.npy"),
-                           str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", FRESH, str(moved), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
     model, _ = load_onnx("squeezenet1_1")
@@ -98,20 +108,43 @@ def test_artifact_loads_in_fresh_process_with_only_tvm_runtime(compiled, tmp_pat
 
 
 def _not_a_classifier(path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    )
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
 
 
-@pytest.mark.parametrize("case", ["missing", "not_onnx", "not_classifier", "bad_shape", "wrong_shape",
-                                  "unknown_target", "unknown_model", "unwritable", "missing_dir"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "not_onnx",
+        "not_classifier",
+        "bad_shape",
+        "wrong_shape",
+        "unknown_target",
+        "unknown_model",
+        "unwritable",
+        "missing_dir",
+    ],
+)
 def test_bad_input_gives_one_line_and_no_artifact(case, tmp_path):
     out = tmp_path / "out.so"
     args = ["compile", "squeezenet1_1", "--target", "x86", "-o", str(out), "--no-tuning"]
-    needle = {"missing": "no such file", "not_onnx": "not a valid onnx", "not_classifier": "4-d",
-              "bad_shape": "input-shape", "wrong_shape": "does not match", "unknown_target": "unknown target",
-              "unknown_model": "unknown model", "unwritable": "not writable", "missing_dir": "does not exist"}[case]
+    needle = {
+        "missing": "no such file",
+        "not_onnx": "not a valid onnx",
+        "not_classifier": "4-d",
+        "bad_shape": "input-shape",
+        "wrong_shape": "does not match",
+        "unknown_target": "unknown target",
+        "unknown_model": "unknown model",
+        "unwritable": "not writable",
+        "missing_dir": "does not exist",
+    }[case]
     if case == "missing":
         args[1] = str(tmp_path / "nope.onnx")
     elif case == "not_onnx":

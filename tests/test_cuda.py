@@ -3,7 +3,8 @@ architecture, the untuned GPU schedules compute the right numbers, and user mist
 architecture, no nvcc) give one-line errors.
 
 Nothing here needs a GPU. Compiling needs an nvcc, which `scripts/setup_cuda.sh` installs from
-PyPI where no CUDA toolkit is (the `nvcc_path` fixture: a failure under CI, a skip elsewhere). What does (latency, parity on the device) is `benchmarks/gpu_bench.py`,
+PyPI where no CUDA toolkit is (the `nvcc_path` fixture: a failure under CI, a skip elsewhere).
+What does (latency, parity on the device) is `benchmarks/gpu_bench.py`,
 run on a lent GPU machine; see docs/cuda.md.
 
 The numeric checks run the *GPU-scheduled* TensorIR on this CPU: the schedules are built exactly as
@@ -27,10 +28,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 import tvm
 from conftest import assert_one_line_error, require, run_cli
 from tvm import relax, s_tir, tirx
+
 from tvmsqz.backends import cuda, get_backend
 from tvmsqz.backends.cuda import blob, detect, fatbin, nvcc, rules
 from tvmsqz.build import compile_module, export_artifact, prepare
@@ -98,7 +99,9 @@ def fake_smi(tmp_path, monkeypatch):
             fake = folder / "nvidia-smi"
             fake.write_text(f"#!/bin/sh\necho '{output}'\nexit {exit_code}\n")
             fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-        keep = [d for d in os.environ["PATH"].split(os.pathsep) if d and not os.path.exists(os.path.join(d, "nvidia-smi"))]
+        keep = [
+            d for d in os.environ["PATH"].split(os.pathsep) if d and not os.path.exists(os.path.join(d, "nvidia-smi"))
+        ]
         monkeypatch.setenv("PATH", os.pathsep.join([str(folder), *keep]))
 
     return install
@@ -191,12 +194,15 @@ def test_auto_arch_without_gpu_defaults_to_sm90(fake_smi):
     assert "no GPU" in resolved["arch_source"]
 
 
-@pytest.mark.parametrize("smi, runs", [
-    ("9.0", {"cuda-sm80": True, "cuda-sm86": True, "cuda-sm89": True, "cuda-sm90": True}),
-    ("8.6", {"cuda-sm80": True, "cuda-sm86": True, "cuda-sm89": False, "cuda-sm90": False}),
-    ("7.5", {"cuda-sm80": False, "cuda-sm86": False, "cuda-sm89": False, "cuda-sm90": False}),
-    (None, {"cuda-sm80": False, "cuda-sm86": False, "cuda-sm89": False, "cuda-sm90": False}),
-])
+@pytest.mark.parametrize(
+    "smi, runs",
+    [
+        ("9.0", {"cuda-sm80": True, "cuda-sm86": True, "cuda-sm89": True, "cuda-sm90": True}),
+        ("8.6", {"cuda-sm80": True, "cuda-sm86": True, "cuda-sm89": False, "cuda-sm90": False}),
+        ("7.5", {"cuda-sm80": False, "cuda-sm86": False, "cuda-sm89": False, "cuda-sm90": False}),
+        (None, {"cuda-sm80": False, "cuda-sm86": False, "cuda-sm89": False, "cuda-sm90": False}),
+    ],
+)
 def test_runs_on_host_follows_the_gpu_nvidia_smi_reports(fake_smi, smi, runs):
     """SASS + PTX for sm_XY runs on a GPU of compute capability >= X.Y (PTX JIT); no GPU, no run."""
     fake_smi(smi)
@@ -268,9 +274,11 @@ def _fake_toolkit(root, release: str = "13.0") -> str:
     """A stand-in nvcc under `root/bin` that answers --version and --list-gpu-code."""
     (root / "bin").mkdir(parents=True)
     fake = root / "bin" / "nvcc"
-    fake.write_text("#!/bin/sh\n"
-                    f'case "$1" in --version) echo "Cuda compilation tools, release {release}, V{release}.1";;\n'
-                    "  --list-gpu-code) echo sm_80 sm_90;; esac\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) echo "Cuda compilation tools, release {release}, V{release}.1";;\n'
+        "  --list-gpu-code) echo sm_80 sm_90;; esac\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return str(fake)
 
@@ -306,14 +314,16 @@ def test_real_nvcc_off_path_compiles_a_kernel(nvcc_path, monkeypatch, tmp_path):
     """The real nvcc, reachable only through CUDA_HOME, compiles TVM's source into a fatbin."""
     hide_nvcc(monkeypatch, _path_without_nvcc())  # the host compiler nvcc calls stays on PATH
     monkeypatch.setenv("CUDA_HOME", os.path.dirname(os.path.dirname(nvcc_path)))
-    code = ('#include <cuda.h>\nextern "C" __global__ void __launch_bounds__(256) k(float* __restrict__ x) '
-            "{ x[threadIdx.x] = __expf(x[threadIdx.x]); }\n")
+    code = (
+        '#include <cuda.h>\nextern "C" __global__ void __launch_bounds__(256) k(float* __restrict__ x) '
+        "{ x[threadIdx.x] = __expf(x[threadIdx.x]); }\n"
+    )
     fat = nvcc.compile_cuda_source(code, "sm_86")
     info = fatbin.device_code_info(fat, "fatbin")
     assert info["sass"] == ["sm_86"] and info["ptx"] == ["sm_86"]
     _, _, header, _ = struct.unpack_from("<IHHQ", fat, 0)  # the first entry is the cubin (SASS)
     _, _, entry_header, size = struct.unpack_from("<HHIQ", fat, header)
-    cubin = fat[header + entry_header: header + entry_header + size]
+    cubin = fat[header + entry_header : header + entry_header + size]
     assert fatbin.cubin_arch(cubin) == "sm_86" and fatbin.device_code_info(cubin, "cubin")["format"] == "cubin"
     with pytest.raises(TvmsqzError, match=r"nvcc could not compile the kernels for sm_86: .*error") as err:
         nvcc.compile_cuda_source(code + "not C++;\n", "sm_86")
@@ -335,10 +345,28 @@ def test_cli_missing_nvcc_exits_2_with_one_line(tmp_path):
     env = {**os.environ, "PATH": _path_without_nvcc()}
     env.pop("CUDA_HOME", None)
     env.pop("CUDA_PATH", None)
-    start = ("import runpy, sys; import tvmsqz.backends.cuda.nvcc as n; n.PIP_NVCC_DISTRIBUTIONS = (); "
-             "sys.argv[0] = 'tvmsqz'; runpy.run_module('tvmsqz', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", start, "compile", "squeezenet1_1", "--target", "cuda-sm90",
-                           "--no-tuning", "-o", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    start = (
+        "import runpy, sys; import tvmsqz.backends.cuda.nvcc as n; n.PIP_NVCC_DISTRIBUTIONS = (); "
+        "sys.argv[0] = 'tvmsqz'; runpy.run_module('tvmsqz', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            start,
+            "compile",
+            "squeezenet1_1",
+            "--target",
+            "cuda-sm90",
+            "--no-tuning",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 2, proc.stderr
     assert_one_line_error(proc, "nvcc", "PATH")
     assert not out.exists()
@@ -352,8 +380,7 @@ def test_cli_unknown_architecture_exits_2_with_one_line(tmp_path):
     target_file = tmp_path / "cuda-sm12.json"
     target_file.write_text(json.dumps(bad))
     out = tmp_path / "x.so"
-    proc = run_cli("compile", "squeezenet1_1", "--target", str(target_file), "--no-tuning", "-o", str(out),
-                   check=False)
+    proc = run_cli("compile", "squeezenet1_1", "--target", str(target_file), "--no-tuning", "-o", str(out), check=False)
     assert proc.returncode == 2
     assert_one_line_error(proc, "sm_12", "architecture")
     assert not out.exists()
@@ -392,7 +419,7 @@ def test_small_fire_net_compiles_to_sm80_fatbin(tiny, tmp_path, nvcc_path):
     assert manifest["target"]["tvm"]["arch"] == "sm_80"
     assert_device_code_for(out, "sm_80")
     source = next(m for m in executable.mod.imports[0].imports if m.kind == "cuda").inspect_source("cuda")
-    kernels = set(re.findall(r'__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(', source))
+    kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", source))
     assert cuda.artifact_device_code(out)[0]["kernels"] == len(kernels) > 0
 
 
@@ -499,10 +526,12 @@ def test_fused_fire_kernel_schedule_is_exact(model, batch):
     spec = get_target("cuda-sm90")
     mod = fuse_fire(load_model(model, batch=batch).mod, fold_squeeze=(batch == 1))
     with spec.target:
-        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                        relax.get_pipeline("zero")])(mod)
-    fire = sorted((gv.name_hint, f) for gv, f in mod.functions_items()
-                  if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith("fire_"))
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)
+    fire = sorted(
+        (gv.name_hint, f)
+        for gv, f in mod.functions_items()
+        if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith("fire_")
+    )
     assert fire
     rule = rules.FusedConv()
     for name, func in fire[:3]:
@@ -543,7 +572,7 @@ def test_blob_round_trip_and_compiled_payload_split():
     payload = _bytes(b"cubin") + fmap + _bytes(fatbin)
     fmt, got_fmap, code = blob.split_cuda_payload(payload)
     assert (fmt, got_fmap, code) == ("cubin", fmap, fatbin)
-    source = b"extern \"C\" __global__ void k() {}"
+    source = b'extern "C" __global__ void k() {}'
     src_payload = _bytes(b"cuda") + fmap + _bytes(source)
     assert blob.split_cuda_payload(src_payload, source) == ("cuda", fmap, source)
     tree = struct.pack("<QQQ", 2, 0, 1) + struct.pack("<QQ", 1, 1)

@@ -73,15 +73,19 @@ def test_cpp_runner_refuses_a_cuda_bundle_in_one_line(cuda_bundle):
     proc = subprocess.run([str(root / "bin" / "tvmsqz-run")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        "error: this bundle runs on the cuda device, which the C++ runner does not drive: "
-        "use python3 bin/tvmsqz-run.py"]
+        "error: this bundle runs on the cuda device, which the C++ runner does not drive: use python3 bin/tvmsqz-run.py"
+    ]
 
 
 def test_python_runner_on_a_cuda_bundle(cuda_bundle):
     """Without an NVIDIA driver: one line naming libcuda.so.1. With one (a GPU machine): it runs."""
     root = Path(cuda_bundle[1]["path"])
-    proc = subprocess.run([sys.executable, str(root / "bin" / "tvmsqz-run.py"), "--repeat", "3", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(root / "bin" / "tvmsqz-run.py"), "--repeat", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if ctypes.util.find_library("cuda") is None:
         assert proc.returncode == 2, proc.stdout
         lines = proc.stderr.strip().splitlines()

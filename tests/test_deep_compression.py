@@ -16,19 +16,27 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import require
+
 from tvmsqz import paths
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.images import class_names, preprocess, sample_images
-from tvmsqz.models import get_model_info, load_onnx
 from tvmsqz.models import deep_compression as dc
+from tvmsqz.models import get_model_info, load_onnx
 
 NET_SIZE = 675_763  # bytes, as documented in the data folder's README
 
 # SqueezeNet v1.0 (paper, table 1): (squeeze, expand1x1, expand3x3) of fire2..fire9.
-FIRES = [(16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
-         (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)]
+FIRES = [
+    (16, 64, 64),
+    (16, 64, 64),
+    (32, 128, 128),
+    (32, 128, 128),
+    (48, 192, 192),
+    (48, 192, 192),
+    (64, 256, 256),
+    (64, 256, 256),
+]
 
 
 def expected_convs() -> list[tuple[str, tuple[int, int, int, int], int, int]]:
@@ -36,9 +44,11 @@ def expected_convs() -> list[tuple[str, tuple[int, int, int, int], int, int]]:
     out = [("conv1", (96, 3, 7, 7), 2, 0)]
     cin = 96
     for n, (s, e1, e3) in enumerate(FIRES, start=2):
-        out += [(f"fire{n}/conv1x1_1", (s, cin, 1, 1), 1, 0),
-                (f"fire{n}/conv1x1_2", (e1, s, 1, 1), 1, 0),
-                (f"fire{n}/conv3x3_2", (e3, s, 3, 3), 1, 1)]
+        out += [
+            (f"fire{n}/conv1x1_1", (s, cin, 1, 1), 1, 0),
+            (f"fire{n}/conv1x1_2", (e1, s, 1, 1), 1, 0),
+            (f"fire{n}/conv3x3_2", (e3, s, 3, 3), 1, 1),
+        ]
         cin = e1 + e3
     out.append(("conv_final", (1000, 512, 1, 1), 1, 1))
     return out
@@ -165,7 +175,7 @@ def test_extended_file_is_rejected(tmp_path, net_file, extra):
 def test_positions_out_of_range_are_rejected(tmp_path, net_file):
     blob = bytearray(net_file.read_bytes())
     _, n, _, gaps_at = layer_offsets(bytes(blob))[25]  # conv_final
-    blob[gaps_at:gaps_at + math.ceil(n / 2)] = b"\xff" * math.ceil(n / 2)  # every gap 15
+    blob[gaps_at : gaps_at + math.ceil(n / 2)] = b"\xff" * math.ceil(n / 2)  # every gap 15
     bad = tmp_path / dc.NET_FILE
     bad.write_bytes(bytes(blob))
     with pytest.raises(TvmsqzError, match="conv_final addresses position"):
@@ -206,8 +216,7 @@ def test_onnx_structure(dc_dir):
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["Conv"] == 26 and ops["Relu"] == 26 and ops["Concat"] == 8
     assert ops["MaxPool"] == 3 and ops["GlobalAveragePool"] == 1 and ops["Softmax"] == 1
-    attrs = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-             for n in model.graph.node}
+    attrs = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in model.graph.node}
     for node in model.graph.node:
         if node.op_type == "MaxPool":
             assert attrs[node.name]["ceil_mode"] == 1
@@ -228,7 +237,7 @@ def test_net_path_and_batch(dc_dir, net_file, session):
     batched = sess.run(None, {"data": x})[0]
     assert batched.shape == (2, 1000)
     for i in range(2):
-        single = session.run(None, {"data": x[i:i + 1]})[0][0]
+        single = session.run(None, {"data": x[i : i + 1]})[0][0]
         np.testing.assert_allclose(batched[i], single, rtol=1e-5, atol=1e-6)
 
 

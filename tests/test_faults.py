@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-from onnx import TensorProto, helper
 import onnx
-
+import pytest
 from conftest import REPO, assert_one_line_error, run_cli
-
+from onnx import TensorProto, helper
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -39,8 +37,12 @@ def small_disk(tmp_path: Path, size_kib: int):
     folder.mkdir()
     mounted = False
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
-                                 capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)], capture_output=True
+            ).returncode
+            == 0
+        )
     limit = size_kib * 1024
 
     def preexec() -> None:
@@ -55,8 +57,15 @@ def small_disk(tmp_path: Path, size_kib: int):
 
 
 def cli(*args: str, preexec=None, env: dict | None = None, timeout: int = 900, cwd: Path | None = None):
-    return subprocess.run([sys.executable, "-m", "tvmsqz", *args], capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=preexec, env={**os.environ, **(env or {})}, cwd=cwd or REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "tvmsqz", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or REPO,
+    )
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -89,15 +98,18 @@ def copy_artifact(artifact: Path, folder: Path, name: str = "a.so") -> Path:
 # ------------------------------------------------------------------------ 2. usage errors
 
 
-@pytest.mark.parametrize("args", [
-    ("tune", "squeezenet1_1", "--trials", "0", "-o", "x"),
-    ("tune", "squeezenet1_1", "--trials", "-5", "-o", "x"),
-    ("compile", "x", "--bogus"),
-    ("compile",),
-    (),
-    ("device",),
-    ("run",),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tune", "squeezenet1_1", "--trials", "0", "-o", "x"),
+        ("tune", "squeezenet1_1", "--trials", "-5", "-o", "x"),
+        ("compile", "x", "--bogus"),
+        ("compile",),
+        (),
+        ("device",),
+        ("run",),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(args, tmp_path):
     proc = cli(*args, cwd=tmp_path)
     assert_one_line_error(proc)
@@ -167,8 +179,10 @@ def test_manifestless_artifact_runs_with_a_warning_and_checks_shape(artifact, tm
     np.save(bad, np.zeros((1, 3, 227, 227), "float32"))
     proc = cli("run", str(so), "--input", str(bad))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == \
-        "error: input has shape [1, 3, 227, 227], the artifact expects [1, 3, 224, 224]"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: input has shape [1, 3, 227, 227], the artifact expects [1, 3, 224, 224]"
+    )
 
 
 # --------------------------------------------------------------- 5. writes on a full disk
@@ -203,12 +217,24 @@ def test_bench_json_on_a_full_disk_keeps_the_previous_report(tmp_path):
     with small_disk(tmp_path, 8) as (disk, preexec):
         report = disk / "bench.json"
         report.write_text('{"previous": true}\n')
-        proc = cli("bench", "squeezenet1_1", "--no-tuning", "--no-torch", "--repeat", "3", "--json", str(report),
-                   preexec=preexec, env={"TMPDIR": str(tmp_path)})
+        proc = cli(
+            "bench",
+            "squeezenet1_1",
+            "--no-tuning",
+            "--no-torch",
+            "--repeat",
+            "3",
+            "--json",
+            str(report),
+            preexec=preexec,
+            env={"TMPDIR": str(tmp_path)},
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1, proc.stderr
-        assert proc.stderr.strip().splitlines()[-1] == f"error: cannot write {report}: no space left on device" \
+        assert (
+            proc.stderr.strip().splitlines()[-1] == f"error: cannot write {report}: no space left on device"
             or "file too large" in proc.stderr
+        )
         assert json.loads(report.read_text()) == {"previous": True}
         assert leftovers(disk) == []
     assert not list(tmp_path.glob("tvmsqz-bench-*"))
@@ -217,12 +243,15 @@ def test_bench_json_on_a_full_disk_keeps_the_previous_report(tmp_path):
 # ------------------------------------------------------------------- 7. edited manifests
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda m: m["input"].__setitem__("shape", [1, 3, 227]), "input.shape"),
-    (lambda m: m["input"].__setitem__("dtype", "bogus"), "input.dtype"),
-    (lambda m: m["target"].__setitem__("family", "quantum"), "target.family"),
-    (lambda m: m.__setitem__("input", "x"), "input"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda m: m["input"].__setitem__("shape", [1, 3, 227]), "input.shape"),
+        (lambda m: m["input"].__setitem__("dtype", "bogus"), "input.dtype"),
+        (lambda m: m["target"].__setitem__("family", "quantum"), "target.family"),
+        (lambda m: m.__setitem__("input", "x"), "input"),
+    ],
+)
 def test_edited_manifest_is_one_line(artifact, tmp_path, x_npy, edit, needle):
     so = copy_artifact(artifact, tmp_path)
     manifest_file = so.with_name(so.name + ".json")
@@ -294,8 +323,9 @@ def test_nonfinite_and_foreign_dtype_inputs_are_refused(artifact, tmp_path, x_np
 def test_target_file_without_family_is_one_line(tmp_path):
     evil = tmp_path / "evil.json"
     evil.write_text(json.dumps({"name": "evil", "tvm": {"kind": "llvm"}}))
-    assert_one_line_error(cli("compile", "squeezenet1_1", "--target", str(evil), "-o", str(tmp_path / "e.so")),
-                          str(evil), "family")
+    assert_one_line_error(
+        cli("compile", "squeezenet1_1", "--target", str(evil), "-o", str(tmp_path / "e.so")), str(evil), "family"
+    )
 
 
 def test_run_output_name_is_exactly_what_was_asked(artifact, tmp_path, x_npy):
@@ -319,8 +349,14 @@ def test_bench_checks_the_tracker_before_compiling(tmp_path):
 
 def test_sigterm_during_bench_removes_its_temp_folder(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "tvmsqz", "bench", "squeezenet1_1", "--no-tuning", "--no-torch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmsqz", "bench", "squeezenet1_1", "--no-tuning", "--no-torch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("tvmsqz-bench-*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -339,8 +375,20 @@ def test_tune_with_an_unregistered_rpc_key_leaves_no_folder(tmp_path):
     tracker = start_tracker("127.0.0.1", None, log_dir=tmp_path)
     try:
         out = tmp_path / "new-db"
-        proc = cli("tune", "squeezenet1_1", "--target", "arm", "--rpc-tracker", tracker.address,
-                   "--rpc-key", "nobody-here", "--trials", "4", "-o", str(out))
+        proc = cli(
+            "tune",
+            "squeezenet1_1",
+            "--target",
+            "arm",
+            "--rpc-tracker",
+            tracker.address,
+            "--rpc-key",
+            "nobody-here",
+            "--trials",
+            "4",
+            "-o",
+            str(out),
+        )
         assert_one_line_error(proc, "nobody-here")
         assert not out.exists()
     finally:
@@ -353,9 +401,14 @@ def test_sigterm_during_tune_leaves_a_valid_database_and_no_build_folder(tmp_pat
 
     db = tmp_path / "db"
     env = {**os.environ, "TMPDIR": str(tmp_path), "TVMSQZ_DATA": str(tmp_path / "user")}
-    proc = subprocess.Popen([sys.executable, "-m", "tvmsqz", "tune", "squeezenet1_1", "--trials", "200", "--cold",
-                             "-o", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmsqz", "tune", "squeezenet1_1", "--trials", "200", "--cold", "-o", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     record_file = db / "database_tuning_record.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -15,8 +15,9 @@ from tvmsqz.runtime import load as load_artifact
 from tvmsqz.targets import get_target
 
 
-def tiny_classifier(opset: int, *, shapes: bool = True, constants: bool = False, legacy_inputs: bool = False,
-                    batch_dim: int | str = 1) -> onnx.ModelProto:
+def tiny_classifier(
+    opset: int, *, shapes: bool = True, constants: bool = False, legacy_inputs: bool = False, batch_dim: int | str = 1
+) -> onnx.ModelProto:
     """conv -> relu -> global average pool -> flatten: a classifier-shaped graph."""
     rng = np.random.default_rng(opset)
     w = rng.standard_normal((8, 3, 3, 3)).astype("float32")
@@ -45,8 +46,9 @@ def tiny_classifier(opset: int, *, shapes: bool = True, constants: bool = False,
     return model
 
 
-@pytest.mark.parametrize("opset,constants,legacy", [(9, False, True), (11, True, False), (13, False, False),
-                                                     (17, True, False)])
+@pytest.mark.parametrize(
+    "opset,constants,legacy", [(9, False, True), (11, True, False), (13, False, False), (17, True, False)]
+)
 def test_import_variants_match_onnxruntime(opset, constants, legacy, tmp_path):
     model = tiny_classifier(opset, constants=constants, legacy_inputs=legacy)
     mod, spec = import_onnx(model)
@@ -73,8 +75,9 @@ def test_dynamic_batch_resolved_by_input_shape():
     assert discover_input(model, "data:4,3,16,16").shape == (4, 3, 16, 16)
 
 
-@pytest.mark.parametrize("text,match", [("data:1,3,224", "4 positive"), ("data:a,b,c,d", "expected NAME"),
-                                        ("data:1,3,0,16", "4 positive")])
+@pytest.mark.parametrize(
+    "text,match", [("data:1,3,224", "4 positive"), ("data:a,b,c,d", "expected NAME"), ("data:1,3,0,16", "4 positive")]
+)
 def test_bad_input_shape_text(text, match):
     with pytest.raises(TvmsqzError, match=match):
         parse_input_shape(text)
@@ -93,9 +96,14 @@ def test_non_image_models_are_refused():
     two.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1, 4]))
     with pytest.raises(TvmsqzError, match="exactly one input"):
         discover_input(two)
-    flat = helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "flat",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])]), opset_imports=[helper.make_opsetid("", 13)])
+    flat = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "flat",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
     with pytest.raises(TvmsqzError, match="4-D"):
         discover_input(flat)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 import tvm
+from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from tvmsqz.passes.fuse import (  # noqa: E402
+from tvmsqz.passes.fuse import (
     FuseFireModules,
     LowerFireViews,
     fire_kernel_names,
@@ -25,9 +24,7 @@ from tvmsqz.passes.fuse import (  # noqa: E402
 def _target():
     with open("/proc/cpuinfo") as handle:
         avx512 = "avx512f" in handle.read()
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": "x86-64-v4" if avx512 else "x86-64-v3", "num-cores": 2}
-    )
+    return tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4" if avx512 else "x86-64-v3", "num-cores": 2})
 
 
 TARGET = _target()
@@ -59,8 +56,9 @@ class _G:
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
-    def conv(self, x: str, cin: int, cout: int, k: int, bias: str | None = "conv", relu: bool = True,
-             group: int = 1) -> str:
+    def conv(
+        self, x: str, cin: int, cout: int, k: int, bias: str | None = "conv", relu: bool = True, group: int = 1
+    ) -> str:
         w = self.const(self.rng.randn(cout, cin // group, k, k) * (1.0 / np.sqrt(cin * k * k)))
         b = self.rng.randn(cout) * 0.1
         pads = [k // 2] * 4
@@ -86,8 +84,20 @@ class _G:
         return model
 
 
-def fire_model(cin=8, sq=4, e1=8, e3=8, hw=6, bias="conv", relu=True, order=(1, 3),
-               bypass=None, squeeze_out=False, branch_out=False, seed=0):
+def fire_model(
+    cin=8,
+    sq=4,
+    e1=8,
+    e3=8,
+    hw=6,
+    bias="conv",
+    relu=True,
+    order=(1, 3),
+    bypass=None,
+    squeeze_out=False,
+    branch_out=False,
+    seed=0,
+):
     """data -> squeeze (1x1 + ReLU) -> concat([expand e1 1x1, expand e3 3x3] in `order`) [+ bypass]."""
     g = _G(seed)
     s = g.conv("data", cin, sq, 1)
@@ -313,8 +323,15 @@ def _concat_with_squeeze():
         _concat_with_squeeze,
         lambda: fire_model(branch_out=True),  # a branch result is also used elsewhere
     ],
-    ids=["different-inputs", "spatial-axis", "mixed-relu", "grouped", "w-broadcast-bias",
-         "concat-with-squeeze", "branch-used-twice"],
+    ids=[
+        "different-inputs",
+        "spatial-axis",
+        "mixed-relu",
+        "grouped",
+        "w-broadcast-bias",
+        "concat-with-squeeze",
+        "branch-used-twice",
+    ],
 )
 def test_no_rewrite(build):
     model = build()
@@ -341,7 +358,7 @@ def test_bypass_add_is_folded(kind):
     mod = import_model(model)
     fused = fuse_fire(mod)
     ops = op_names(fused)
-    assert "relax.concat" not in ops and "relax.add" not in ops[ops.index(fire_kernel_names(fused)[0]):]
+    assert "relax.concat" not in ops and "relax.add" not in ops[ops.index(fire_kernel_names(fused)[0]) :]
     assert fire_kernel_names(fused) == ["fire_expand_4_8k1_8k3_6x6_res"]
     assert_parity(model, fused)
     # Option off: the add stays a separate op, the expand kernel is still fused.
@@ -426,9 +443,16 @@ def test_metaschedule_extracts_and_tunes_fused_kernel(tmp_path):
     assert not any("concat" in t.task_name for t in tasks)
 
     database = ms.relax_integration.tune_relax(
-        prepared, {}, TARGET, str(tmp_path), max_trials_global=4, num_trials_per_iter=4,
-        op_names=[name], builder=_in_process_builder(),
-        runner=ms.runner.LocalRunner(timeout_sec=60), strategy="replay-trace",
+        prepared,
+        {},
+        TARGET,
+        str(tmp_path),
+        max_trials_global=4,
+        num_trials_per_iter=4,
+        op_names=[name],
+        builder=_in_process_builder(),
+        runner=ms.runner.LocalRunner(timeout_sec=60),
+        strategy="replay-trace",
         cost_model="random",
     )
     records = database.get_all_tuning_records()
@@ -438,12 +462,14 @@ def test_metaschedule_extracts_and_tunes_fused_kernel(tmp_path):
         tuned = relax.transform.MetaScheduleApplyDatabase()(prepared)
         assert tuned[name].attrs.get("tirx.is_scheduled", False)
         # CPU weight prepack, as tvmsqz's CPU backend does it, with LowerFireViews first.
-        tuned = tvm.transform.Sequential([
-            LowerFireViews(),
-            relax.transform.SplitLayoutRewritePreproc(),
-            relax.transform.LiftTransformParams(),
-            relax.transform.FoldConstant(),
-        ])(tuned)
+        tuned = tvm.transform.Sequential(
+            [
+                LowerFireViews(),
+                relax.transform.SplitLayoutRewritePreproc(),
+                relax.transform.LiftTransformParams(),
+                relax.transform.FoldConstant(),
+            ]
+        )(tuned)
     assert any(gv.name_hint.startswith(name) for gv in tuned.functions)
     assert_parity(model, tuned)
 

@@ -41,9 +41,11 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     tree = ast.parse(path.read_text())
     if any(isinstance(n, ast.Attribute) and n.attr == "import_module" for n in ast.walk(tree)):
         # a module that imports by name: every literal that names a tvmsqz module is an import
-        found.update(n.value for n in ast.walk(tree)
-                     if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in known
-                     and n.value != name)
+        found.update(
+            n.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in known and n.value != name
+        )
     for node in ast.walk(tree):
         targets: list[str] = []
         if isinstance(node, ast.Import):
@@ -56,11 +58,20 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             # `from pkg import mod` imports pkg.mod; `from pkg import name` imports pkg itself
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             targets = [node.args[0].value]
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args
-              and isinstance(node.args[0], ast.JoinedStr)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.JoinedStr)
+        ):
             first = node.args[0].values[0] if node.args[0].values else None
             if isinstance(first, ast.FormattedValue) and getattr(first.value, "id", None) == "__name__":
                 targets = [f"{name}.{{family}}"]  # resolved below to every family module
@@ -99,7 +110,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
                 path.pop()
                 continue
             if state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             if not state.get(child):
                 state[child] = 1
                 path.append(child)
@@ -121,7 +132,8 @@ def test_the_cycle_finder_finds_a_cycle_made_through_a_function_level_import(tmp
     # and the scanner sees imports inside functions, not only at module level
     known = modules()
     assert "tvmsqz.backends.cpu.kernels.direct" in imports_of(
-        "tvmsqz.backends.cpu.kernels.legalize", known["tvmsqz.backends.cpu.kernels.legalize"], known)
+        "tvmsqz.backends.cpu.kernels.legalize", known["tvmsqz.backends.cpu.kernels.legalize"], known
+    )
 
 
 def test_backends_are_found_through_import_module():
@@ -132,9 +144,11 @@ def test_backends_are_found_through_import_module():
 
 def test_runtime_side_loads_no_compiler_module():
     """`tvmsqz run` on a device: loading the runtime modules imports no onnx, torch, Relax frontend."""
-    code = ("import sys; import tvmsqz.runtime, tvmsqz.vm, tvmsqz.artifact; "
-            "bad = [m for m in ('onnx', 'torch', 'tvmsqz.frontend', 'tvmsqz.build', 'tvmsqz.passes', 'tvm') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import tvmsqz.runtime, tvmsqz.vm, tvmsqz.artifact; "
+        "bad = [m for m in ('onnx', 'torch', 'tvmsqz.frontend', 'tvmsqz.build', 'tvmsqz.passes', 'tvm') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -142,6 +156,11 @@ def test_runtime_side_loads_no_compiler_module():
 def test_import_contracts_hold():
     """The layers and forbidden imports of pyproject.toml's [tool.importlinter] (also in .ci/run)."""
     lint_imports = Path(sys.executable).with_name("lint-imports")
-    proc = subprocess.run([str(lint_imports) if lint_imports.exists() else "lint-imports", "--no-cache"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(lint_imports) if lint_imports.exists() else "lint-imports", "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -24,27 +23,43 @@ pytestmark = pytest.mark.slow
 def venv(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("install")
     wheels = root / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
-                    "-w", str(wheels)], check=True, capture_output=True, cwd=root)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO), "-w", str(wheels)],
+        check=True,
+        capture_output=True,
+        cwd=root,
+    )
     (wheel,) = wheels.glob("tvmsqz-*.whl")
     env_dir = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], check=True)
-    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     return env_dir
 
 
 def _run(venv: Path, cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TVMSQZ_")}
     env["TVMSQZ_DATA"] = str(cwd / "user-data")  # user data of this test only
-    return subprocess.run([str(venv / "bin" / "tvmsqz"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [str(venv / "bin" / "tvmsqz"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_installed_package_is_the_wheel_not_the_checkout(venv, tmp_path):
-    out = subprocess.run([str(venv / "bin" / "python"), "-c",
-                          "import tvmsqz, tvmsqz.paths as p; print(tvmsqz.__file__); print(p.TARGETS_DIR); "
-                          "print(p.SCHEDULES_DIR)"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import tvmsqz, tvmsqz.paths as p; print(tvmsqz.__file__); print(p.TARGETS_DIR); print(p.SCHEDULES_DIR)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     package, targets, schedules = out.stdout.split()
     assert package.startswith(str(venv)), package
     assert targets.startswith(str(venv)) and targets.endswith("_data/targets"), targets

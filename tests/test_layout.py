@@ -7,26 +7,27 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, assert_one_line_error, run_cli
 
 
 def test_no_family_or_kind_branches_outside_backends_and_the_target_loader():
-    out = subprocess.run(["git", "grep", "-nE", r"family ?==|kind\.name ?==", "--", "tvmsqz/"], cwd=REPO,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "grep", "-nE", r"family ?==|kind\.name ?==", "--", "tvmsqz/"], cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode in (0, 1), out.stderr
-    offenders = [line for line in out.stdout.splitlines()
-                 if not line.startswith(("tvmsqz/backends/", "tvmsqz/targets.py:"))]
+    offenders = [
+        line for line in out.stdout.splitlines() if not line.startswith(("tvmsqz/backends/", "tvmsqz/targets.py:"))
+    ]
     assert offenders == []
     # nor by sniffing a family's report keys (bench once spotted VTA by `simulated_cycles`)
-    out = subprocess.run(["git", "grep", "-n", "simulated_cycles", "--", "tvmsqz/"], cwd=REPO, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["git", "grep", "-n", "simulated_cycles", "--", "tvmsqz/"], cwd=REPO, capture_output=True, text=True
+    )
     assert [line for line in out.stdout.splitlines() if not line.startswith(("tvmsqz/vta/", "tvmsqz/backends/"))] == []
 
 
 def test_importing_targets_loads_no_backend_module():
-    code = ("import sys, tvmsqz.targets; "
-            "print([m for m in sys.modules if m.startswith('tvmsqz.backends.')])")
+    code = "import sys, tvmsqz.targets; print([m for m in sys.modules if m.startswith('tvmsqz.backends.')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -41,12 +42,15 @@ def test_every_shipped_target_file_validates_and_resolves(name):
     assert spec.family == raw["family"]
 
 
-@pytest.mark.parametrize("content,field", [
-    ({"name": "t", "family": "gpu"}, "family"),
-    ({"name": "t", "family": "cpu"}, "tvm"),
-    ({"name": "t", "family": "cpu", "tvm": {"kind": "llvm", "mattr": "+neon"}}, "tvm.mattr"),
-    ({"name": "t", "family": "cpu", "tvm": {"kind": "llvm"}, "export": {"cc": 3}}, "export.cc"),
-])
+@pytest.mark.parametrize(
+    "content,field",
+    [
+        ({"name": "t", "family": "gpu"}, "family"),
+        ({"name": "t", "family": "cpu"}, "tvm"),
+        ({"name": "t", "family": "cpu", "tvm": {"kind": "llvm", "mattr": "+neon"}}, "tvm.mattr"),
+        ({"name": "t", "family": "cpu", "tvm": {"kind": "llvm"}, "export": {"cc": 3}}, "export.cc"),
+    ],
+)
 def test_malformed_target_file_names_the_field(tmp_path, content, field):
     path = tmp_path / "t.json"
     path.write_text(json.dumps(content))

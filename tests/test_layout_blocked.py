@@ -13,12 +13,11 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import require_cpu, run_cli
+
 from tvmsqz.models import load_onnx
 
-MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass",
-          "squeezenet1_0_dc"]
+MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass", "squeezenet1_0_dc"]
 
 
 def _graph(target: str, model: str, fuse: bool = True):
@@ -76,20 +75,34 @@ def test_blocked_concat_free_parity_with_onnxruntime(model, tmp_path):
 
 
 def _odd_channel_model(c: int):
-    from onnx import TensorProto, helper, numpy_helper
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(c)
-    inits = {"w1": rng.standard_normal((c, 3, 3, 3)).astype("float32"), "b1": rng.standard_normal(c).astype("float32"),
-             "w2": rng.standard_normal((c, c, 1, 1)).astype("float32"), "b2": rng.standard_normal(c).astype("float32"),
-             "w3": rng.standard_normal((24, c, 3, 3)).astype("float32"), "b3": rng.standard_normal(24).astype("float32")}
-    nodes = [helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1]),
-             helper.make_node("GlobalAveragePool", ["c3"], ["g"]), helper.make_node("Flatten", ["g"], ["out"])]
-    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 24])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    inits = {
+        "w1": rng.standard_normal((c, 3, 3, 3)).astype("float32"),
+        "b1": rng.standard_normal(c).astype("float32"),
+        "w2": rng.standard_normal((c, c, 1, 1)).astype("float32"),
+        "b2": rng.standard_normal(c).astype("float32"),
+        "w3": rng.standard_normal((24, c, 3, 3)).astype("float32"),
+        "b3": rng.standard_normal(24).astype("float32"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c3"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "odd",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 24])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

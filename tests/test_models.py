@@ -63,10 +63,18 @@ def test_registry_matches_design():
         assert info.description
         if info.name == "squeezenet1_0_dc":
             assert (info.input_shape, info.preprocess, info.source, info.trained) == (
-                (1, 3, 227, 227), "caffe", "caffe", True)
+                (1, 3, 227, 227),
+                "caffe",
+                "caffe",
+                True,
+            )
         else:
             assert (info.input_shape, info.preprocess, info.source, info.trained) == (
-                (1, 3, 224, 224), "torchvision", "torch", False)
+                (1, 3, 224, 224),
+                "torchvision",
+                "torch",
+                False,
+            )
     with pytest.raises(Exception):
         list_models()[0].name = "x"  # frozen
 
@@ -142,7 +150,8 @@ def test_strict_load_rejects_other_architecture():
         torch_model("squeezenet1_1").load_state_dict(torch_model("squeezenet1_0").state_dict(), strict=True)
     with pytest.raises(RuntimeError, match="bypass"):
         torch_model("squeezenet1_0").load_state_dict(
-            torch_model("squeezenet1_0_complex_bypass").state_dict(), strict=True)
+            torch_model("squeezenet1_0_complex_bypass").state_dict(), strict=True
+        )
 
 
 @pytest.mark.parametrize("name", TORCH_MODELS)
@@ -224,8 +233,7 @@ def test_onnx_batch_and_seed(photos):
     assert info.input_shape == (2, 3, 224, 224) and info.name == "squeezenet1_1"
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 224, 224]
     x = np.concatenate([photos["chelsea"], photos["coffee"]])
-    np.testing.assert_allclose(run_ort(model, x), run_torch(torch_model("squeezenet1_1"), x),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_ort(model, x), run_torch(torch_model("squeezenet1_1"), x), rtol=1e-4, atol=1e-5)
     other, _ = load_onnx("squeezenet1_1", batch=2, seed=3)
     assert not np.allclose(run_ort(other, x), run_ort(model, x))
     with pytest.raises(TvmsqzError, match="batch"):
@@ -272,7 +280,8 @@ def test_load_onnx_errors(tmp_path, exported):
     # parses as protobuf but fails the checker (a node reading an undefined tensor)
     broken = onnx.helper.make_model(
         onnx.helper.make_graph(
-            [onnx.helper.make_node("Relu", ["nowhere"], ["y"])], "g",
+            [onnx.helper.make_node("Relu", ["nowhere"], ["y"])],
+            "g",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
         ),

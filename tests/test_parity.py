@@ -12,8 +12,13 @@ from tvmsqz.images import class_names
 from tvmsqz.models import get_model_info, load_onnx, torch_model
 from tvmsqz.runtime import load as load_artifact
 
-BUILTINS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass",
-            "squeezenet1_0_dc"]
+BUILTINS = [
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "squeezenet1_0_bypass",
+    "squeezenet1_0_complex_bypass",
+    "squeezenet1_0_dc",
+]
 
 
 def outputs_for(model: str, so, inputs):
@@ -48,17 +53,20 @@ def test_builtin_model_matches_onnxruntime(model, compiled):
 
 def test_deep_compression_model_recognises_real_photos(compiled):
     """The ImageNet-trained model, compiled from its .net file, names what is in the photos."""
+    from conftest import run_cli
+
     from tvmsqz.images import preprocess, sample_images
     from tvmsqz.models.deep_compression import default_net_path
-
-    from conftest import run_cli
 
     so = compiled("squeezenet1_0_dc")
     artifact = load_artifact(so)
     photos = dict(sample_images())
     names = class_names()
-    expect = {"chelsea": {"tabby", "tiger cat", "Egyptian cat"}, "coffee": {"espresso", "cup", "coffee mug"},
-              "motorcycle": {"moped", "motor scooter"}}
+    expect = {
+        "chelsea": {"tabby", "tiger cat", "Egyptian cat"},
+        "coffee": {"espresso", "cup", "coffee mug"},
+        "motorcycle": {"moped", "motor scooter"},
+    }
     for photo, classes in expect.items():
         top1 = names[int(artifact.run(preprocess(photos[photo], "caffe", 227)).argmax())]
         assert top1 in classes, (photo, top1)

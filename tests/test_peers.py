@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, require, run_cli
+
 from tvmsqz import peers
 from tvmsqz.spec import host_cores, host_cpu_flags
 
@@ -39,19 +39,33 @@ def _tiny_onnx(path: Path) -> Path:
     rng = np.random.default_rng(1)
     weight = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype("float32"), "w")
     bias = numpy_helper.from_array(rng.standard_normal(8).astype("float32"), "b")
-    nodes = [helper.make_node("Conv", ["data", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["output"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8])], [weight, bias])
+    nodes = [
+        helper.make_node("Conv", ["data", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8])],
+        [weight, bias],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     return path
 
 
 def _worker(runtime: str, model: str, inputs: Path, out: Path, threads: int = 1, repeat: int = 3):
     env = {**os.environ, **peers.module(runtime).environment(threads)}
-    return subprocess.run([sys.executable, "-m", "tvmsqz.peers.worker", runtime, model, str(inputs), str(threads),
-                           str(repeat), str(out)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tvmsqz.peers.worker", runtime, model, str(inputs), str(threads), str(repeat), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "ncnn", "openvino_default"])
@@ -146,7 +160,8 @@ def test_bench_times_every_installed_peer_in_its_own_process_with_parity_to_ort(
 def test_bench_without_the_peers_installed_says_which_were_skipped_and_why(tmp_path):
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(textwrap.dedent('''
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent('''
         import sys
 
         class _NotInstalled:
@@ -157,15 +172,18 @@ def test_bench_without_the_peers_installed_says_which_were_skipped_and_why(tmp_p
                 return None
 
         sys.meta_path.insert(0, _NotInstalled())
-    '''))
+    ''')
+    )
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
-    check = subprocess.run([sys.executable, "-c", "import openvino"], capture_output=True, text=True,
-                           env={**os.environ, **env})
+    check = subprocess.run(
+        [sys.executable, "-c", "import openvino"], capture_output=True, text=True, env={**os.environ, **env}
+    )
     assert check.returncode != 0 and "No module named 'openvino'" in check.stderr  # the simulation is real
 
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "squeezenet1_1", "--repeat", "3", "--no-tuning", "--no-torch", "--fuse", "--json", str(out),
-                   env=env)
+    proc = run_cli(
+        "bench", "squeezenet1_1", "--repeat", "3", "--no-tuning", "--no-torch", "--fuse", "--json", str(out), env=env
+    )
     report = json.loads(out.read_text())
     skipped = report["peers_skipped"]
     assert set(skipped) == {"openvino", "openvino_default", "ncnn", "torch"}, skipped
@@ -188,9 +206,14 @@ def test_sigterm_during_a_worker_ends_the_worker_too(tmp_path):
 
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "tvmsqz", "bench", "squeezenet1_1", "--no-tuning", "--no-torch",
-                             "--repeat", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmsqz", "bench", "squeezenet1_1", "--no-tuning", "--no-torch", "--repeat", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     try:
         bench, workers = psutil.Process(proc.pid), []
         deadline = time.monotonic() + 300

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmsqz.quant import (calibration_inputs, choose_exponent, conv_mean_error, corrected_bias, dequantize_np,
-                          mean_patch, quantize_np, weight_exponents, zero_point)
+from tvmsqz.quant import (
+    calibration_inputs,
+    choose_exponent,
+    conv_mean_error,
+    corrected_bias,
+    dequantize_np,
+    mean_patch,
+    quantize_np,
+    weight_exponents,
+    zero_point,
+)
 
 
 def test_quantize_rounds_half_up_and_clips():
@@ -43,7 +52,7 @@ def test_conv_mean_error_is_the_mean_output_difference():
         out = np.zeros((w.shape[0], ho, ho))
         for i in range(ho):
             for j in range(ho):
-                out[:, i, j] = np.einsum("oikl,ikl->o", w, xp[:, i * s:i * s + 3, j * s:j * s + 3])
+                out[:, i, j] = np.einsum("oikl,ikl->o", w, xp[:, i * s : i * s + 3, j * s : j * s + 3])
         return out.mean(axis=(1, 2))
 
     assert mean_patch(x, 3, 2, 1).shape == (3, 3, 3)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import REPO, require_cpu, run_cli
+
 from tvmsqz.database import check_database
 from tvmsqz.models import load_onnx
 from tvmsqz.runtime import load
@@ -76,7 +76,9 @@ def test_merge_databases_keeps_every_record_once(tmp_path):
     merged = tmp_path / "merged"
     assert merge_databases([PORTABLE, PORTABLE], merged) == n  # duplicates collapse
     assert check_database(merged, get_target("x86-avx512")) == n
-    assert len((merged / WORKLOAD_FILE).read_text().splitlines()) == len((PORTABLE / WORKLOAD_FILE).read_text().splitlines())
+    assert len((merged / WORKLOAD_FILE).read_text().splitlines()) == len(
+        (PORTABLE / WORKLOAD_FILE).read_text().splitlines()
+    )
     assert (merged / RECORD_FILE).stat().st_size > 0
 
 

@@ -37,8 +37,16 @@ from conftest import REPO, assert_one_line_error, require, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from tvmsqz.build import compile_module
-from tvmsqz.database import (RECORD_FILE, WORKLOAD_FILE, check_database, choose_database, default_database,
-                             has_database, host_cpu_name, load_database)
+from tvmsqz.database import (
+    RECORD_FILE,
+    WORKLOAD_FILE,
+    check_database,
+    choose_database,
+    default_database,
+    has_database,
+    host_cpu_name,
+    load_database,
+)
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.frontend import import_onnx
 from tvmsqz.runtime import load as load_artifact
@@ -73,9 +81,12 @@ def tiny_model() -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["out"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16])],
-        initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()])
+        initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -151,11 +162,18 @@ def test_short_tune_writes_a_database_that_compile_applies(tiny, tuned, tmp_path
 # ----------------------------------------------------------------------------- interruption
 
 
-def _start_tune(onnx_path: Path, db: Path, trials: int, env: dict,
-                preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+def _start_tune(
+    onnx_path: Path, db: Path, trials: int, env: dict, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tvmsqz", "tune", str(onnx_path), "--trials", str(trials), "-o", str(db), "--resume"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=preexec_fn,
+    )
 
 
 def _tune_env(tmp_path: Path) -> dict:
@@ -207,8 +225,17 @@ def test_interrupted_tune_leaves_a_valid_database_and_resume_finishes_it(tiny, t
     with pytest.raises(TvmsqzError, match="corrupt"):
         check_database(db, spec)
 
-    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", str(total), "-o", str(db), "--resume",
-                   env={"TVMSQZ_TUNE_BATCH": "4", "TMPDIR": str(tmp_path / "tmp")}, timeout=600)
+    proc = run_cli(
+        "tune",
+        str(folder / "tiny.onnx"),
+        "--trials",
+        str(total),
+        "-o",
+        str(db),
+        "--resume",
+        env={"TVMSQZ_TUNE_BATCH": "4", "TMPDIR": str(tmp_path / "tmp")},
+        timeout=600,
+    )
     assert "repaired database" in proc.stderr
     assert check_database(db, spec) == total > after_kill
     stdout = " ".join(proc.stdout.split())  # rich wraps long lines
@@ -266,8 +293,12 @@ def _small_disk(tmp_path: Path, db_src: Path, room: int) -> Iterator[tuple[Path,
     """
     mnt = tmp_path / "small"
     mnt.mkdir()
-    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and shutil.which("mount") is not None
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode
+        == 0
+    )
     try:
         db = copy_db(db_src, mnt / "db")
         preexec_fn = None
@@ -281,6 +312,7 @@ def _small_disk(tmp_path: Path, db_src: Path, room: int) -> Iterator[tuple[Path,
             def preexec_fn() -> None:
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
         yield db, preexec_fn
     finally:
         if mounted:
@@ -298,8 +330,9 @@ def test_full_disk_stops_tuning_with_one_line_and_a_valid_database(tiny, tuned, 
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "Traceback" not in err, err
         # A short write is reported as ENOSPC; a file size limit met exactly at a line's start is EFBIG.
-        assert re.search(f"cannot write {re.escape(str(db / RECORD_FILE))}: (no space left on device|File too large)",
-                         errors[0]), errors[0]
+        assert re.search(
+            f"cannot write {re.escape(str(db / RECORD_FILE))}: (no space left on device|File too large)", errors[0]
+        ), errors[0]
         # Every line on disk is whole, and MetaSchedule replays all of them.
         data = (db / RECORD_FILE).read_bytes()
         assert data.endswith(b"\n")
@@ -318,8 +351,7 @@ def test_records_are_the_lines_metaschedule_writes(tuned, tmp_path):
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
     db = load_database(tuned[1], get_target("x86"))
-    scratch = ms.database.JSONDatabase(str(tmp_path / WORKLOAD_FILE), str(tmp_path / RECORD_FILE),
-                                       allow_missing=True)
+    scratch = ms.database.JSONDatabase(str(tmp_path / WORKLOAD_FILE), str(tmp_path / RECORD_FILE), allow_missing=True)
     mine_w: list[str] = []
     mine_r: list[str] = []
     for rec in db.get_all_tuning_records():
@@ -356,8 +388,9 @@ def test_corrupt_database_is_refused(tiny, tuned, tmp_path):
     proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "4", "-o", str(db), "--resume", check=False)
     assert_one_line_error(proc, "corrupt")
     assert proc.returncode == 2
-    proc = run_cli("compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"),
-                   check=False)
+    proc = run_cli(
+        "compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"), check=False
+    )
     assert_one_line_error(proc, "corrupt")
 
 
@@ -390,21 +423,24 @@ def test_database_for_another_target_is_refused(tiny, tuned, tmp_path):
     (db / RECORD_FILE).write_text(text.replace(f'"{mcpu}"', f'"{other}"'))
     proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "4", "-o", str(db), "--resume", check=False)
     assert_one_line_error(proc, "tuned for target", other)
-    proc = run_cli("compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"),
-                   check=False)
+    proc = run_cli(
+        "compile", str(folder / "tiny.onnx"), "--database", str(db), "-o", str(tmp_path / "m.so"), check=False
+    )
     assert_one_line_error(proc, "tuned for target")
     assert not (tmp_path / "m.so").exists()
 
 
 def test_arm_tuning_needs_a_device(tiny, tmp_path):
     _, folder = tiny
-    proc = run_cli("tune", str(folder / "tiny.onnx"), "--target", "arm", "--trials", "4", "-o", str(tmp_path / "db"),
-                   check=False)
+    proc = run_cli(
+        "tune", str(folder / "tiny.onnx"), "--target", "arm", "--trials", "4", "-o", str(tmp_path / "db"), check=False
+    )
     assert_one_line_error(proc, "--rpc-tracker", "tvmsqz device emulate start")
     mod, _ = import_onnx(tiny[0])
     with pytest.raises(TvmsqzError, match="cannot reach RPC tracker"):  # tracker down: before tuning
-        tune_model(mod, get_target("arm"), trials=4, work_dir=tmp_path / "db2", rpc_tracker="127.0.0.1:9",
-                   rpc_key="arm")
+        tune_model(
+            mod, get_target("arm"), trials=4, work_dir=tmp_path / "db2", rpc_tracker="127.0.0.1:9", rpc_key="arm"
+        )
     assert not (tmp_path / "db2" / RECORD_FILE).exists()
 
 
@@ -413,12 +449,12 @@ def test_arm_tuning_needs_a_device(tiny, tmp_path):
 
 def test_repair_tail(tmp_path):
     path = tmp_path / "records.json"
-    path.write_text('[0, [1]]\n[1, [2]]\n[0, [3')
+    path.write_text("[0, [1]]\n[1, [2]]\n[0, [3")
     assert "dropped" in repair_tail(path)
-    assert path.read_text() == '[0, [1]]\n[1, [2]]\n'
-    path.write_text('[0, [1]]\n[1, [2]]')
+    assert path.read_text() == "[0, [1]]\n[1, [2]]\n"
+    path.write_text("[0, [1]]\n[1, [2]]")
     assert "newline" in repair_tail(path)
-    assert path.read_text() == '[0, [1]]\n[1, [2]]\n'
+    assert path.read_text() == "[0, [1]]\n[1, [2]]\n"
     assert repair_tail(path) is None
     path.write_text("[0, [1]]\ngarbage\n")  # a complete bad line is corruption: left alone
     assert repair_tail(path) is None and path.read_text() == "[0, [1]]\ngarbage\n"
@@ -502,8 +538,17 @@ def test_time_budget_stops_at_a_batch_boundary_with_a_valid_database(tiny, tuned
     budget = 20
     root = _shipped_root(tmp_path, tuned[1])
     db = tmp_path / "db"
-    proc = run_cli("tune", str(folder / "tiny.onnx"), "--time-budget", f"{budget}s", "--cold", "-o", str(db),
-                   env={**_tune_env(tmp_path), "TVMSQZ_SCHEDULES": str(root)}, timeout=600)
+    proc = run_cli(
+        "tune",
+        str(folder / "tiny.onnx"),
+        "--time-budget",
+        f"{budget}s",
+        "--cold",
+        "-o",
+        str(db),
+        env={**_tune_env(tmp_path), "TVMSQZ_SCHEDULES": str(root)},
+        timeout=600,
+    )
     summary = json.loads((db / SUMMARY_FILE).read_text())
     assert summary["stopped"] == "time budget" and summary["time_budget_s"] == budget, summary["stopped"]
     assert summary["budget"] is None  # trials unbounded
@@ -541,8 +586,18 @@ def test_warm_start_remeasures_the_shipped_records_first(tiny, tuned, tmp_path):
     shipped = tuned[1]
     root = _shipped_root(tmp_path, shipped)
     db = tmp_path / "db"
-    proc = run_cli("tune", str(folder / "tiny.onnx"), "--trials", "12", "--time-budget", "1h", "-o", str(db),
-                   env={**_tune_env(tmp_path), "TVMSQZ_SCHEDULES": str(root)}, timeout=600)
+    proc = run_cli(
+        "tune",
+        str(folder / "tiny.onnx"),
+        "--trials",
+        "12",
+        "--time-budget",
+        "1h",
+        "-o",
+        str(db),
+        env={**_tune_env(tmp_path), "TVMSQZ_SCHEDULES": str(root)},
+        timeout=600,
+    )
     summary = json.loads((db / SUMMARY_FILE).read_text())
     warm = summary["warm_start"]
     assert warm["source"] == str(root / "x86-avx512") and warm["records"] == 6 and warm["tasks"] == 3, warm
@@ -565,8 +620,10 @@ def test_warm_start_remeasures_the_shipped_records_first(tiny, tuned, tmp_path):
     later = [json.dumps(trace, sort_keys=True) for _, (trace, *_r) in lines[6:]]
     assert not {json.dumps(t, sort_keys=True) for ts in expected.values() for t in ts} & set(later)
     # Measured again on this host: the times are this run's, not copies of the shipped ones.
-    shipped_times = {json.dumps(rec[0], sort_keys=True): rec[1]
-                     for _, rec in (json.loads(line) for line in (shipped / RECORD_FILE).read_text().splitlines())}
+    shipped_times = {
+        json.dumps(rec[0], sort_keys=True): rec[1]
+        for _, rec in (json.loads(line) for line in (shipped / RECORD_FILE).read_text().splitlines())
+    }
     assert any(shipped_times[json.dumps(trace, sort_keys=True)] != run_secs for _, (trace, run_secs, *_r) in lines[:6])
 
 
@@ -619,8 +676,12 @@ def test_compile_names_the_database_it_applied(tiny, tuned, tmp_path):
     _, folder = tiny
     root = _shipped_root(tmp_path, tuned[1])
     per_cpu = copy_db(tuned[1], root / "x86-avx512" / "testcpu")
-    env = {"TVMSQZ_SCHEDULES": str(root), "TVMSQZ_HOST_CPU": "testcpu", "TVMSQZ_DATA": str(tmp_path / "data"),
-           "COLUMNS": "1000"}  # rich would wrap the long paths of the stderr lines (at a "/", too)
+    env = {
+        "TVMSQZ_SCHEDULES": str(root),
+        "TVMSQZ_HOST_CPU": "testcpu",
+        "TVMSQZ_DATA": str(tmp_path / "data"),
+        "COLUMNS": "1000",
+    }  # rich would wrap the long paths of the stderr lines (at a "/", too)
     so = tmp_path / "m.so"
     proc = run_cli("compile", str(folder / "tiny.onnx"), "-o", str(so), env=env)
     err = " ".join(proc.stderr.split())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import run_cli
+
 from tvmsqz.images import class_names, preprocess, sample_images
 
 

@@ -16,16 +16,50 @@ CFG = load_config()
 # (field, first bit, width) written out by hand from hw_spec.h / hw_spec_const.h with the
 # default config: LOG_UOP_BUFF_DEPTH=13, LOG_INP_BUFF_DEPTH=11, LOG_WGT_BUFF_DEPTH=10,
 # LOG_ACC_BUFF_DEPTH=11; uint64_t bit-fields never straddle a 64-bit word.
-MEM = [("opcode", 0, 3), ("pop_prev_dep", 3, 1), ("pop_next_dep", 4, 1), ("push_prev_dep", 5, 1),
-       ("push_next_dep", 6, 1), ("memory_type", 7, 3), ("sram_base", 10, 16), ("dram_base", 26, 32),
-       ("y_size", 64, 16), ("x_size", 80, 16), ("x_stride", 96, 16), ("y_pad_0", 112, 4), ("y_pad_1", 116, 4),
-       ("x_pad_0", 120, 4), ("x_pad_1", 124, 4)]
-GEMM = [("opcode", 0, 3), ("pop_prev_dep", 3, 1), ("pop_next_dep", 4, 1), ("push_prev_dep", 5, 1),
-        ("push_next_dep", 6, 1), ("reset_reg", 7, 1), ("uop_bgn", 8, 13), ("uop_end", 21, 14), ("iter_out", 35, 14),
-        ("iter_in", 49, 14), ("dst_factor_out", 64, 11), ("dst_factor_in", 75, 11), ("src_factor_out", 86, 11),
-        ("src_factor_in", 97, 11), ("wgt_factor_out", 108, 10), ("wgt_factor_in", 118, 10)]
-ALU = GEMM[:10] + [("dst_factor_out", 64, 11), ("dst_factor_in", 75, 11), ("src_factor_out", 86, 11),
-                   ("src_factor_in", 97, 11), ("alu_opcode", 108, 3), ("use_imm", 111, 1), ("imm", 112, 16)]
+MEM = [
+    ("opcode", 0, 3),
+    ("pop_prev_dep", 3, 1),
+    ("pop_next_dep", 4, 1),
+    ("push_prev_dep", 5, 1),
+    ("push_next_dep", 6, 1),
+    ("memory_type", 7, 3),
+    ("sram_base", 10, 16),
+    ("dram_base", 26, 32),
+    ("y_size", 64, 16),
+    ("x_size", 80, 16),
+    ("x_stride", 96, 16),
+    ("y_pad_0", 112, 4),
+    ("y_pad_1", 116, 4),
+    ("x_pad_0", 120, 4),
+    ("x_pad_1", 124, 4),
+]
+GEMM = [
+    ("opcode", 0, 3),
+    ("pop_prev_dep", 3, 1),
+    ("pop_next_dep", 4, 1),
+    ("push_prev_dep", 5, 1),
+    ("push_next_dep", 6, 1),
+    ("reset_reg", 7, 1),
+    ("uop_bgn", 8, 13),
+    ("uop_end", 21, 14),
+    ("iter_out", 35, 14),
+    ("iter_in", 49, 14),
+    ("dst_factor_out", 64, 11),
+    ("dst_factor_in", 75, 11),
+    ("src_factor_out", 86, 11),
+    ("src_factor_in", 97, 11),
+    ("wgt_factor_out", 108, 10),
+    ("wgt_factor_in", 118, 10),
+]
+ALU = GEMM[:10] + [
+    ("dst_factor_out", 64, 11),
+    ("dst_factor_in", 75, 11),
+    ("src_factor_out", 86, 11),
+    ("src_factor_in", 97, 11),
+    ("alu_opcode", 108, 3),
+    ("use_imm", 111, 1),
+    ("imm", 112, 16),
+]
 UOP = [("dst_idx", 0, 11), ("src_idx", 11, 11), ("wgt_idx", 22, 10)]
 
 
@@ -43,10 +77,36 @@ def test_field_layouts(kind, expected):
 
 
 def test_known_load_word():
-    ins = isa.mem_insn(isa.LOAD, isa.MEM_INP, sram_base=5, dram_base=0x12345, y_size=3, x_size=7, x_stride=55,
-                       y_pad_0=1, y_pad_1=2, x_pad_0=3, x_pad_1=15, push_next_dep=1, pop_next_dep=1)
-    want = (0 | (1 << 4) | (1 << 6) | (2 << 7) | (5 << 10) | (0x12345 << 26)
-            | (3 << 64) | (7 << 80) | (55 << 96) | (1 << 112) | (2 << 116) | (3 << 120) | (15 << 124))
+    ins = isa.mem_insn(
+        isa.LOAD,
+        isa.MEM_INP,
+        sram_base=5,
+        dram_base=0x12345,
+        y_size=3,
+        x_size=7,
+        x_stride=55,
+        y_pad_0=1,
+        y_pad_1=2,
+        x_pad_0=3,
+        x_pad_1=15,
+        push_next_dep=1,
+        pop_next_dep=1,
+    )
+    want = (
+        0
+        | (1 << 4)
+        | (1 << 6)
+        | (2 << 7)
+        | (5 << 10)
+        | (0x12345 << 26)
+        | (3 << 64)
+        | (7 << 80)
+        | (55 << 96)
+        | (1 << 112)
+        | (2 << 116)
+        | (3 << 120)
+        | (15 << 124)
+    )
     assert isa.encode(ins, CFG) == want
     words = isa.encode_program([ins], CFG)
     assert words.dtype == np.uint64 and words.shape == (1, 2)
@@ -56,8 +116,7 @@ def test_known_load_word():
 
 
 def test_known_alu_word_negative_immediate():
-    ins = isa.alu_insn(isa.ALU_SHR, 4, 5, iter_out=2, iter_in=3, dst_factor_out=6, dst_factor_in=1,
-                       use_imm=1, imm=-3)
+    ins = isa.alu_insn(isa.ALU_SHR, 4, 5, iter_out=2, iter_in=3, dst_factor_out=6, dst_factor_in=1, use_imm=1, imm=-3)
     w = isa.encode(ins, CFG)
     assert (w >> 112) & 0xFFFF == (-3) & 0xFFFF
     assert (w >> 108) & 0x7 == isa.ALU_SHR and (w >> 111) & 1 == 1

@@ -12,8 +12,18 @@ import pytest
 
 from tvmsqz.vta import isa
 from tvmsqz.vta.config import load_config
-from tvmsqz.vta.lower import (Branch, ConvLayer, Tiling, TilingError, check_tiling, default_tiling, lower_conv,
-                              pack_activation, reference_conv, unpack_activation)
+from tvmsqz.vta.lower import (
+    Branch,
+    ConvLayer,
+    Tiling,
+    TilingError,
+    check_tiling,
+    default_tiling,
+    lower_conv,
+    pack_activation,
+    reference_conv,
+    unpack_activation,
+)
 from tvmsqz.vta.program import ProgramBuilder
 from tvmsqz.vta.sim import Simulator
 from tvmsqz.vta.tune import load_db, lookup, search_layer, tune_layers
@@ -43,12 +53,12 @@ def numpy_conv_int8(layer, x):
         acc = np.zeros((b.weight.shape[0], ho, wo), np.int32)
         for oy in range(ho):
             for ox in range(wo):
-                win = xp[:, oy * s:oy * s + k, ox * s:ox * s + k]
+                win = xp[:, oy * s : oy * s + k, ox * s : ox * s + k]
                 acc[:, oy, ox] = np.tensordot(b.weight.astype(np.int32), win, axes=([1, 2, 3], [0, 1, 2]))
         outs.append(acc)
     acc = np.concatenate(outs).astype(np.int64) + layer.bias[:, None, None]
     shift = np.broadcast_to(np.asarray(layer.shift), (acc.shape[0],))[:, None, None]
-    y = np.floor((acc + 0.0) / 2.0 ** shift + 0.5).astype(np.int64)
+    y = np.floor((acc + 0.0) / 2.0**shift + 0.5).astype(np.int64)
     return np.clip(y, 0 if layer.relu else -128, 127).astype(np.int8)[None]
 
 
@@ -62,7 +72,7 @@ def run_layer(layer, tiling, seed=1, x=None):
     prog = lower_conv(layer, tiling, CFG)
     out, stats = prog.run(pack_activation(x), CFG)
     full = unpack_activation(out)
-    assert not full[:, layer.out_channels:].any()
+    assert not full[:, layer.out_channels :].any()
     return x, full[:, : layer.out_channels], stats, prog
 
 
@@ -141,8 +151,17 @@ def test_first_conv_as_im2col_plus_1x1_bit_exact():
     w = direct.branches[0].weight
     cols = im2col_nchw(x.astype(np.float32), 7, 2, 0).astype(np.int8)
     assert cols.shape == (1, 147, 18, 18)
-    layer = ConvLayer("conv1", 147, 18, 18, [Branch(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(96, 147, 1, 1)), 0)],
-                      direct.bias, direct.shift, True, 1)
+    layer = ConvLayer(
+        "conv1",
+        147,
+        18,
+        18,
+        [Branch(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(96, 147, 1, 1)), 0)],
+        direct.bias,
+        direct.shift,
+        True,
+        1,
+    )
     want = numpy_conv_int8(direct, x)
     for tiling in (default_tiling(layer, CFG), Tiling(4, 18, 3, 5, 2, 2, "spatial"), Tiling(18, 5, 6, 2, 2, 1, "oc")):
         _, got, stats, _ = run_layer(layer, tiling, x=cols)
@@ -187,7 +206,7 @@ def test_program_builder_drops_implied_dependencies():
     pb = ProgramBuilder()
     l0 = pb.emit(isa.mem_insn(isa.LOAD, isa.MEM_INP, 0, 0, 1, 1, 1))
     l1 = pb.emit(isa.mem_insn(isa.LOAD, isa.MEM_INP, 1, 0, 1, 1, 1))
-    g0 = pb.emit(isa.gemm_insn(0, 0), after=(l0, l1))
+    _g0 = pb.emit(isa.gemm_insn(0, 0), after=(l0, l1))
     pb.emit(isa.gemm_insn(0, 0), after=(l0,))  # already implied by g0's wait
     pb.emit(isa.finish_insn())
     out = pb.finalize()

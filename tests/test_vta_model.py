@@ -14,16 +14,18 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import require
-from tvmsqz.paths import DEEP_COMPRESSION_DIR
 
+from tvmsqz.paths import DEEP_COMPRESSION_DIR
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _deep_compression_present():
-    require((DEEP_COMPRESSION_DIR / "compressed_SqueezeNet.net").is_file(),
-            f"Deep Compression SqueezeNet not in {DEEP_COMPRESSION_DIR}")
+    require(
+        (DEEP_COMPRESSION_DIR / "compressed_SqueezeNet.net").is_file(),
+        f"Deep Compression SqueezeNet not in {DEEP_COMPRESSION_DIR}",
+    )
+
 
 SMALL = 99
 
@@ -56,7 +58,7 @@ def qnet(dc_small):
 
 
 def test_partition_puts_every_conv_and_pool_on_vta(dc_small, qnet):
-    from tvmsqz.vta.graph import VTAUnit, partition, prepare, from_onnx
+    from tvmsqz.vta.graph import VTAUnit, from_onnx, partition, prepare
 
     units = qnet.vta_units()
     names = [u.name for u in units]
@@ -82,8 +84,15 @@ def test_partition_puts_every_conv_and_pool_on_vta(dc_small, qnet):
     pad = partition(prepare(from_onnx(model), "pad"))
     assert pad[0] == [] and isinstance(pad[1], VTAUnit) and pad[1].convs[0].attrs["weight"].shape[1:] == (3, 7, 7)
     no_pools = partition(dc_small[1], pools=False)
-    assert [op.kind for st in no_pools if not isinstance(st, VTAUnit) for op in st] == \
-        ["im2col", "maxpool", "maxpool", "maxpool", "gap", "flatten", "softmax"]
+    assert [op.kind for st in no_pools if not isinstance(st, VTAUnit) for op in st] == [
+        "im2col",
+        "maxpool",
+        "maxpool",
+        "maxpool",
+        "gap",
+        "flatten",
+        "softmax",
+    ]
 
 
 def test_input_zero_points_make_photo_input_lossless(dc_small, qnet):
@@ -167,7 +176,8 @@ def test_calibration_does_not_depend_on_string_hashing(tmp_path):
         "d[2].dim_value = d[3].dim_value = 67\n"
         "cal = [preprocess(im, 'caffe', 67) for _, im in sample_images()[:2]]\n"
         "q = quantize_graph(prepare(from_onnx(m)), cal)\n"
-        "print(json.dumps({'e': q.qexp, 'z': {k: v.tolist() for k, v in q.zero.items()}}, sort_keys=True))\n")
+        "print(json.dumps({'e': q.qexp, 'z': {k: v.tolist() for k, v in q.zero.items()}}, sort_keys=True))\n"
+    )
     outs = []
     for seed in ("1", "2"):
         env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
@@ -191,8 +201,7 @@ def test_quantised_model_tracks_fp32(dc_small, qnet):
 
 
 def test_artifact_round_trip_and_bench(dc_small, qnet, tmp_path):
-    from tvmsqz.vta import bench_vta, compile_vta, load_vta, sidecar_path
-    from tvmsqz.vta import isa
+    from tvmsqz.vta import bench_vta, compile_vta, isa, load_vta, sidecar_path
     from tvmsqz.vta.lower import pack_activation, unpack_activation
 
     model, graph, cal, ev = dc_small
@@ -242,8 +251,16 @@ def test_artifact_round_trip_and_bench(dc_small, qnet, tmp_path):
         m.run(np.zeros((1, 3, 10, 10), np.float32))
 
     rep = bench_vta(m, [("a", ev[0]), ("b", ev[1])])
-    for key in ("simulated_cycles", "dram_bytes", "mac_offload_share", "top1_agreement_vs_fp32",
-                "top5_overlap_vs_fp32", "per_layer", "on_host", "host_ms_per_image"):
+    for key in (
+        "simulated_cycles",
+        "dram_bytes",
+        "mac_offload_share",
+        "top1_agreement_vs_fp32",
+        "top5_overlap_vs_fp32",
+        "per_layer",
+        "on_host",
+        "host_ms_per_image",
+    ):
         assert key in rep
     assert rep["images"] == 2 and rep["top1_agreement_vs_fp32"] >= 0.5 and rep["top5_overlap_vs_fp32"] >= 0.6
     assert "no FPGA board" in rep["device"]

@@ -26,7 +26,7 @@ def numpy_maxpool(x: np.ndarray, k: int, s: int, pads, ceil: int) -> np.ndarray:
     for oy in range(ho):
         for ox in range(wo):
             y0, x0 = oy * s - pads[0], ox * s - pads[1]
-            win = x[0, :, max(0, y0):min(h, y0 + k), max(0, x0):min(w, x0 + k)]
+            win = x[0, :, max(0, y0) : min(h, y0 + k), max(0, x0) : min(w, x0 + k)]
             out[0, :, oy, ox] = win.reshape(c, -1).max(axis=1)
     return out
 
@@ -57,8 +57,18 @@ def test_vta_maxpool_matches_numpy(case):
     want = numpy_maxpool(x, k, s, pads, ceil)
     assert np.array_equal(layer.reference(x), want)
     space = layer.tiling_space(CFG)
-    tilings = [None] + [Tiling(int(rng.choice(space["h"])), int(rng.choice(space["w"])), int(rng.choice(space["oc"])),
-                               1, 1, int(rng.choice([1, 2])), "spatial") for _ in range(12)]
+    tilings = [None] + [
+        Tiling(
+            int(rng.choice(space["h"])),
+            int(rng.choice(space["w"])),
+            int(rng.choice(space["oc"])),
+            1,
+            1,
+            int(rng.choice([1, 2])),
+            "spatial",
+        )
+        for _ in range(12)
+    ]
     ran = 0
     for t in tilings:
         try:

@@ -25,7 +25,7 @@ class Dram:
     def put(self, arr) -> int:
         b = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
         off = self.top
-        self.mem[off:off + len(b)] = b
+        self.mem[off : off + len(b)] = b
         self.top = -(-(off + len(b)) // 256) * 256 + 256
         return off
 
@@ -34,7 +34,7 @@ class Dram:
 
     def get(self, off, dtype, shape):
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return self.mem[off:off + n].view(dtype).reshape(shape)
+        return self.mem[off : off + n].view(dtype).reshape(shape)
 
 
 def uop_load(dram, uops, sram_base=0):
@@ -116,9 +116,10 @@ def test_load_padding_and_stride():
     ins = isa.mem_insn(L, isa.MEM_INP, 10, off // 16 + 1 * 7 + 2, 3, 4, 7, y_pad_0=1, y_pad_1=0, x_pad_0=0, x_pad_1=2)
     sim = Simulator(CFG, d.mem)
     sim.inp[:] = 99
-    sim.run(isa.encode_program([{**ins, "push_next_dep": 1}, isa.gemm_insn(0, 0, pop_prev_dep=1),
-                                isa.finish_insn()], CFG))
-    got = sim.inp[10:10 + 4 * 6].reshape(4, 6, 16)
+    sim.run(
+        isa.encode_program([{**ins, "push_next_dep": 1}, isa.gemm_insn(0, 0, pop_prev_dep=1), isa.finish_insn()], CFG)
+    )
+    got = sim.inp[10 : 10 + 4 * 6].reshape(4, 6, 16)
     want = np.zeros((4, 6, 16), np.int8)
     want[1:, :4] = img[1:4, 2:6]
     assert np.array_equal(got, want)
@@ -144,17 +145,20 @@ def _alu_program(d, acc, op, use_imm, imm, uops, **loop):
     ]
 
 
-@pytest.mark.parametrize("op,imm,fn", [
-    (isa.ALU_MIN, 5, lambda a: np.minimum(a, 5)),
-    (isa.ALU_MAX, -7, lambda a: np.maximum(a, -7)),
-    (isa.ALU_ADD, -300, lambda a: a - 300),
-    (isa.ALU_SHR, 3, lambda a: a >> 3),  # arithmetic: rounds towards -inf
-    (isa.ALU_SHR, -2, lambda a: a << 2),  # negative shift = left shift
-    (isa.ALU_MUL, 3, lambda a: a * 3),
-])
+@pytest.mark.parametrize(
+    "op,imm,fn",
+    [
+        (isa.ALU_MIN, 5, lambda a: np.minimum(a, 5)),
+        (isa.ALU_MAX, -7, lambda a: np.maximum(a, -7)),
+        (isa.ALU_ADD, -300, lambda a: a - 300),
+        (isa.ALU_SHR, 3, lambda a: a >> 3),  # arithmetic: rounds towards -inf
+        (isa.ALU_SHR, -2, lambda a: a << 2),  # negative shift = left shift
+        (isa.ALU_MUL, 3, lambda a: a * 3),
+    ],
+)
 def test_alu_immediate(op, imm, fn):
     rng = np.random.default_rng(op)
-    acc = rng.integers(-10**6, 10**6, (6, 16)).astype(np.int32)
+    acc = rng.integers(-(10**6), 10**6, (6, 16)).astype(np.int32)
     d = Dram()
     prog = _alu_program(d, acc, op, 1, imm, [(0, 0, 0)], iter_out=2, iter_in=3, dst_factor_out=3, dst_factor_in=1)
     sim = run(d, prog)
@@ -172,7 +176,7 @@ def test_alu_two_operands_and_wrap():
     # acc[0] += acc[1] (wraps), acc[2] = max(acc[2], acc[3])
     prog = _alu_program(d, acc, isa.ALU_ADD, 0, 0, [(0, 1, 0)])
     sim = run(d, prog)
-    assert (sim.acc[0] == -2**31).all()
+    assert (sim.acc[0] == -(2**31)).all()
     d2 = Dram()
     sim = run(d2, _alu_program(d2, acc, isa.ALU_MAX, 0, 0, [(2, 3, 0)]))
     assert sim.acc[2].tolist() == np.maximum(np.arange(16) - 8, 3).tolist()
@@ -192,8 +196,12 @@ def _literal(sim_acc, insn, uops, inp=None, wgt=None):
                 else:
                     b = insn["imm"] if insn["use_imm"] else acc[src]
                     a = acc[dst]
-                    r = {isa.ALU_ADD: a + b, isa.ALU_MAX: np.maximum(a, b), isa.ALU_MIN: np.minimum(a, b),
-                         isa.ALU_MUL: a * b}[insn["alu_opcode"]]
+                    r = {
+                        isa.ALU_ADD: a + b,
+                        isa.ALU_MAX: np.maximum(a, b),
+                        isa.ALU_MIN: np.minimum(a, b),
+                        isa.ALU_MUL: a * b,
+                    }[insn["alu_opcode"]]
                     acc[dst] = (r + 2**31) % 2**32 - 2**31
     return ((acc + 2**31) % 2**32 - 2**31).astype(np.int32)
 
@@ -206,21 +214,52 @@ def test_random_gemm_and_alu_match_literal_loops(seed):
     sim = Simulator(CFG, np.zeros(0, np.uint8))
     sim.inp[:64] = rng.integers(-128, 128, (64, 16))
     sim.wgt[:32] = rng.integers(-128, 128, (32, 16, 16))
-    sim.acc[:64] = rng.integers(-2**31, 2**31, (64, 16))
+    sim.acc[:64] = rng.integers(-(2**31), 2**31, (64, 16))
     n = int(rng.integers(1, 6))
     uops = np.stack([rng.integers(0, 8, n), rng.integers(0, 8, n), rng.integers(0, 4, n)], 1)
     sim.uop[:n] = uops
     f = lambda: int(rng.integers(0, 4))  # noqa: E731
-    g = isa.decode(isa.encode(isa.gemm_insn(0, n, iter_out=int(rng.integers(1, 4)), iter_in=int(rng.integers(1, 4)),
-                                            dst_factor_out=f(), dst_factor_in=f(), src_factor_out=f(),
-                                            src_factor_in=f(), wgt_factor_out=f() % 2, wgt_factor_in=f() % 3), CFG), CFG)
+    g = isa.decode(
+        isa.encode(
+            isa.gemm_insn(
+                0,
+                n,
+                iter_out=int(rng.integers(1, 4)),
+                iter_in=int(rng.integers(1, 4)),
+                dst_factor_out=f(),
+                dst_factor_in=f(),
+                src_factor_out=f(),
+                src_factor_in=f(),
+                wgt_factor_out=f() % 2,
+                wgt_factor_in=f() % 3,
+            ),
+            CFG,
+        ),
+        CFG,
+    )
     want = _literal(sim.acc, g, uops, sim.inp, sim.wgt)
     sim._gemm(g)
     assert np.array_equal(sim.acc, want)
     for op in (isa.ALU_ADD, isa.ALU_MAX, isa.ALU_MUL):
-        a = isa.decode(isa.encode(isa.alu_insn(op, 0, n, iter_out=2, iter_in=2, dst_factor_out=f(), dst_factor_in=f(),
-                                               src_factor_out=f(), src_factor_in=f(), use_imm=int(rng.integers(0, 2)),
-                                               imm=int(rng.integers(-5, 5))), CFG), CFG)
+        a = isa.decode(
+            isa.encode(
+                isa.alu_insn(
+                    op,
+                    0,
+                    n,
+                    iter_out=2,
+                    iter_in=2,
+                    dst_factor_out=f(),
+                    dst_factor_in=f(),
+                    src_factor_out=f(),
+                    src_factor_in=f(),
+                    use_imm=int(rng.integers(0, 2)),
+                    imm=int(rng.integers(-5, 5)),
+                ),
+                CFG,
+            ),
+            CFG,
+        )
         want = _literal(sim.acc, a, uops)
         sim._alu(a)
         assert np.array_equal(sim.acc, want), op

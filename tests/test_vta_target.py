@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import REPO, assert_one_line_error, run_cli
+
 from tvmsqz.images import preprocess, sample_images
 
 MODEL = "squeezenet1_1"
@@ -93,8 +93,9 @@ def test_vta_artifact_protocol(tmp_path, photo, default_artifact):
 
 
 def test_tvm_flow_options_are_refused(tmp_path):
-    proc = run_cli("compile", MODEL, "--target", "vta", "--database", str(tmp_path), "-o", str(tmp_path / "m.so"),
-                   check=False)
+    proc = run_cli(
+        "compile", MODEL, "--target", "vta", "--database", str(tmp_path), "-o", str(tmp_path / "m.so"), check=False
+    )
     assert_one_line_error(proc, "vta", "--database")
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import require_cpu, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import require_cpu, run_cli
 from tvmsqz.backends.cpu.kernels import winograd
 
 
@@ -28,7 +28,7 @@ def test_transform_matrices_compute_a_2d_correlation(m):
     d = rng.standard_normal((m + 2, m + 2))
     k = rng.standard_normal((3, 3))
     y = a_t @ ((g @ k @ g.T) * (b_t @ d @ b_t.T)) @ a_t.T
-    want = np.array([[np.sum(d[i:i + 3, j:j + 3] * k) for j in range(m)] for i in range(m)])
+    want = np.array([[np.sum(d[i : i + 3, j : j + 3] * k) for j in range(m)] for i in range(m)])
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
@@ -43,7 +43,7 @@ def _direct(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
     out = np.zeros((n, kb * ob, oh, ow))
     for i in range(3):
         for j in range(3):
-            out += np.einsum("nchw,kc->nkhw", padded[:, :, i:i + oh, j:j + ow], kernel[:, :, i, j])
+            out += np.einsum("nchw,kc->nkhw", padded[:, :, i : i + oh, j : j + ow], kernel[:, :, i, j])
     return out.reshape(n, kb, ob, oh, ow).transpose(0, 1, 3, 4, 2)
 
 
@@ -69,11 +69,14 @@ def _weights(w: np.ndarray, tile: int) -> np.ndarray:
     return out.numpy()
 
 
-@pytest.mark.parametrize("cin,cout,hw,pad,tile,lanes", [
-    (32, 48, 13, 1, 4, 16),   # 13 is not a multiple of the tile: partial tiles at the edge
-    (16, 32, 12, 0, 4, 16),   # no padding
-    (16, 16, 9, 1, 2, 8),     # F(2,3), AVX2's 8 lanes
-])
+@pytest.mark.parametrize(
+    "cin,cout,hw,pad,tile,lanes",
+    [
+        (32, 48, 13, 1, 4, 16),  # 13 is not a multiple of the tile: partial tiles at the edge
+        (16, 32, 12, 0, 4, 16),  # no padding
+        (16, 16, 9, 1, 2, 8),  # F(2,3), AVX2's 8 lanes
+    ],
+)
 def test_kernel_matches_direct_convolution(cin, cout, hw, pad, tile, lanes):
     import tvm
     from tvm.s_tir import Schedule
@@ -161,19 +164,27 @@ def test_target_without_winograd_keeps_direct_convs_and_the_same_outputs(tmp_pat
 def _wino_model() -> onnx.ModelProto:
     """conv3x3 3->16 (direct: 3 input channels) -> relu -> conv3x3 16->32 (Winograd) -> relu -> GAP."""
     rng = np.random.default_rng(5)
-    arrays = {"w1": rng.standard_normal((16, 3, 3, 3)).astype("float32") * 0.3,
-              "b1": rng.standard_normal(16).astype("float32") * 0.1,
-              "w2": rng.standard_normal((32, 16, 3, 3)).astype("float32") * 0.2,
-              "b2": rng.standard_normal(32).astype("float32") * 0.1}
-    nodes = [helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["out"])]
-    graph = helper.make_graph(nodes, "wino", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 32])],
-                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    arrays = {
+        "w1": rng.standard_normal((16, 3, 3, 3)).astype("float32") * 0.3,
+        "b1": rng.standard_normal(16).astype("float32") * 0.1,
+        "w2": rng.standard_normal((32, 16, 3, 3)).astype("float32") * 0.2,
+        "b2": rng.standard_normal(32).astype("float32") * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wino",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -204,10 +215,10 @@ def test_padded_classifier_is_blocked_and_sliced_back(tmp_path):
     require_cpu({"avx512f", "avx512bw", "avx512vl"}, "running the AVX-512 build")
     from tvmsqz.build import prepare
     from tvmsqz.frontend import load_model
+    from tvmsqz.models import load_onnx
     from tvmsqz.paths import TARGETS_DIR
     from tvmsqz.runtime import load
     from tvmsqz.targets import get_target
-    from tvmsqz.models import load_onnx
 
     data = json.loads((TARGETS_DIR / "x86-avx512.json").read_text())
     assert data["layout"].get("classifier_pad") == 32  # the shipped default
@@ -219,7 +230,9 @@ def test_padded_classifier_is_blocked_and_sliced_back(tmp_path):
     run_cli("compile", "squeezenet1_1", "--target", "x86-avx512", "--no-tuning", "-o", str(so))
     onnx_model, _ = load_onnx("squeezenet1_1")
     x = np.random.default_rng(11).standard_normal((1, 3, 224, 224)).astype("float32")
-    want = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    want = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"data": x}
+    )[0]
     got = load(so).run(x)
     assert got.shape == (1, 1000)
     assert np.abs(got - want).max() <= 1e-4 * (want.max() - want.min()) and got.argmax() == want.argmax()

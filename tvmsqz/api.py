@@ -32,9 +32,28 @@ from .frontend import Model
 from .spec import TargetSpec
 from .vm import check_input, prefer_runtime_lib
 
-__all__ = ["Artifact", "BenchReport", "Model", "Target", "bench", "check_input", "check_writable", "compile", "default_database_note",
-           "emulate_devices", "list_models", "list_targets", "load", "load_model", "package", "prefer_runtime_lib",
-           "resolve_target", "serve_device", "top_classes", "tune"]
+__all__ = [
+    "Artifact",
+    "BenchReport",
+    "Model",
+    "Target",
+    "bench",
+    "check_input",
+    "check_writable",
+    "compile",
+    "default_database_note",
+    "emulate_devices",
+    "list_models",
+    "list_targets",
+    "load",
+    "load_model",
+    "package",
+    "prefer_runtime_lib",
+    "resolve_target",
+    "serve_device",
+    "top_classes",
+    "tune",
+]
 
 #: A target as the API takes it: a name from `tvmsqz targets`, a target file path, or a resolved spec.
 Target = str | Path | TargetSpec
@@ -56,8 +75,15 @@ def _pipeline(spec: TargetSpec):
     return backend, getattr(backend, "pipeline", None) or TVM_PIPELINE
 
 
-def load_model(source: Any, *, batch: int = 1, input_shape: str | tuple | None = None,
-               example_input: Any = None, name: str | None = None, seed: int = 0) -> Model:
+def load_model(
+    source: Any,
+    *,
+    batch: int = 1,
+    input_shape: str | tuple | None = None,
+    example_input: Any = None,
+    name: str | None = None,
+    seed: int = 0,
+) -> Model:
     """Load a model once, for `compile`, `tune` and `bench`.
 
     `source` is a built-in name (`tvmsqz models`), an `.onnx` path, a Deep Compression `.net`
@@ -66,15 +92,17 @@ def load_model(source: Any, *, batch: int = 1, input_shape: str | tuple | None =
     built-in models and of files with a dynamic batch; `input_shape` (`"data:1,3,224,224"` or a
     tuple) names a shape the file does not give.
     """
-    from .frontend import load_model as load_source, model_from_onnx
+    from .frontend import load_model as load_source
+    from .frontend import model_from_onnx
 
     if isinstance(source, (str, Path)):
         return load_source(str(source), batch=batch, input_shape=input_shape)
     import onnx
 
     if isinstance(source, onnx.ModelProto):
-        return model_from_onnx(source, name=name or source.graph.name or "onnx-model", batch=batch,
-                               input_shape=input_shape)
+        return model_from_onnx(
+            source, name=name or source.graph.name or "onnx-model", batch=batch, input_shape=input_shape
+        )
     if _is_torch_module(source):
         from .models import export_onnx
 
@@ -85,12 +113,14 @@ def load_model(source: Any, *, batch: int = 1, input_shape: str | tuple | None =
             raise TvmsqzError(f"example_input must be a 4-D NCHW image batch, got shape {list(shape)}")
         try:
             proto = export_onnx(source, shape)
-        except Exception as exc:  # torch's exporter raises many types; all mean "cannot export"
+        except Exception as exc:  # noqa: BLE001 - torch's exporter raises many types; all mean "cannot export"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TvmsqzError(f"cannot export the torch module to ONNX: {first}") from None
         return model_from_onnx(proto, name=name or type(source).__name__, batch=batch)
-    raise TvmsqzError(f"cannot load a model from a {type(source).__name__}: give a built-in name, an .onnx or .net "
-                      "path, an onnx.ModelProto or a torch.nn.Module")
+    raise TvmsqzError(
+        f"cannot load a model from a {type(source).__name__}: give a built-in name, an .onnx or .net "
+        "path, an onnx.ModelProto or a torch.nn.Module"
+    )
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -116,9 +146,18 @@ class _Scratch:
         return folder / name
 
 
-def compile(model: Model | Any, target: Target = "x86", *, output: str | Path | None = None,
-            database: str | Path | None = None, tuning: bool = True, fuse: bool | None = None,
-            max_memory: str | int | None = None, log=None, **options: Any) -> Artifact:
+def compile(
+    model: Model | Any,
+    target: Target = "x86",
+    *,
+    output: str | Path | None = None,
+    database: str | Path | None = None,
+    tuning: bool = True,
+    fuse: bool | None = None,
+    max_memory: str | int | None = None,
+    log=None,
+    **options: Any,
+) -> Artifact:
     """Compile `model` for `target` and return the loaded `Artifact`.
 
     `output` (a `.so` path) keeps the artifact and its manifest there; without it they live in
@@ -137,8 +176,18 @@ def compile(model: Model | Any, target: Target = "x86", *, output: str | Path | 
     path = Path(output) if output is not None else _Scratch.path("model.so")
     inputs = [Path(loaded.source)] if loaded.source else []
     check_writable(path, inputs=inputs)
-    pipe.compile(loaded, spec, backend, path, database=Path(database) if database else None, tuning=tuning,
-                 fuse=fuse, max_memory=max_memory, log=log, **options)
+    pipe.compile(
+        loaded,
+        spec,
+        backend,
+        path,
+        database=Path(database) if database else None,
+        tuning=tuning,
+        fuse=fuse,
+        max_memory=max_memory,
+        log=log,
+        **options,
+    )
     if not backend.runs_on_host(spec):
         return UnloadedArtifact(path)
     return load(path)
@@ -163,8 +212,10 @@ class UnloadedArtifact:
 
     def _refuse(self, *_: Any, **__: Any):
         target = (self.manifest.get("target") or {}).get("name", "its target")
-        raise TvmsqzError(f"{self.path.name} was compiled for {target}, which does not run on this host; "
-                          "package it (`tvmsqz package`) and run it there")
+        raise TvmsqzError(
+            f"{self.path.name} was compiled for {target}, which does not run on this host; "
+            "package it (`tvmsqz package`) and run it there"
+        )
 
     run = timer = time = profile = _refuse
 
@@ -179,16 +230,29 @@ class UnloadedArtifact:
         return ArtifactBase.files(self)  # type: ignore[arg-type]
 
 
-def tune(model: Model | Any, target: Target = "x86", *, trials: int | None = None, output: str | Path | None = None,
-         resume: bool = False, time_budget: float | str | None = None, cold: bool = False, fuse: bool | None = None,
-         space: str | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None, log=None,
-         **options: Any) -> dict:
+def tune(
+    model: Model | Any,
+    target: Target = "x86",
+    *,
+    trials: int | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    time_budget: float | str | None = None,
+    cold: bool = False,
+    fuse: bool | None = None,
+    space: str | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    log=None,
+    **options: Any,
+) -> dict:
     """Auto-tune every kernel of `model` for `target`; returns the run's summary (records,
     kernels tuned, seconds, `database`: the folder written).
 
-    `trials` and `time_budget` (seconds, or a duration such as "90s", "30m", "1.5h") bound the run, whichever comes first (default 64 trials
-    when neither is given); `output` defaults to the user data folder, never the shipped
-    schedules; `resume` continues a folder; `cold` skips the warm start from shipped records.
+    `trials` and `time_budget` (seconds, or a duration such as "90s", "30m", "1.5h") bound the run,
+    whichever comes first (default 64 trials when neither is given); `output` defaults to the user
+    data folder, never the shipped schedules; `resume` continues a folder; `cold` skips the warm
+    start from shipped records.
     """
     from .tuning.budget import DEFAULT_TRIALS, parse_duration
 
@@ -201,11 +265,29 @@ def tune(model: Model | Any, target: Target = "x86", *, trials: int | None = Non
     backend, pipe = _pipeline(spec)
     if trials is None and time_budget is None:
         trials = DEFAULT_TRIALS
-    extra = {key: value for key, value in (("time_budget", time_budget), ("cold", cold), ("space", space),
-                                            ("fuse", fuse), ("rpc_tracker", rpc_tracker), ("rpc_key", rpc_key))
-             if value not in (None, False)}
-    return pipe.tune(loaded, spec, backend, trials=trials, output=Path(output) if output else None, resume=resume,
-                     log=log, **extra, **options)
+    extra = {
+        key: value
+        for key, value in (
+            ("time_budget", time_budget),
+            ("cold", cold),
+            ("space", space),
+            ("fuse", fuse),
+            ("rpc_tracker", rpc_tracker),
+            ("rpc_key", rpc_key),
+        )
+        if value not in (None, False)
+    }
+    return pipe.tune(
+        loaded,
+        spec,
+        backend,
+        trials=trials,
+        output=Path(output) if output else None,
+        resume=resume,
+        log=log,
+        **extra,
+        **options,
+    )
 
 
 @dataclass
@@ -230,13 +312,26 @@ class BenchReport:
 
         _, pipe = _pipeline(self.spec) if self.spec is not None else (None, None)
         if pipe is None:
-            from .flow import TVM_PIPELINE as pipe
+            from .flow import TVM_PIPELINE
+
+            pipe = TVM_PIPELINE
         pipe.print_report(self.data, console or Console())
 
 
-def bench(model: Model | Any, target: Target = "x86", *, repeat: int = 50, database: str | Path | None = None,
-          tuning: bool = True, fuse: bool | None = None, with_torch: bool = True, rpc_tracker: str | None = None,
-          rpc_key: str | None = None, log=None, **options: Any) -> BenchReport:
+def bench(
+    model: Model | Any,
+    target: Target = "x86",
+    *,
+    repeat: int = 50,
+    database: str | Path | None = None,
+    tuning: bool = True,
+    fuse: bool | None = None,
+    with_torch: bool = True,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    log=None,
+    **options: Any,
+) -> BenchReport:
     """Compile and measure `model` on `target` against the peers (ONNX Runtime, OpenVINO, ncnn,
     PyTorch), each runtime in its own process: latency at the host's cores and at one thread,
     memory, accuracy parity, per-kernel profile.
@@ -252,13 +347,22 @@ def bench(model: Model | Any, target: Target = "x86", *, repeat: int = 50, datab
         loaded = _prebuilt_model(prebuilt)
     else:
         loaded = _as_model(model)
-    extra = {key: value for key, value in (("prebuilt", prebuilt), ("rpc_tracker", rpc_tracker),
-                                            ("rpc_key", rpc_key), ("fuse", fuse), ("database", database))
-             if value is not None}
+    extra = {
+        key: value
+        for key, value in (
+            ("prebuilt", prebuilt),
+            ("rpc_tracker", rpc_tracker),
+            ("rpc_key", rpc_key),
+            ("fuse", fuse),
+            ("database", database),
+        )
+        if value is not None
+    }
     if database is not None:
         extra["database"] = Path(database)
-    data = pipe.bench(loaded, spec, backend, repeat=repeat, tuning=tuning, with_torch=with_torch, log=log,
-                      **extra, **options)
+    data = pipe.bench(
+        loaded, spec, backend, repeat=repeat, tuning=tuning, with_torch=with_torch, log=log, **extra, **options
+    )
     return BenchReport(data, spec)
 
 
@@ -279,15 +383,25 @@ def list_models() -> list[dict[str, Any]]:
     """The built-in models as JSON-able rows (name, description, input shape, preprocessing, ...)."""
     from .models import list_models as registry
 
-    return [{"name": m.name, "description": m.description, "input_shape": list(m.input_shape),
-             "preprocess": m.preprocess, "source": m.source, "trained": m.trained} for m in registry()]
+    return [
+        {
+            "name": m.name,
+            "description": m.description,
+            "input_shape": list(m.input_shape),
+            "preprocess": m.preprocess,
+            "source": m.source,
+            "trained": m.trained,
+        }
+        for m in registry()
+    ]
 
 
 def list_targets() -> list[dict[str, Any]]:
     """The targets of `targets/` (name, family, description, what an alias resolves to) plus
     `user_schedules`: the folder `tune` writes to without an output."""
     from .database import user_tuning_dir
-    from .targets import get_target, list_targets as rows
+    from .targets import get_target
+    from .targets import list_targets as rows
 
     out = []
     for row in rows():
@@ -299,14 +413,27 @@ def list_targets() -> list[dict[str, Any]]:
     return out
 
 
-def package(artifact: str | Path, output: str | Path, *, tar: bool = False, strip: bool = True,
-            runtime_from: str | Path | None = None, log=None) -> dict[str, Any]:
+def package(
+    artifact: str | Path,
+    output: str | Path,
+    *,
+    tar: bool = False,
+    strip: bool = True,
+    runtime_from: str | Path | None = None,
+    log=None,
+) -> dict[str, Any]:
     """A runtime-only bundle of a compiled artifact (model, TVM runtime libraries, C++ and Python
     runners, labels, a manifest with sha256): what a device needs without TVM installed."""
     from .bundle import build_bundle
 
-    return build_bundle(Path(artifact), Path(output), tar=tar, strip=strip,
-                        runtime_from=Path(runtime_from) if runtime_from else None, log=log)
+    return build_bundle(
+        Path(artifact),
+        Path(output),
+        tar=tar,
+        strip=strip,
+        runtime_from=Path(runtime_from) if runtime_from else None,
+        log=log,
+    )
 
 
 def serve_device(*, tracker: str, key: str, host: str, port: int) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,8 +52,13 @@ class Artifact(Protocol):
 def latency_stats(samples_s: list[float]) -> dict[str, Any]:
     """min / median / p90 / mean in ms over per-run wall times in seconds."""
     ms = np.asarray(samples_s, dtype=float) * 1e3
-    return {"min": float(ms.min()), "median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
-            "mean": float(ms.mean()), "runs": int(ms.size)}
+    return {
+        "min": float(ms.min()),
+        "median": float(np.median(ms)),
+        "p90": float(np.percentile(ms, 90)),
+        "mean": float(ms.mean()),
+        "runs": int(ms.size),
+    }
 
 
 class ArtifactBase:
@@ -109,8 +115,10 @@ class ArtifactBase:
         sources = self.files()
         names = {src.name: path.name if src == self.path else src.name for src in sources}
         if len(sources) > 1 and path.name != self.path.name:
-            raise TvmsqzError(f"{self.path.name} has sidecar files named after it; export it under the same file "
-                              f"name ({self.path.name}) in another folder")
+            raise TvmsqzError(
+                f"{self.path.name} has sidecar files named after it; export it under the same file "
+                f"name ({self.path.name}) in another folder"
+            )
         for src in sources:
             with atomic_path(path.with_name(names[src.name])) as tmp:
                 shutil.copyfile(src, tmp)

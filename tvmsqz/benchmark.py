@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from . import peers
-from .version import __version__
-from .errors import TvmsqzError
 from .artifact import latency_stats  # noqa: F401 - re-exported for the benchmarks
+from .errors import TvmsqzError
 from .spec import TargetSpec, host_cores
+from .version import __version__
 
 
 def parity(outputs: np.ndarray, reference: np.ndarray, reference_name: str) -> dict[str, Any]:
@@ -35,9 +35,14 @@ def parity(outputs: np.ndarray, reference: np.ndarray, reference_name: str) -> d
     top1 = out.argmax(axis=1) == ref.argmax(axis=1)
     k = min(5, ref.shape[1])
     top5 = [set(np.argsort(-o)[:k]) == set(np.argsort(-r)[:k]) for o, r in zip(out, ref)]
-    return {"reference": reference_name, "max_abs_diff": float(abs_diff.max()),
-            "max_rel_diff": float((abs_diff / ranges).max()), "top1_agreement": float(top1.mean()),
-            "top5_agreement": float(np.mean(top5)), "inputs": int(out.shape[0])}
+    return {
+        "reference": reference_name,
+        "max_abs_diff": float(abs_diff.max()),
+        "max_rel_diff": float((abs_diff / ranges).max()),
+        "top1_agreement": float(top1.mean()),
+        "top5_agreement": float(np.mean(top5)),
+        "inputs": int(out.shape[0]),
+    }
 
 
 def parity_inputs(shape: tuple[int, ...], convention: str, seeds: int = 3) -> tuple[list[str], list[np.ndarray]]:
@@ -62,8 +67,16 @@ def memory_probe(kind: str, path: Path, shape: tuple[int, ...], runs: int = 5) -
     """Peak RSS of a fresh process that loads `path` and runs `runs` inferences, and its RSS
     right after importing the runtime library (so the model's own share can be told apart)."""
     env = dict(os.environ, TVM_NUM_THREADS=str(host_cores()))
-    cmd = [sys.executable, "-m", "tvmsqz.memprobe", kind, str(path), ",".join(map(str, shape)), str(runs),
-           str(host_cores())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tvmsqz.memprobe",
+        kind,
+        str(path),
+        ",".join(map(str, shape)),
+        str(runs),
+        str(host_cores()),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise TvmsqzError(f"memory probe for {kind} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -87,8 +100,13 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import tvm
 
-    versions = {"tvmsqz": __version__, "tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__,
-                "numpy": np.__version__, "python": platform.python_version()}
+    versions = {
+        "tvmsqz": __version__,
+        "tvm": tvm.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -114,9 +132,20 @@ def _machine() -> dict[str, Any]:
     return {"cpu": cpu, "isa": isa, "cores": host_cores(), "os": platform.platform()}
 
 
-def run_bench(model, spec: TargetSpec, *, repeat: int = 50, database: Path | None = None,
-              fuse: bool | None = None, with_torch: bool = True, rpc_tracker: str | None = None,
-              rpc_key: str | None = None, prebuilt: Path | None = None, log=None, backend=None) -> dict[str, Any]:
+def run_bench(
+    model,
+    spec: TargetSpec,
+    *,
+    repeat: int = 50,
+    database: Path | None = None,
+    fuse: bool | None = None,
+    with_torch: bool = True,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    prebuilt: Path | None = None,
+    log=None,
+    backend=None,
+) -> dict[str, Any]:
     """The whole bench as one JSON-able dict (keys documented in README).
 
     `model` is a `frontend.Model`; with `prebuilt` (an artifact compiled earlier, to measure on an
@@ -126,8 +155,10 @@ def run_bench(model, spec: TargetSpec, *, repeat: int = 50, database: Path | Non
 
     backend = backend or get_backend(spec)
     if not backend.runs_on_host(spec) and not rpc_tracker:
-        raise TvmsqzError(f"artifacts for {spec.name} do not run on this host; pass --rpc-tracker HOST:PORT "
-                          "--rpc-key KEY to bench on a device")
+        raise TvmsqzError(
+            f"artifacts for {spec.name} do not run on this host; pass --rpc-tracker HOST:PORT "
+            "--rpc-key KEY to bench on a device"
+        )
     if rpc_tracker:  # fail in seconds, not after the compile, when the tracker does not answer
         from .device import check_tracker
 
@@ -135,13 +166,37 @@ def run_bench(model, spec: TargetSpec, *, repeat: int = 50, database: Path | Non
     from .fsutil import temp_dir
 
     with temp_dir("tvmsqz-bench-") as tmp:
-        return _bench(model, spec, tmp, repeat=repeat, database=database, fuse=fuse, with_torch=with_torch,
-                      rpc_tracker=rpc_tracker, rpc_key=rpc_key, prebuilt=prebuilt, log=log, backend=backend)
+        return _bench(
+            model,
+            spec,
+            tmp,
+            repeat=repeat,
+            database=database,
+            fuse=fuse,
+            with_torch=with_torch,
+            rpc_tracker=rpc_tracker,
+            rpc_key=rpc_key,
+            prebuilt=prebuilt,
+            log=log,
+            backend=backend,
+        )
 
 
-def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Path | None, fuse: bool | None,
-           with_torch: bool, rpc_tracker: str | None, rpc_key: str | None, prebuilt: Path | None, log,
-           backend) -> dict[str, Any]:
+def _bench(
+    loaded,
+    spec: TargetSpec,
+    workdir: Path,
+    *,
+    repeat: int,
+    database: Path | None,
+    fuse: bool | None,
+    with_torch: bool,
+    rpc_tracker: str | None,
+    rpc_key: str | None,
+    prebuilt: Path | None,
+    log,
+    backend,
+) -> dict[str, Any]:
     from .build import compile_module, export_artifact
     from .runtime import load
 
@@ -156,12 +211,15 @@ def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Pa
         from .build import resolve_fuse
 
         fuse = resolve_fuse(spec, fuse)
-        say(f"compiling {loaded.name} for {spec.name} ({'fused' if fuse else 'unfused'}, "
-            f"{'database ' + str(database) if database else 'no tuning database'})")
+        say(
+            f"compiling {loaded.name} for {spec.name} ({'fused' if fuse else 'unfused'}, "
+            f"{'database ' + str(database) if database else 'no tuning database'})"
+        )
         executable, report = compile_module(loaded.mod, spec, database=database, fuse=fuse, backend=backend)
         so_path = workdir / "model.so"
-        manifest = export_artifact(executable, spec, so_path, model=loaded.name, input_spec=loaded.input,
-                                   report=report, backend=backend)
+        manifest = export_artifact(
+            executable, spec, so_path, model=loaded.name, input_spec=loaded.input, report=report, backend=backend
+        )
     shape = loaded.input.shape
     onnx_path.write_bytes(loaded.onnx.SerializeToString())
 
@@ -182,8 +240,13 @@ def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Pa
 
     skipped = {} if with_torch else {"torch": "not requested (--no-torch)"}
     runtimes = [n for n in peers.RUNNERS if n not in skipped and not (remote and n == "tvm")]
-    sources = peers.Sources(onnx=onnx_path, workdir=workdir, artifact=None if remote else so_path,
-                            torch_model=loaded.torch_name, input_shape=tuple(shape))
+    sources = peers.Sources(
+        onnx=onnx_path,
+        workdir=workdir,
+        artifact=None if remote else so_path,
+        torch_model=loaded.torch_name,
+        input_shape=tuple(shape),
+    )
     thread_counts = [host_cores()] + ([1] if host_cores() > 1 else [])
     got = peers.measure(sources, inputs_path, repeat, thread_counts, runtimes=runtimes, skipped=skipped, say=say)
     measured, measured_1t = (_fp32_latency(got.latency.get(t, {})) for t in (thread_counts[0], thread_counts[-1]))
@@ -208,8 +271,11 @@ def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Pa
     from .bundle.bench import bench_bundle, memory_keys
 
     # the runtime-only bundle (no TVM installed): C++ and Python runners, each in a fresh process
-    bundle = (bench_bundle(so_path, workdir, x, tvm_stack[:shape[0]], repeat=repeat, threads=host_cores(), say=say)
-              if artifact is not None else None)
+    bundle = (
+        bench_bundle(so_path, workdir, x, tvm_stack[: shape[0]], repeat=repeat, threads=host_cores(), say=say)
+        if artifact is not None
+        else None
+    )
     memory = {
         "tvm_peak_rss_bytes": tvm_mem.get("peak_rss_bytes"),
         "onnxruntime_peak_rss_bytes": ort_mem["peak_rss_bytes"],
@@ -250,14 +316,20 @@ def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Pa
         "reduced_precision": _reduced_precision(got, measured, thread_counts[0], comparable),
         "peers_skipped": got.skipped,
         "peer_info": got.info,
-        "throughput_ips": {name: shape[0] / (m["median"] / 1e3) if comparable or name != "tvm" else None
-                           for name, m in measured.items()},
+        "throughput_ips": {
+            name: shape[0] / (m["median"] / 1e3) if comparable or name != "tvm" else None
+            for name, m in measured.items()
+        },
         "memory": memory,
         "bundle": bundle,
         "parity": parity_report,
         "profile": profile,
-        "tuning": {"database": report.database, "kernels": len(report.kernels), "tuned": report.tuned,
-                   "untuned": report.untuned},
+        "tuning": {
+            "database": report.database,
+            "kernels": len(report.kernels),
+            "tuned": report.tuned,
+            "untuned": report.untuned,
+        },
         "compile_seconds": report.seconds,
         "artifact_sha256": manifest["artifact"]["sha256"],
         "machine": _machine(),
@@ -268,8 +340,9 @@ def _bench(loaded, spec: TargetSpec, workdir: Path, *, repeat: int, database: Pa
 
 def _fp32_latency(per_runtime: dict[str, dict]) -> dict[str, dict]:
     """The fp32 runtimes' stats in report order (reduced-precision references are reported apart)."""
-    return {name: per_runtime[name] for name in peers.RUNNERS
-            if name in per_runtime and name not in peers.REDUCED_PRECISION}
+    return {
+        name: per_runtime[name] for name in peers.RUNNERS if name in per_runtime and name not in peers.REDUCED_PRECISION
+    }
 
 
 def _ratio(latency: dict[str, dict], peer: str | None, comparable: bool) -> float | None:
@@ -285,8 +358,9 @@ def _fastest_peer(latency: dict[str, dict]) -> str | None:
     return min(measured, key=lambda name: latency[name]["median"]) if measured else None
 
 
-def _reduced_precision(got: peers.Measurements, measured: dict[str, dict], threads: int,
-                       comparable: bool) -> dict[str, dict]:
+def _reduced_precision(
+    got: peers.Measurements, measured: dict[str, dict], threads: int, comparable: bool
+) -> dict[str, dict]:
     """OpenVINO at its default precision, with the precision it reports it used: a reference
     for what reduced precision buys, never ranked with the fp32 peers."""
     out = {}
@@ -320,9 +394,14 @@ def _prebuilt(so_path: Path, spec: TargetSpec):
     if built_for != spec.name:
         raise TvmsqzError(f"{so_path.name} was compiled for {built_for}, not {spec.name}")
     kernels = manifest.get("kernels", {})
-    report = BuildReport(kernels=[None] * kernels.get("total", 0), tuned=kernels.get("tuned", []),
-                         untuned=kernels.get("untuned", []), database=manifest.get("database"),
-                         fused=manifest.get("fused", True), activation_bytes=manifest.get("activation_bytes"))
+    report = BuildReport(
+        kernels=[None] * kernels.get("total", 0),
+        tuned=kernels.get("tuned", []),
+        untuned=kernels.get("untuned", []),
+        database=manifest.get("database"),
+        fused=manifest.get("fused", True),
+        activation_bytes=manifest.get("activation_bytes"),
+    )
     return manifest, report
 
 
@@ -340,12 +419,21 @@ def print_report(report: dict[str, Any], console) -> None:
     _print_latency(report, console, title)
     mem = report["memory"]
     memt = Table(title="memory")
-    for col in ("TVM runtime-only peak RSS (model)", "ORT peak RSS (model)", "weights", "activations (planned)",
-                "artifact"):
+    for col in (
+        "TVM runtime-only peak RSS (model)",
+        "ORT peak RSS (model)",
+        "weights",
+        "activations (planned)",
+        "artifact",
+    ):
         memt.add_column(col, justify="right")
-    memt.add_row(f"{_mib(mem['tvm_peak_rss_bytes'])} ({_mib(mem.get('tvm_model_rss_bytes'))})",
-                 f"{_mib(mem['onnxruntime_peak_rss_bytes'])} ({_mib(mem.get('onnxruntime_model_rss_bytes'))})",
-                 _mib(mem["weight_bytes"]), _mib(mem["activation_bytes"]), _mib(mem["artifact_bytes"]))
+    memt.add_row(
+        f"{_mib(mem['tvm_peak_rss_bytes'])} ({_mib(mem.get('tvm_model_rss_bytes'))})",
+        f"{_mib(mem['onnxruntime_peak_rss_bytes'])} ({_mib(mem.get('onnxruntime_model_rss_bytes'))})",
+        _mib(mem["weight_bytes"]),
+        _mib(mem["activation_bytes"]),
+        _mib(mem["artifact_bytes"]),
+    )
     console.print(memt)
     from .bundle.bench import print_bundle
 
@@ -355,11 +443,18 @@ def print_report(report: dict[str, Any], console) -> None:
         par.add_column(col, no_wrap=True)
     for col in ("max abs diff", "max diff / range", "top-1 agree", "top-5 agree"):
         par.add_column(col, justify="right")
-    rows = [report["parity"]] + [report["parity"][k] for k in ("torch", "openvino", "ncnn", *peers.REDUCED_PRECISION)
-                                 if k in report["parity"]]
+    rows = [report["parity"]] + [
+        report["parity"][k] for k in ("torch", "openvino", "ncnn", *peers.REDUCED_PRECISION) if k in report["parity"]
+    ]
     for p in rows:
-        par.add_row(p.get("runtime", "tvm"), p["reference"], f"{p['max_abs_diff']:.2e}", f"{p['max_rel_diff']:.2e}",
-                    f"{p['top1_agreement']:.0%}", f"{p['top5_agreement']:.0%}")
+        par.add_row(
+            p.get("runtime", "tvm"),
+            p["reference"],
+            f"{p['max_abs_diff']:.2e}",
+            f"{p['max_rel_diff']:.2e}",
+            f"{p['top1_agreement']:.0%}",
+            f"{p['top5_agreement']:.0%}",
+        )
     console.print(par)
     if report["profile"]:
         prof = Table(title="slowest kernels (Relax VM instrumentation)")
@@ -369,12 +464,20 @@ def print_report(report: dict[str, Any], console) -> None:
             prof.add_row(row["name"], str(row["calls"]), f"{row['time_us']:.0f}")
         console.print(prof)
     tuning = report["tuning"]
-    console.print(f"tuning: {len(tuning['tuned'])}/{tuning['kernels']} kernels tuned"
-                  + (f" from {tuning['database']}" if tuning["database"] else " (no database)")
-                  + (f"; TVM/ORT median ratio {report['ratio_vs_onnxruntime']:.2f}"
-                     if report["ratio_vs_onnxruntime"] is not None else "; no ratio: emulated device")
-                  + (f", TVM/{report['fastest_peer']} (fastest fp32 peer) {report['ratio_vs_fastest_peer']:.2f}"
-                     if report.get("ratio_vs_fastest_peer") is not None else ""))
+    console.print(
+        f"tuning: {len(tuning['tuned'])}/{tuning['kernels']} kernels tuned"
+        + (f" from {tuning['database']}" if tuning["database"] else " (no database)")
+        + (
+            f"; TVM/ORT median ratio {report['ratio_vs_onnxruntime']:.2f}"
+            if report["ratio_vs_onnxruntime"] is not None
+            else "; no ratio: emulated device"
+        )
+        + (
+            f", TVM/{report['fastest_peer']} (fastest fp32 peer) {report['ratio_vs_fastest_peer']:.2f}"
+            if report.get("ratio_vs_fastest_peer") is not None
+            else ""
+        )
+    )
 
 
 def _print_latency(report: dict[str, Any], console, title: str) -> None:
@@ -395,13 +498,22 @@ def _print_latency(report: dict[str, Any], console, title: str) -> None:
 
     for name, m in report["latency_ms"].items():
         ips = report["throughput_ips"].get(name)
-        lat.add_row(name, f"{m['min']:.2f}", f"{m['median']:.2f}", f"{m['p90']:.2f}",
-                    "-" if ips is None else f"{ips:.1f}", vs_ort(report["latency_ms"], name),
-                    f"{one[name]['median']:.2f}" if name in one else "-", vs_ort(one, name))
+        lat.add_row(
+            name,
+            f"{m['min']:.2f}",
+            f"{m['median']:.2f}",
+            f"{m['p90']:.2f}",
+            "-" if ips is None else f"{ips:.1f}",
+            vs_ort(report["latency_ms"], name),
+            f"{one[name]['median']:.2f}" if name in one else "-",
+            vs_ort(one, name),
+        )
     console.print(lat)
     for name, ref in (report.get("reduced_precision") or {}).items():
         ratio = "" if ref["ratio"] is None else f", TVM / it {ref['ratio']:.2f}x"
-        console.print(f"reduced precision (not an fp32 peer): {name} at {ref['precision']}: median "
-                      f"{ref['latency_ms']['median']:.2f} ms{ratio}")
+        console.print(
+            f"reduced precision (not an fp32 peer): {name} at {ref['precision']}: median "
+            f"{ref['latency_ms']['median']:.2f} ms{ratio}"
+        )
     for name, why in (report.get("peers_skipped") or {}).items():
         console.print(f"[dim]skipped {name}: {why}[/dim]")

@@ -64,14 +64,16 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
         options = {k: v for k, v in spec.data.get("fuse", {}).items() if k != "enabled"}
         mod = fuse_fire(mod, **options)
     with spec.target:
-        seq = tvm.transform.Sequential([
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            *layout,
-            relax.get_pipeline("zero"),
-            *after_fusion,
-            *backend.pre_tuning_passes(spec),
-        ])
+        seq = tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                *layout,
+                relax.get_pipeline("zero"),
+                *after_fusion,
+                *backend.pre_tuning_passes(spec),
+            ]
+        )
         return seq(mod)
 
 
@@ -123,8 +125,15 @@ def parse_size(text: str) -> int:
     return int(value * units[unit])
 
 
-def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse: bool | None = None,
-                   max_memory: int = DEFAULT_MAX_MEMORY, backend=None):
+def compile_module(
+    mod,
+    spec: TargetSpec,
+    *,
+    database: Path | None = None,
+    fuse: bool | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    backend=None,
+):
     """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
     import tvm
 
@@ -140,13 +149,15 @@ def compile_module(mod, spec: TargetSpec, *, database: Path | None = None, fuse:
         mod = backend.default_schedule(mod, spec)
     report.activation_bytes = planned_activation_bytes(mod)
     if report.activation_bytes > max_memory:
-        raise TvmsqzError(f"the model needs {report.activation_bytes / 2**20:.0f} MiB of intermediate memory, over "
-                          f"the {max_memory / 2**20:.0f} MiB limit; pass --max-memory to raise it")
+        raise TvmsqzError(
+            f"the model needs {report.activation_bytes / 2**20:.0f} MiB of intermediate memory, over "
+            f"the {max_memory / 2**20:.0f} MiB limit; pass --max-memory to raise it"
+        )
     mod = with_input_shape(mod)
     try:
         with tvm.transform.PassContext(opt_level=3, config=backend.pass_config(spec)):
             executable = tvm.compile(mod, target=spec.target)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - TVM's compiler raises many types; each is one line for the user
         raise TvmsqzError(f"compilation for {spec.name} failed: {str(exc).strip().splitlines()[-1]}") from None
     report.seconds = time.perf_counter() - start
     return executable, report
@@ -171,22 +182,34 @@ def check_writable(path: Path, inputs: list[Path] = ()) -> None:
         raise TvmsqzError(f"cannot write {path}: directory {parent} is not writable ({exc.strerror})") from None
 
 
-def export_artifact(executable, spec: TargetSpec, path: Path, *, model: str, input_spec: InputSpec,
-                    report: BuildReport, extra: dict | None = None, backend=None) -> dict:
+def export_artifact(
+    executable,
+    spec: TargetSpec,
+    path: Path,
+    *,
+    model: str,
+    input_spec: InputSpec,
+    report: BuildReport,
+    extra: dict | None = None,
+    backend=None,
+) -> dict:
     """Write the `.so` and its manifest (what a device needs to check what it got)."""
     path = Path(path)
     check_writable(path)
     (backend or get_backend(spec)).export(executable, spec, path)
-    return write_manifest(path, {
-        "model": model,
-        "target": spec.to_json(),
-        "input": input_spec.to_json(),
-        "fused": report.fused,
-        "database": report.database,
-        "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
-        "activation_bytes": report.activation_bytes,
-        **(extra or {}),
-    })
+    return write_manifest(
+        path,
+        {
+            "model": model,
+            "target": spec.to_json(),
+            "input": input_spec.to_json(),
+            "fused": report.fused,
+            "database": report.database,
+            "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
+            "activation_bytes": report.activation_bytes,
+            **(extra or {}),
+        },
+    )
 
 
 def with_input_shape(mod):
@@ -209,18 +232,20 @@ def planned_activation_bytes(mod) -> int:
     import tvm
     from tvm import relax
 
-    lowered = tvm.transform.Sequential([
-        relax.transform.ToNonDataflow(),
-        relax.transform.RemovePurityChecking(),
-        relax.transform.CallTIRRewrite(),
-        relax.transform.StaticPlanBlockMemory(),
-    ])(mod)
+    lowered = tvm.transform.Sequential(
+        [
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+        ]
+    )(mod)
     alloc = tvm.ir.Op.get("relax.memory.alloc_storage")
     total = 0
 
     @relax.expr_functor.visitor
     class _Sizes(relax.PyExprVisitor):
-        def visit_call_(self, call) -> None:  # noqa: N802 - TVM visitor naming
+        def visit_call_(self, call) -> None:
             nonlocal total
             if call.op.same_as(alloc) and isinstance(call.args[0], relax.ShapeExpr):
                 total += int(call.args[0].values[0])

@@ -79,13 +79,13 @@ def fast_inspect() -> Iterator[None]:
 
 def import_tensor_intrin() -> float:
     """Import `tvm.s_tir.tensor_intrin` (MetaSchedule needs it) cheaply; returns seconds taken."""
-    import sys  # noqa: PLC0415
+    import sys
 
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return 0.0
     start = time.perf_counter()
     with fast_inspect():
-        import tvm.s_tir.tensor_intrin  # noqa: F401, PLC0415
+        import tvm.s_tir.tensor_intrin  # noqa: F401
     return time.perf_counter() - start
 
 
@@ -100,8 +100,8 @@ def worker_init(num_threads: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_threads(num_threads)
     install_fast_getmodule()
-    import tvm.s_tir.tensor_intrin  # noqa: F401, PLC0415
-    from tvm.s_tir.meta_schedule.builder import local_builder  # noqa: F401, PLC0415
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+    from tvm.s_tir.meta_schedule.builder import local_builder  # noqa: F401
 
 
 def runner_init(num_threads: int | None = None) -> None:
@@ -121,7 +121,7 @@ def _build_job(job: tuple) -> str:
 
 def _build_one(mod, target, params, out_dir: str, f_export: Callable | None) -> str:
     """Build one candidate in a worker: MetaSchedule's default build, exported into `out_dir`."""
-    from tvm.s_tir.meta_schedule.builder.local_builder import (  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.builder.local_builder import (
         _deserialize_params,
         default_build,
     )
@@ -129,7 +129,7 @@ def _build_one(mod, target, params, out_dir: str, f_export: Callable | None) -> 
     rt_mod = default_build(mod, target, _deserialize_params(params))
     if f_export is not None:
         return f_export(rt_mod)
-    from tvm.support.tar import tar  # noqa: PLC0415
+    from tvm.support.tar import tar
 
     folder = tempfile.mkdtemp(prefix="c-", dir=out_dir)
     path = os.path.join(folder, "tvm_tmp_mod." + tar.output_format)
@@ -139,18 +139,25 @@ def _build_one(mod, target, params, out_dir: str, f_export: Callable | None) -> 
 
 @functools.cache
 def _builder_class():
-    from tvm.ir.utils import derived_object  # noqa: PLC0415
-    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder  # noqa: PLC0415
-    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params  # noqa: PLC0415
-    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind  # noqa: PLC0415
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     @derived_object
     class PersistentBuilder(PyBuilder):
         """MetaSchedule builder with one long-lived worker pool (see the module docstring)."""
 
-        def __init__(self, *, max_workers: int | None = None, timeout_sec: float = 60.0,
-                     num_threads: int | None = None, max_uses: int | None = 256,
-                     f_export: Callable | None = None, quiet: bool = True) -> None:
+        def __init__(
+            self,
+            *,
+            max_workers: int | None = None,
+            timeout_sec: float = 60.0,
+            num_threads: int | None = None,
+            max_uses: int | None = 256,
+            f_export: Callable | None = None,
+            quiet: bool = True,
+        ) -> None:
             super().__init__()
             self.max_workers = max_workers or max(1, os.cpu_count() or 1)
             self.timeout_sec = timeout_sec
@@ -167,9 +174,13 @@ def _builder_class():
             self.seconds = 0.0
             sink = subprocess.DEVNULL if quiet and not os.environ.get("TVMSQZ_VERBOSE") else None
             self.pool = PopenPoolExecutor(
-                max_workers=self.max_workers, timeout=timeout_sec,
+                max_workers=self.max_workers,
+                timeout=timeout_sec,
                 initializer=functools.partial(worker_init, num_threads),
-                maximum_process_uses=max_uses, stdout=sink, stderr=sink)
+                maximum_process_uses=max_uses,
+                stdout=sink,
+                stderr=sink,
+            )
             self._closed = False
 
         def warm_up(self) -> None:
@@ -186,16 +197,18 @@ def _builder_class():
             MetaSchedule's own task schedulers."""
             start = time.perf_counter()
             results = []
-            jobs = [(bi.mod, bi.target, _serialize_params(bi.params), self.out_dir, self.f_export)
-                    for bi in build_inputs]
+            jobs = [
+                (bi.mod, bi.target, _serialize_params(bi.params), self.out_dir, self.f_export) for bi in build_inputs
+            ]
             for res in self.pool.map_with_error_catching(_build_job, jobs):
                 if res.status == StatusKind.COMPLETE:
                     results.append(BuilderResult(res.value, None))
                     continue
                 self.failures += 1
                 if res.status == StatusKind.TIMEOUT:
-                    results.append(BuilderResult(
-                        None, f"PersistentBuilder: timeout, killed after {self.timeout_sec} s"))
+                    results.append(
+                        BuilderResult(None, f"PersistentBuilder: timeout, killed after {self.timeout_sec} s")
+                    )
                 else:
                     results.append(BuilderResult(None, f"PersistentBuilder: build failed\n{res.value}"))
             self.builds += len(jobs)
@@ -235,15 +248,17 @@ def PersistentBuilder(**kwargs):  # noqa: N802 - a class to its users
     return _builder_class()(**kwargs)
 
 
-def make_local_runner(num_threads: int | None, *, timeout_sec: float = 30.0, number: int = 3,
-                      repeat: int = 1, min_repeat_ms: int = 100):
+def make_local_runner(
+    num_threads: int | None, *, timeout_sec: float = 30.0, number: int = 3, repeat: int = 1, min_repeat_ms: int = 100
+):
     """MetaSchedule's `LocalRunner` measuring with `num_threads` threads (the target's cores)."""
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
 
     return LocalRunner(
         timeout_sec=timeout_sec,
-        evaluator_config=EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                                         enable_cpu_cache_flush=False),
+        evaluator_config=EvaluatorConfig(
+            number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, enable_cpu_cache_flush=False
+        ),
         initializer=functools.partial(runner_init, num_threads),
     )
 

@@ -23,19 +23,30 @@ from rich.table import Table
 
 from .errors import TvmsqzError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Compile, tune and benchmark SqueezeNet-class CNNs with Apache TVM.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Compile, tune and benchmark SqueezeNet-class CNNs with Apache TVM.",
+)
 device_app = typer.Typer(help="Run or emulate a device for RPC tuning and benchmarks.")
 app.add_typer(device_app, name="device")
 console = Console()
 err_console = Console(stderr=True)
 
 TargetOpt = typer.Option("x86", "--target", "-t", help="Target name from `tvmsqz targets`.")
-DatabaseOpt = typer.Option(None, "--database", help="Tuning database folder (default: your own tuning output for the "
-                           "target, else the shipped schedules for this CPU; both are named on stderr).")
+DatabaseOpt = typer.Option(
+    None,
+    "--database",
+    help="Tuning database folder (default: your own tuning output for the "
+    "target, else the shipped schedules for this CPU; both are named on stderr).",
+)
 NoTuningOpt = typer.Option(False, "--no-tuning", help="Ignore tuning databases: compile untuned kernels.")
-FuseOpt = typer.Option(None, "--fuse/--no-fuse", help="Fuse each Fire module's expand pair into one kernel "
-                       "(default: the target's measured choice, see `tvmsqz targets`); --no-fuse keeps expand convs + concat.")
+FuseOpt = typer.Option(
+    None,
+    "--fuse/--no-fuse",
+    help="Fuse each Fire module's expand pair into one kernel "
+    "(default: the target's measured choice, see `tvmsqz targets`); --no-fuse keeps expand convs + concat.",
+)
 InputShapeOpt = typer.Option(None, "--input-shape", help="Input name and shape, e.g. data:1,3,224,224.")
 BatchOpt = typer.Option(1, "--batch", "-b", min=1, help="Batch size for built-in models.")
 TrackerOpt = typer.Option(None, "--rpc-tracker", help="RPC tracker HOST:PORT for remote devices.")
@@ -107,9 +118,12 @@ def _version(value: bool) -> None:
 
 
 @app.callback(invoke_without_command=True)
-def main_callback(ctx: typer.Context,
-                  version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                               help="Print the version and exit.")) -> None:
+def main_callback(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Compile, tune and benchmark SqueezeNet-class CNNs with Apache TVM."""
     if ctx.invoked_subcommand is None:
         _help_and_fail(ctx)
@@ -135,14 +149,21 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     table.add_column("weights", no_wrap=True)
     table.add_column("description", overflow="fold")
     for m in rows:
-        table.add_row(m["name"], "x".join(map(str, m["input_shape"])),
-                      "ImageNet-trained" if m["trained"] else "seeded init", m["description"])
+        table.add_row(
+            m["name"],
+            "x".join(map(str, m["input_shape"])),
+            "ImageNet-trained" if m["trained"] else "seeded init",
+            m["description"],
+        )
     console.print(table)
 
 
 @app.command("targets")
-def targets_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON (with `user_schedules`: where "
-                                             "`tune` writes without -o).")) -> None:
+def targets_cmd(
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON (with `user_schedules`: where `tune` writes without -o)."
+    ),
+) -> None:
     """List the targets defined in targets/."""
     rows = _api().list_targets()
     if as_json:
@@ -168,8 +189,11 @@ def compile_cmd(
     database: Optional[Path] = DatabaseOpt,
     no_tuning: bool = NoTuningOpt,
     fuse: Optional[bool] = FuseOpt,
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse models whose planned intermediate "
-                                             "memory exceeds this (default 2G), e.g. 512M, 8G."),
+    max_memory: Optional[str] = typer.Option(
+        None,
+        "--max-memory",
+        help="Refuse models whose planned intermediate memory exceeds this (default 2G), e.g. 512M, 8G.",
+    ),
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     api = _api()
@@ -177,17 +201,31 @@ def compile_cmd(
     _check_writable(output, [Path(model)])
     with err_console.status(f"compiling {model} for {spec.name}"):
         loaded = api.load_model(model, batch=batch, input_shape=input_shape)
-        artifact = api.compile(loaded, spec, output=output, database=database, tuning=not no_tuning, fuse=fuse,
-                               max_memory=max_memory, log=err_console)
+        artifact = api.compile(
+            loaded,
+            spec,
+            output=output,
+            database=database,
+            tuning=not no_tuning,
+            fuse=fuse,
+            max_memory=max_memory,
+            log=err_console,
+        )
     _say_default_database(target, database, no_tuning)
     manifest = artifact.manifest
     kernels = manifest.get("kernels", {}).get("total")
     others = [f"{entry['file']} ({entry['bytes']} bytes)" for entry in manifest.get("files", [])]
-    console.print(f"wrote {output} ({manifest['artifact']['bytes']} bytes, {spec.name}"
-                  + (f", {kernels} kernels" if kernels is not None else "")
-                  + (f", {manifest['compile_seconds']:.1f} s" if "compile_seconds" in manifest else "") + ")"
-                  + "".join(f", {o}" for o in others) + f" and {output.name}.json"
-                  + (f"; {manifest['note']}" if manifest.get("note") else ""), highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {output} ({manifest['artifact']['bytes']} bytes, {spec.name}"
+        + (f", {kernels} kernels" if kernels is not None else "")
+        + (f", {manifest['compile_seconds']:.1f} s" if "compile_seconds" in manifest else "")
+        + ")"
+        + "".join(f", {o}" for o in others)
+        + f" and {output.name}.json"
+        + (f"; {manifest['note']}" if manifest.get("note") else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("run")
@@ -206,14 +244,15 @@ def run_cmd(
     api.prefer_runtime_lib()  # as on a device: libtvm_runtime.so only, when tvm is not imported yet
     if output is not None:
         _check_writable(output, [artifact] + ([input] if input is not None else []))
-    runner = api.load(artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False,
-                                                                   soft_wrap=True))
+    runner = api.load(
+        artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False, soft_wrap=True)
+    )
     if input is not None:
         if not input.is_file():
             raise TvmsqzError(f"no such file: {input}")
         try:
             x = np.load(input, allow_pickle=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - numpy's loader raises many types for a bad file
             raise TvmsqzError(f"cannot read {input} as a .npy array: {exc}") from None
     else:
         shape = runner.input_shape
@@ -238,8 +277,10 @@ def run_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    model: str = typer.Argument("squeezenet1_1", help="Built-in model name, .onnx/.net file, or a compiled .so "
-                                "(with its manifest) to measure on an RPC device."),
+    model: str = typer.Argument(
+        "squeezenet1_1",
+        help="Built-in model name, .onnx/.net file, or a compiled .so (with its manifest) to measure on an RPC device.",
+    ),
     target: str = TargetOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
     batch: int = BatchOpt,
@@ -258,8 +299,18 @@ def bench_cmd(
     if json_out is not None:
         _check_writable(json_out, [Path(model)])
     source = model if model.endswith(".so") else api.load_model(model, batch=batch, input_shape=input_shape)
-    report = api.bench(source, spec, repeat=repeat, database=database, tuning=not no_tuning, fuse=fuse,
-                       with_torch=not no_torch, rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
+    report = api.bench(
+        source,
+        spec,
+        repeat=repeat,
+        database=database,
+        tuning=not no_tuning,
+        fuse=fuse,
+        with_torch=not no_torch,
+        rpc_tracker=rpc_tracker,
+        rpc_key=rpc_key,
+        log=err_console,
+    )
     _say_default_database(target, database, no_tuning)
     report.print(console)
     if json_out is not None:
@@ -273,25 +324,47 @@ def bench_cmd(
 def tune_cmd(
     model: str = typer.Argument(..., help="Built-in model name, .onnx/.net file."),
     target: str = TargetOpt,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Total measurement trials across all kernels "
-                                         "(default 64, unbounded with --time-budget alone; with --resume: the "
-                                         "folder's total, trials already in it included)."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock limit, e.g. 90s, 30m, 1.5h: "
-                                              "stop at the first batch boundary past it (with --trials: whichever "
-                                              "comes first)."),
-    cold: bool = typer.Option(False, "--cold", help="In a new folder, skip the warm start (re-measuring the "
-                              "shipped database's best records of these kernels on this CPU first)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Database folder (default: the target's "
-                                          "`user_schedules` folder, see `tvmsqz targets --json`; never the shipped "
-                                          "schedules)."),
+    trials: Optional[int] = typer.Option(
+        None,
+        "--trials",
+        min=1,
+        help="Total measurement trials across all kernels "
+        "(default 64, unbounded with --time-budget alone; with --resume: the "
+        "folder's total, trials already in it included).",
+    ),
+    time_budget: Optional[str] = typer.Option(
+        None,
+        "--time-budget",
+        help="Wall-clock limit, e.g. 90s, 30m, 1.5h: "
+        "stop at the first batch boundary past it (with --trials: whichever "
+        "comes first).",
+    ),
+    cold: bool = typer.Option(
+        False,
+        "--cold",
+        help="In a new folder, skip the warm start (re-measuring the "
+        "shipped database's best records of these kernels on this CPU first).",
+    ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Database folder (default: the target's "
+        "`user_schedules` folder, see `tvmsqz targets --json`; never the shipped "
+        "schedules).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the records already in the database."),
     batch: int = BatchOpt,
     input_shape: Optional[str] = InputShapeOpt,
     fuse: Optional[bool] = FuseOpt,
     rpc_tracker: Optional[str] = TrackerOpt,
     rpc_key: Optional[str] = KeyOpt,
-    space: Optional[str] = typer.Option(None, "--space", help="Design space: 'blocked' (the direct-conv space for "
-                                        "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own)."),
+    space: Optional[str] = typer.Option(
+        None,
+        "--space",
+        help="Design space: 'blocked' (the direct-conv space for "
+        "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own).",
+    ),
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
     api = _api()
@@ -299,8 +372,20 @@ def tune_cmd(
         raise TvmsqzError(f"--space must be 'blocked' or 'generic', not {space!r}")
     spec = api.resolve_target(target)
     loaded = api.load_model(model, batch=batch, input_shape=input_shape)
-    summary = api.tune(loaded, spec, trials=trials, output=output, resume=resume, time_budget=time_budget, cold=cold,
-                       fuse=fuse, space=space, rpc_tracker=rpc_tracker, rpc_key=rpc_key, log=err_console)
+    summary = api.tune(
+        loaded,
+        spec,
+        trials=trials,
+        output=output,
+        resume=resume,
+        time_budget=time_budget,
+        cold=cold,
+        fuse=fuse,
+        space=space,
+        rpc_tracker=rpc_tracker,
+        rpc_key=rpc_key,
+        log=err_console,
+    )
     console.print(_tune_line(summary), highlight=False, soft_wrap=True)
 
 
@@ -309,8 +394,10 @@ def _tune_line(summary: dict) -> str:
     if "records" not in summary:  # a pipeline with a summary of its own shape (VTA's tilings)
         return json.dumps(summary, indent=1)
     stopped = "; stopped on the time budget" if summary.get("stopped") == "time budget" else ""
-    return (f"database: {summary['database']} ({summary['records']} records, {summary['tuned_tasks']}/"
-            f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s{stopped})")
+    return (
+        f"database: {summary['database']} ({summary['records']} records, {summary['tuned_tasks']}/"
+        f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s{stopped})"
+    )
 
 
 @app.command("package")
@@ -319,18 +406,30 @@ def package_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Bundle folder to write (replaced if it is a bundle)."),
     tar: bool = typer.Option(False, "--tar", help="Also write OUTPUT.tar.gz (one folder inside)."),
     strip: bool = typer.Option(True, "--strip/--no-strip", help="Strip the runtime libraries with the target's strip."),
-    runtime_from: Optional[Path] = typer.Option(None, "--runtime-from", help="Take the TVM runtime from this "
-                                                "site-packages folder, install prefix or wheel file (e.g. armv7)."),
+    runtime_from: Optional[Path] = typer.Option(
+        None,
+        "--runtime-from",
+        help="Take the TVM runtime from this site-packages folder, install prefix or wheel file (e.g. armv7).",
+    ),
 ) -> None:
     """Bundle ARTIFACT with the TVM runtime and runners for its architecture: no TVM install needed."""
-    bundle = _api().package(artifact, output, tar=tar, strip=strip, runtime_from=runtime_from,
-                            log=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False))
+    bundle = _api().package(
+        artifact,
+        output,
+        tar=tar,
+        strip=strip,
+        runtime_from=runtime_from,
+        log=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False),
+    )
     sizes = bundle["sizes"]
-    console.print(f"wrote {output} ({bundle['arch']}: runtime {sizes['runtime_bytes'] / 1e6:.1f} MB, model "
-                  f"{sizes['model_bytes'] / 1e6:.1f} MB, runners {sizes['runner_bytes'] / 1e6:.2f} MB)"
-                  + (f" and {bundle['tar']}" if "tar" in bundle else "")
-                  + f"; run it with {output}/bin/tvmsqz-run or python3 {output}/bin/tvmsqz-run.py", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"wrote {output} ({bundle['arch']}: runtime {sizes['runtime_bytes'] / 1e6:.1f} MB, model "
+        f"{sizes['model_bytes'] / 1e6:.1f} MB, runners {sizes['runner_bytes'] / 1e6:.2f} MB)"
+        + (f" and {bundle['tar']}" if "tar" in bundle else "")
+        + f"; run it with {output}/bin/tvmsqz-run or python3 {output}/bin/tvmsqz-run.py",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @device_app.command("serve")
@@ -354,8 +453,10 @@ def device_emulate(
     """Start/stop emulated aarch64 devices (qemu-user, chroot) behind a local tracker."""
     info = _api().emulate_devices(action, count=count, key=key, tracker_port=tracker_port)
     if action == "start":
-        console.print(f"\\[emulated] tracker 127.0.0.1:{info['tracker_port']}, key {key}, {count} device(s). "
-                      "Emulated timings are not ARM performance.")
+        console.print(
+            f"\\[emulated] tracker 127.0.0.1:{info['tracker_port']}, key {key}, {count} device(s). "
+            "Emulated timings are not ARM performance."
+        )
     elif action == "stop":
         console.print("\\[emulated] stopped")
     else:

@@ -72,8 +72,13 @@ def check_database(path: Path, spec: TargetSpec) -> int:
     records = _read_lines(path / RECORD_FILE)
     want = target_identity(spec.tvm_config or {})
     for number, rec in enumerate(records, 1):
-        if not (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], int)
-                and isinstance(rec[1], list) and len(rec[1]) >= 3):
+        if not (
+            isinstance(rec, list)
+            and len(rec) == 2
+            and isinstance(rec[0], int)
+            and isinstance(rec[1], list)
+            and len(rec[1]) >= 3
+        ):
             raise TvmsqzError(f"database file {path / RECORD_FILE} is corrupt (record {number} is malformed)")
         if not 0 <= rec[0] < len(workloads):
             raise TvmsqzError(f"database {path} is corrupt (record {number} names a missing workload)")
@@ -81,7 +86,8 @@ def check_database(path: Path, spec: TargetSpec) -> int:
         if have != want:
             raise TvmsqzError(
                 f"database {path} was tuned for target {json.dumps(have)}, not {spec.name} "
-                f"{json.dumps(want)}; pick the matching --target or pass --no-tuning")
+                f"{json.dumps(want)}; pick the matching --target or pass --no-tuning"
+            )
     return len(records)
 
 
@@ -101,9 +107,9 @@ def open_json_database(path: Path):
 
     try:
         return ms.database.JSONDatabase(
-            path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
-            allow_missing=False)
-    except Exception as exc:  # TVM raises its own error types for unparsable records
+            path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE), allow_missing=False
+        )
+    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types for unparsable records
         raise TvmsqzError(f"database {path} could not be loaded: {str(exc).strip().splitlines()[-1]}") from None
 
 
@@ -159,8 +165,11 @@ def database_problem(path: Path, spec: TargetSpec) -> str | None:
     if not has_database(path):
         return "no tuning database there"
     files = [path / WORKLOAD_FILE, path / RECORD_FILE]
-    key = (str(path.resolve()), json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True),
-           tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    key = (
+        str(path.resolve()),
+        json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True),
+        tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files),
+    )
     if key not in _CHECKED:
         try:
             _CHECKED[key] = None if check_database(path, spec) else "it holds no record"
@@ -200,9 +209,14 @@ def choose_database(spec: TargetSpec) -> DatabaseChoice:
         if why is None:
             shipped, _ = shipped_database(spec)
             instead = f" over the shipped {shipped}" if shipped is not None else ""
-            return DatabaseChoice(user, "user", (
-                f"tuning database: your own tuning output {user}, preferred{instead} "
-                f"(--database DIR applies another, --no-tuning none)",))
+            return DatabaseChoice(
+                user,
+                "user",
+                (
+                    f"tuning database: your own tuning output {user}, preferred{instead} "
+                    f"(--database DIR applies another, --no-tuning none)",
+                ),
+            )
         notes.append(f"passed over your tuning output {user}: {why}")
     shipped, passed = shipped_database(spec)
     notes += passed

@@ -54,37 +54,80 @@ class TVMPipeline:
 
     name = "tvm"
 
-    def compile(self, model: Model, spec: TargetSpec, backend: ModuleType, output: Path, *,
-                database: Path | None = None, tuning: bool = True, fuse: bool | None = None,
-                max_memory: str | int | None = None, log=None, **options: Any) -> dict:
+    def compile(
+        self,
+        model: Model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        output: Path,
+        *,
+        database: Path | None = None,
+        tuning: bool = True,
+        fuse: bool | None = None,
+        max_memory: str | int | None = None,
+        log=None,
+        **options: Any,
+    ) -> dict:
         """Build `model` (applying the target's database) and export it; returns the manifest."""
         from .build import DEFAULT_MAX_MEMORY, compile_module, export_artifact, parse_size
 
         _no_options(spec, options)
-        limit = (parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory)) if max_memory \
+        limit = (
+            (parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory))
+            if max_memory
             else DEFAULT_MAX_MEMORY
+        )
         db = resolve_database(spec, database, tuning)
-        executable, report = compile_module(model.mod, spec, database=db, fuse=fuse, max_memory=limit,
-                                            backend=backend)
-        manifest = export_artifact(executable, spec, output, model=model.name, input_spec=model.input,
-                                   report=report, backend=backend, extra={"compile_seconds": round(report.seconds, 2)})
+        executable, report = compile_module(model.mod, spec, database=db, fuse=fuse, max_memory=limit, backend=backend)
+        manifest = export_artifact(
+            executable,
+            spec,
+            output,
+            model=model.name,
+            input_spec=model.input,
+            report=report,
+            backend=backend,
+            extra={"compile_seconds": round(report.seconds, 2)},
+        )
         if log is not None:
             for line in tuning_report_lines(report):
                 log.print(line)
         return manifest
 
-    def bench(self, model: Model | None, spec: TargetSpec, backend: ModuleType, *, database: Path | None = None,
-              tuning: bool = True, prebuilt: Path | None = None, **options: Any) -> dict:
+    def bench(
+        self,
+        model: Model | None,
+        spec: TargetSpec,
+        backend: ModuleType,
+        *,
+        database: Path | None = None,
+        tuning: bool = True,
+        prebuilt: Path | None = None,
+        **options: Any,
+    ) -> dict:
         """The bench report (see `tvmsqz.benchmark.run_bench`)."""
         from .benchmark import run_bench
 
-        return run_bench(model, spec, database=resolve_database(spec, database, tuning), prebuilt=prebuilt,
-                         **options)
+        return run_bench(model, spec, database=resolve_database(spec, database, tuning), prebuilt=prebuilt, **options)
 
-    def tune(self, model: Model, spec: TargetSpec, backend: ModuleType, *, trials: int | None = None,
-             output: Path | None = None, resume: bool = False, fuse: bool | None = None,
-             rpc_tracker: str | None = None, rpc_key: str | None = None, space: str | None = None,
-             time_budget: float | None = None, cold: bool = False, log=None, **options: Any) -> dict:
+    def tune(
+        self,
+        model: Model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        *,
+        trials: int | None = None,
+        output: Path | None = None,
+        resume: bool = False,
+        fuse: bool | None = None,
+        rpc_tracker: str | None = None,
+        rpc_key: str | None = None,
+        space: str | None = None,
+        time_budget: float | None = None,
+        cold: bool = False,
+        log=None,
+        **options: Any,
+    ) -> dict:
         """MetaSchedule + XGBoost over every kernel of `model`; the run's summary.
 
         `time_budget` (s) and `trials` bound the run, whichever comes first; `cold` skips the warm
@@ -94,9 +137,20 @@ class TVMPipeline:
 
         _no_options(spec, options)
         out = Path(output) if output is not None else default_tuning_dir(spec)
-        summary = run_tuning(model.mod, spec, trials=trials, work_dir=out, resume=resume, fuse=fuse,
-                             rpc_tracker=rpc_tracker, rpc_key=rpc_key, space=space, time_budget=time_budget,
-                             warm=not cold, log=log)
+        summary = run_tuning(
+            model.mod,
+            spec,
+            trials=trials,
+            work_dir=out,
+            resume=resume,
+            fuse=fuse,
+            rpc_tracker=rpc_tracker,
+            rpc_key=rpc_key,
+            space=space,
+            time_budget=time_budget,
+            warm=not cold,
+            log=log,
+        )
         summary["database"] = str(out)
         return summary
 

@@ -57,8 +57,7 @@ def _declared_shape(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
 
 
-def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = None,
-                   default_batch: int = 1) -> InputSpec:
+def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = None, default_batch: int = 1) -> InputSpec:
     """Find the image input and give it a fully static 4-D shape."""
     inputs = graph_inputs(model)
     if len(inputs) != 1:
@@ -67,7 +66,9 @@ def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = Non
     value = inputs[0]
     elem = value.type.tensor_type.elem_type
     if elem not in _ONNX_DTYPES:
-        raise TvmsqzError(f"input {value.name!r} has ONNX element type {elem}; only float32/float16 images are supported")
+        raise TvmsqzError(
+            f"input {value.name!r} has ONNX element type {elem}; only float32/float16 images are supported"
+        )
     declared = _declared_shape(value)
     if declared is not None and len(declared) != 4:
         raise TvmsqzError(f"input {value.name!r} has {len(declared)} dimensions; expected a 4-D NCHW image input")
@@ -81,11 +82,11 @@ def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = Non
                 if have is not None and axis > 0 and want != have:
                     raise TvmsqzError(
                         f"--input-shape {list(shape)} does not match the model's input {value.name!r} "
-                        f"of shape {[d if d else '?' for d in declared]} (axis {axis})")
+                        f"of shape {[d if d else '?' for d in declared]} (axis {axis})"
+                    )
     else:
         if declared is None or any(d is None for d in declared[1:]):
-            raise TvmsqzError(
-                f"input {value.name!r} has no static shape; pass --input-shape {value.name}:1,3,224,224")
+            raise TvmsqzError(f"input {value.name!r} has no static shape; pass --input-shape {value.name}:1,3,224,224")
         shape = (declared[0] or default_batch, *declared[1:])
     check_input_bounds(value.name, shape)
     return InputSpec(value.name, tuple(int(d) for d in shape), _ONNX_DTYPES[elem])
@@ -102,8 +103,9 @@ def check_input_bounds(name: str, shape: tuple[int, ...]) -> None:
         low, high = INPUT_BOUNDS[what]
         for v in values:
             if not low <= v <= high:
-                raise TvmsqzError(f"input {name!r} shape {list(shape)}: {what} {v} is outside {low}..{high} "
-                                  "for an image classifier")
+                raise TvmsqzError(
+                    f"input {name!r} shape {list(shape)}: {what} {v} is outside {low}..{high} for an image classifier"
+                )
 
 
 def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
@@ -118,9 +120,8 @@ def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     try:
         with quiet_stderr():
-            mod = from_onnx(model, shape_dict={spec.name: spec.shape}, opset=opset or None,
-                            keep_params_in_input=False)
-    except Exception as exc:  # the importer raises many types; all mean "cannot import"
+            mod = from_onnx(model, shape_dict={spec.name: spec.shape}, opset=opset or None, keep_params_in_input=False)
+    except Exception as exc:  # noqa: BLE001 - the importer raises many types; all mean "cannot import"
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise TvmsqzError(f"cannot import the ONNX model into TVM: {first}") from None
     _check_classifier_output(mod)
@@ -138,10 +139,13 @@ def _check_classifier_output(mod) -> None:
         except (TypeError, ValueError):
             shape = None
     ok = shape is not None and (
-        (len(shape) == 2 and shape[1] >= 2) or (len(shape) == 4 and shape[1] >= 2 and shape[2:] == [1, 1]))
+        (len(shape) == 2 and shape[1] >= 2) or (len(shape) == 4 and shape[1] >= 2 and shape[2:] == [1, 1])
+    )
     if not ok:
-        raise TvmsqzError("the model does not look like an image classifier: expected one (N, classes) or "
-                          f"(N, classes, 1, 1) output, got {shape if shape is not None else ret}")
+        raise TvmsqzError(
+            "the model does not look like an image classifier: expected one (N, classes) or "
+            f"(N, classes, 1, 1) output, got {shape if shape is not None else ret}"
+        )
 
 
 def random_input(spec: InputSpec, seed: int = 0) -> np.ndarray:
@@ -157,8 +161,15 @@ class Model:
     VTA pipeline reads the ONNX graph and never needs it).
     """
 
-    def __init__(self, name: str, onnx_model: onnx.ModelProto, info: object | None, input_spec: InputSpec,
-                 input_shape: str | tuple | None = None, source: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        onnx_model: onnx.ModelProto,
+        info: object | None,
+        input_spec: InputSpec,
+        input_shape: str | tuple | None = None,
+        source: str | None = None,
+    ):
         self.name = name
         self.onnx = onnx_model
         self.info = info  # tvmsqz.models.ModelInfo for built-ins
@@ -188,9 +199,16 @@ class Model:
         return f"Model({self.name!r}, input={list(self.input.shape)})"
 
 
-def model_from_onnx(onnx_model: onnx.ModelProto, *, name: str, info: object | None = None, batch: int = 1,
-                    input_shape: str | tuple | None = None, source: str | None = None,
-                    import_now: bool = True) -> Model:
+def model_from_onnx(
+    onnx_model: onnx.ModelProto,
+    *,
+    name: str,
+    info: object | None = None,
+    batch: int = 1,
+    input_shape: str | tuple | None = None,
+    source: str | None = None,
+    import_now: bool = True,
+) -> Model:
     """A `Model` from an ONNX graph: the input discovered (or given) and checked; with `import_now`,
     the Relax import done at once, so an unimportable model fails here, before any other work."""
     if input_shape is None and batch != 1 and info is None:
@@ -208,5 +226,6 @@ def load_model(source: str, *, batch: int = 1, input_shape: str | None = None, i
 
     model, info = load_onnx(source, batch=batch)
     name = info.name if info is not None else str(source)
-    return model_from_onnx(model, name=name, info=info, batch=batch, input_shape=input_shape, source=str(source),
-                           import_now=import_now)
+    return model_from_onnx(
+        model, name=name, info=info, batch=batch, input_shape=input_shape, source=str(source), import_now=import_now
+    )

@@ -21,8 +21,8 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import TvmsqzError
 
@@ -123,8 +123,7 @@ def atomic_path(dest: Path | str, suffix: str | None = None) -> Iterator[Path]:
     dest = Path(dest)
     folder = dest.parent if str(dest.parent) else Path(".")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp",
-                                        dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=folder)
         os.close(fd)
     except OSError as exc:
         raise os_error(dest, exc) from None

@@ -19,8 +19,15 @@ import numpy as np
 
 from tvmsqz.errors import TvmsqzError
 
-__all__ = ["sample_images", "preprocess", "class_names", "CONVENTIONS", "TORCHVISION_MEAN",
-           "TORCHVISION_STD", "CAFFE_MEAN_BGR"]
+__all__ = [
+    "sample_images",
+    "preprocess",
+    "class_names",
+    "CONVENTIONS",
+    "TORCHVISION_MEAN",
+    "TORCHVISION_STD",
+    "CAFFE_MEAN_BGR",
+]
 
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
@@ -67,12 +74,12 @@ def _sample_images() -> tuple[tuple[str, np.ndarray], ...]:
     for name in _SKIMAGE_PHOTOS:
         try:
             img = _load_skimage(name)
-        except Exception as e:  # a missing bundled file must not trigger a download
+        except Exception as e:  # noqa: BLE001 - a missing bundled file must not trigger a download
             raise TvmsqzError(f"sample photo {name!r} is not available from scikit-image: {e}") from None
         out.append((name, _as_rgb_uint8(img)))
     try:
         out.append(("grace_hopper", _as_rgb_uint8(_load_grace_hopper())))
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means no sample photo
         pass  # matplotlib builds without sample data: keep the scikit-image photos
     for _, img in out:
         img.setflags(write=False)
@@ -111,7 +118,7 @@ def preprocess(img: np.ndarray, convention: str, size: int) -> np.ndarray:
         nh, nw = max(short, int(round(h * short / w))), short
     img = _resize(img, nh, nw)
     top, left = (nh - size) // 2, (nw - size) // 2
-    crop = img[top:top + size, left:left + size].astype(np.float32)
+    crop = img[top : top + size, left : left + size].astype(np.float32)
     if convention == "torchvision":
         x = (crop / 255.0 - np.asarray(TORCHVISION_MEAN, np.float32)) / np.asarray(TORCHVISION_STD, np.float32)
     else:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .version import __version__
 from .errors import TvmsqzError
 from .spec import FAMILIES
+from .version import __version__
 
 FORMAT = "tvmsqz-artifact/1"
 DTYPES = ("float32", "float16", "int8", "uint8")
@@ -76,6 +77,7 @@ def read_manifest(artifact: Path) -> dict | None:
 
 def check_manifest(manifest: Any, path: Path) -> None:
     """Refuse a manifest whose fields cannot describe a tvmsqz artifact (edited by hand, foreign)."""
+
     def bad(what: str) -> TvmsqzError:
         return TvmsqzError(f"manifest {path} is invalid: {what}")
 
@@ -106,7 +108,8 @@ def verify_files(artifact: Path, manifest: dict) -> None:
             raise TvmsqzError(f"{path} is missing (listed in {manifest_path(artifact).name})")
         size = path.stat().st_size
         if size != entry.get("bytes"):
-            raise TvmsqzError(f"{path} is {size} bytes, its manifest says {entry.get('bytes')}: "
-                              "truncated or replaced; copy it again")
+            raise TvmsqzError(
+                f"{path} is {size} bytes, its manifest says {entry.get('bytes')}: truncated or replaced; copy it again"
+            )
         if sha256(path) != entry.get("sha256"):
             raise TvmsqzError(f"{path} does not match the sha256 in its manifest: modified or corrupt; copy it again")

@@ -77,8 +77,10 @@ def main(argv: list[str]) -> None:
 
         imported = _current_rss_bytes()
         run = runtime.load(path).timer(x)
-        extra = {"runtime_only": bool(getattr(tvm.base, "_RUNTIME_ONLY", False)),
-                 "tvm_libraries": runtime.tvm_libraries_mapped()}
+        extra = {
+            "runtime_only": bool(getattr(tvm.base, "_RUNTIME_ONLY", False)),
+            "tvm_libraries": runtime.tvm_libraries_mapped(),
+        }
     elif kind == "onnxruntime":
         import onnxruntime as ort
 
@@ -101,8 +103,18 @@ def main(argv: list[str]) -> None:
         run()
         ms.append((time.perf_counter() - start) * 1e3)
     latency = {"min": min(ms), "median": float(np.median(ms)), "mean": float(np.mean(ms)), "runs": len(ms)}
-    print(json.dumps({"runtime": kind, "peak_rss_bytes": _peak_rss_bytes(), "baseline_rss_bytes": baseline,
-                      "after_import_rss_bytes": imported, "latency_ms": latency, **extra}))
+    print(
+        json.dumps(
+            {
+                "runtime": kind,
+                "peak_rss_bytes": _peak_rss_bytes(),
+                "baseline_rss_bytes": baseline,
+                "after_import_rss_bytes": imported,
+                "latency_ms": latency,
+                **extra,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,16 @@ from .errors import TvmsqzError
 from .manifest import manifest_path, read_manifest, verify_files
 from .vm import check_input, prefer_runtime_lib, tvm_import, tvm_libraries_mapped
 
-__all__ = ["Artifact", "check_input", "load", "prefer_runtime_lib", "read_manifest", "top_k", "tvm_import",
-           "tvm_libraries_mapped"]
+__all__ = [
+    "Artifact",
+    "check_input",
+    "load",
+    "prefer_runtime_lib",
+    "read_manifest",
+    "top_k",
+    "tvm_import",
+    "tvm_libraries_mapped",
+]
 
 #: The family whose loader opens a `.so` that has no manifest (nothing says otherwise; a TVM
 #: VM module on the CPU is what `tvmsqz compile` writes by default).
@@ -38,8 +46,10 @@ def load(path: str | Path, *, warn=None) -> Artifact:
     manifest = read_manifest(path)
     if manifest is None:
         if warn is not None:
-            warn(f"warning: {path} has no manifest ({manifest_path(path).name}): its checksum and input "
-                 "cannot be checked")
+            warn(
+                f"warning: {path} has no manifest ({manifest_path(path).name}): its checksum and input "
+                "cannot be checked"
+            )
         return backend_for_family(MANIFESTLESS_FAMILY).load_artifact(path, None)
     verify_files(path, manifest)
     return backend_for_family(manifest["target"]["family"]).load_artifact(path, manifest)

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .backends import FAMILIES, backend_for_family
 from .errors import TvmsqzError
 from .paths import TARGETS_DIR
-from .backends import FAMILIES, backend_for_family
 from .spec import TargetSpec, host_cores, host_cpu_flags
 
 __all__ = ["TargetSpec", "get_target", "list_targets", "load_target_file", "host_cores", "host_cpu_flags"]
@@ -40,7 +40,11 @@ SCHEMA: dict[str, Any] = {
             "required": ["kind"],
             "properties": {
                 "kind": {"enum": ["llvm", "cuda"]},
-                "mcpu": _STR, "mtriple": _STR, "mattr": _STR_LIST, "mfloat-abi": _STR, "arch": _STR,
+                "mcpu": _STR,
+                "mtriple": _STR,
+                "mattr": _STR_LIST,
+                "mfloat-abi": _STR,
+                "arch": _STR,
                 "num-cores": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "host"}]},
                 "host": {"type": "object"},
             },
@@ -48,16 +52,25 @@ SCHEMA: dict[str, Any] = {
         "schedules": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
         "requires_cpu_flags": _STR_LIST,
         "export": {"type": "object", "properties": {"cc": {"type": ["string", "null"]}}},
-        "fuse": {"type": "object", "properties": {k: {"type": "boolean"} for k in
-                                                   ("enabled", "fold_squeeze", "fold_bypass")}},
+        "fuse": {
+            "type": "object",
+            "properties": {k: {"type": "boolean"} for k in ("enabled", "fold_squeeze", "fold_bypass")},
+        },
         "rpc": {"type": "object", "properties": {"default_key": _STR, "required_for_tuning": {"type": "boolean"}}},
         "emulator": {"type": "object", "properties": {"qemu": _STR, "runnable": {"type": "boolean"}, "why": _STR}},
-        "layout": {"type": "object", "required": ["conv2d"],
-                   "properties": {"conv2d": {"enum": ["NCHW", "NCHWc", "NHWC"]}, "block": {"enum": [4, 8, 16]},
-                                  "winograd": {"enum": [0, 2, 4]},
-                                  "winograd_min_size": {"type": "integer", "minimum": 0},
-                                  "classifier_pad": {"type": "integer", "minimum": 0, "maximum": 256}},
-                   "if": {"properties": {"conv2d": {"const": "NCHWc"}}}, "then": {"required": ["block"]}},
+        "layout": {
+            "type": "object",
+            "required": ["conv2d"],
+            "properties": {
+                "conv2d": {"enum": ["NCHW", "NCHWc", "NHWC"]},
+                "block": {"enum": [4, 8, 16]},
+                "winograd": {"enum": [0, 2, 4]},
+                "winograd_min_size": {"type": "integer", "minimum": 0},
+                "classifier_pad": {"type": "integer", "minimum": 0, "maximum": 256},
+            },
+            "if": {"properties": {"conv2d": {"const": "NCHWc"}}},
+            "then": {"required": ["block"]},
+        },
         "space": {"enum": ["blocked", "generic"]},
         "host": _STR,
         "tiling_db": _STR,
@@ -66,8 +79,10 @@ SCHEMA: dict[str, Any] = {
     },
     "allOf": [
         # a concrete target (not an alias) of a TVM-compiled family needs its TVM target
-        {"if": {"properties": {"family": {"enum": ["cpu", "cuda"]}}, "not": {"required": ["alias_of"]}},
-         "then": {"required": ["tvm"]}},
+        {
+            "if": {"properties": {"family": {"enum": ["cpu", "cuda"]}}, "not": {"required": ["alias_of"]}},
+            "then": {"required": ["tvm"]},
+        },
     ],
 }
 
@@ -152,8 +167,12 @@ def _host_target(host: str, of: str) -> dict[str, Any]:
     spec = get_target(host)
     if spec.family != "cpu" or spec.tvm_config is None:
         raise TvmsqzError(f"target {of!r}: its host {host!r} is not a CPU target")
-    return {"name": spec.name, "tvm": spec.tvm_config, "requires_cpu_flags": list(spec.data.get("requires_cpu_flags")
-                                                                                   or []), "cc": spec.cc}
+    return {
+        "name": spec.name,
+        "tvm": spec.tvm_config,
+        "requires_cpu_flags": list(spec.data.get("requires_cpu_flags") or []),
+        "cc": spec.cc,
+    }
 
 
 def list_targets() -> list[dict[str, Any]]:

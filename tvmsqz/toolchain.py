@@ -18,8 +18,7 @@ from .errors import TvmsqzError
 from .fsutil import export_library
 
 #: pyelftools' e_machine names -> the names TVM triples and `uname -m` use.
-_MACHINES = {"EM_AARCH64": "aarch64", "EM_ARM": "arm", "EM_X86_64": "x86_64", "EM_386": "x86",
-             "EM_RISCV": "riscv"}
+_MACHINES = {"EM_AARCH64": "aarch64", "EM_ARM": "arm", "EM_X86_64": "x86_64", "EM_386": "x86", "EM_RISCV": "riscv"}
 
 
 def cross_compiler(cc: str | None):
@@ -59,9 +58,18 @@ def elf_info(path: str | Path) -> dict:
         except ELFError:
             raise TvmsqzError(f"{path} is not an ELF file") from None
     machine, flags = elf.header.e_machine, elf.header.e_flags
-    out = {"machine": _MACHINES.get(machine, str(machine).removeprefix("EM_").lower()),
-           "class": elf.elfclass, "endian": "little" if elf.little_endian else "big", "float_abi": None}
+    out = {
+        "machine": _MACHINES.get(machine, str(machine).removeprefix("EM_").lower()),
+        "class": elf.elfclass,
+        "endian": "little" if elf.little_endian else "big",
+        "float_abi": None,
+    }
     if out["machine"] == "arm" and out["class"] == 32:
-        out["float_abi"] = ("hard" if flags & E_FLAGS.EF_ARM_ABI_FLOAT_HARD
-                            else "soft" if flags & E_FLAGS.EF_ARM_ABI_FLOAT_SOFT else None)
+        out["float_abi"] = (
+            "hard"
+            if flags & E_FLAGS.EF_ARM_ABI_FLOAT_HARD
+            else "soft"
+            if flags & E_FLAGS.EF_ARM_ABI_FLOAT_SOFT
+            else None
+        )
     return out

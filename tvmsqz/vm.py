@@ -19,7 +19,6 @@ from .artifact import ArtifactBase
 from .errors import TvmsqzError
 from .quiet import quiet_stderr
 
-
 #: Set by `prefer_runtime_lib`: open artifacts through `libtvm_runtime.so` only.
 _PREFER_RUNTIME_LIB = False
 
@@ -61,8 +60,14 @@ def tvm_libraries_mapped() -> list[str]:
     return sorted(n for n in names if n.endswith(".so"))
 
 
-def check_input(x: np.ndarray, shape: tuple[int, ...] | None, dtype: str = "float32", *, cast: bool = False,
-                allow_nonfinite: bool = False) -> np.ndarray:
+def check_input(
+    x: np.ndarray,
+    shape: tuple[int, ...] | None,
+    dtype: str = "float32",
+    *,
+    cast: bool = False,
+    allow_nonfinite: bool = False,
+) -> np.ndarray:
     """The array a model may be fed: its shape, its dtype (or `cast`), finite values (or `allow_nonfinite`).
 
     A wrong dtype is refused rather than silently converted (float64 photos, int8 tensors are
@@ -135,7 +140,7 @@ class VMArtifact(ArtifactBase):
         self._embedded_shape = None if manifest else embedded_input_shape(vm)
 
     @classmethod
-    def open(cls, path: str | Path, manifest: dict | None, device_type: str) -> "VMArtifact":
+    def open(cls, path: str | Path, manifest: dict | None, device_type: str) -> VMArtifact:
         """Load the module into a Relax VM on `device_type` (the backend's choice)."""
         tvm = tvm_import(device_type)
         from tvm.runtime.vm import VirtualMachine
@@ -146,7 +151,7 @@ class VMArtifact(ArtifactBase):
             with quiet_stderr():
                 lib = tvm.runtime.load_module(str(path))
             vm = VirtualMachine(lib, tvm.device(device_type, 0))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - TVM's loader raises many types for a foreign file
             raise TvmsqzError(f"cannot load {path} as a TVM artifact: {str(exc).strip().splitlines()[-1]}") from None
         return cls(path, vm, manifest, tvm.device(device_type, 0))
 
@@ -165,7 +170,7 @@ class VMArtifact(ArtifactBase):
         arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
         try:
             out = self.vm["main"](arg)
-        except Exception as exc:  # shapes were checked above: this is the kernel's own failure
+        except Exception as exc:  # noqa: BLE001 - shapes were checked above: this is the kernel's own failure
             raise TvmsqzError(f"the artifact failed on this input: {type(exc).__name__}") from None
         if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and not hasattr(out, "numpy"):
             out = out[0]
@@ -213,8 +218,8 @@ class VMArtifact(ArtifactBase):
                 self.vm["main"](arg)
         finally:
             self.vm.set_instrument(None)
-        rows = [{"name": n, "time_us": totals[n] / repeat * 1e6, "calls": calls[n] // repeat,
-                 "shapes": shapes.get(n, [])} for n in totals]
+        rows = [
+            {"name": n, "time_us": totals[n] / repeat * 1e6, "calls": calls[n] // repeat, "shapes": shapes.get(n, [])}
+            for n in totals
+        ]
         return sorted(rows, key=lambda r: -r["time_us"])
-
-

@@ -27,7 +27,8 @@ from typing import Any
 from ..errors import TvmsqzError
 from ..spec import TargetSpec, host_cpu_flags
 
-#: Whether this family's artifacts load through the TVM runtime library alone: the VTA loader builds Relax VMs for its host segments through `tvm.relax`.
+#: Whether this family's artifacts load through the TVM runtime library alone: the VTA loader
+#: builds Relax VMs for its host segments through `tvm.relax`.
 RUNTIME_ONLY = False
 
 
@@ -45,7 +46,7 @@ def _host(spec: TargetSpec) -> dict:
     (`host_target`: {name, tvm, requires_cpu_flags, cc})."""
     host = spec.data.get("host_target")
     if not isinstance(host, dict):
-        raise TvmsqzError(f"target {spec.name!r} names no resolved host CPU target (a \"host\": \"x86\" entry)")
+        raise TvmsqzError(f'target {spec.name!r} names no resolved host CPU target (a "host": "x86" entry)')
     return host
 
 
@@ -73,8 +74,11 @@ def _refuse(spec: TargetSpec, given: dict[str, Any]) -> None:
 
     `given`: option name -> (value, default); one error line names every one that was set."""
     names = {"fuse": "--fuse/--no-fuse"}
-    flags = [names.get(key, f"--{key.replace('_', '-')}") for key, (value, default) in given.items()
-             if value is not None and value != default]
+    flags = [
+        names.get(key, f"--{key.replace('_', '-')}")
+        for key, (value, default) in given.items()
+        if value is not None and value != default
+    ]
     if flags:
         raise TvmsqzError(f"target {spec.name} does not take {', '.join(flags)} (it runs batch 1 on the simulator)")
 
@@ -105,9 +109,16 @@ def _compile(model, spec: TargetSpec, output: Path, *, tuning: bool) -> dict:
     from ..vta.host import host_target
 
     db = tiling_db(spec) if tuning else None  # no shipped schedules folder: default tilings
-    return compile_vta(_onnx_of(model, spec), output, config=spec.data, host_target=host_target(_host(spec)),
-                       tiling_db=db if db is not None else False, name=model.name, info=model.info,
-                       embed_fp32=model.source is None)
+    return compile_vta(
+        _onnx_of(model, spec),
+        output,
+        config=spec.data,
+        host_target=host_target(_host(spec)),
+        tiling_db=db if db is not None else False,
+        name=model.name,
+        info=model.info,
+        embed_fp32=model.source is None,
+    )
 
 
 class VTAPipeline:
@@ -116,39 +127,77 @@ class VTAPipeline:
 
     name = "vta"
 
-    def compile(self, model, spec: TargetSpec, backend: ModuleType, output: Path, *, database: Path | None = None,
-                tuning: bool = True, fuse: bool | None = None, max_memory: str | int | None = None, log=None,
-                **options: Any) -> dict:
+    def compile(
+        self,
+        model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        output: Path,
+        *,
+        database: Path | None = None,
+        tuning: bool = True,
+        fuse: bool | None = None,
+        max_memory: str | int | None = None,
+        log=None,
+        **options: Any,
+    ) -> dict:
         """Write `output` (host code), its `.vta.npz` sidecar and the manifest; returns the manifest.
 
         `tuning=False` uses default tilings instead of the target's tiling database."""
         from ..manifest import write_manifest
         from ..vta import sidecar_path
 
-        _refuse(spec, {"database": (database, None), "fuse": (fuse, None), "max_memory": (max_memory, None),
-                       **{key: (value, None) for key, value in options.items()}})
+        _refuse(
+            spec,
+            {
+                "database": (database, None),
+                "fuse": (fuse, None),
+                "max_memory": (max_memory, None),
+                **{key: (value, None) for key, value in options.items()},
+            },
+        )
         output = Path(output)
         summary = _compile(model, spec, output, tuning=tuning)
         sidecar = sidecar_path(output)
-        manifest = write_manifest(output, {
-            "model": model.name,
-            "target": spec.to_json(),
-            "input": model.input.to_json(),
-            "sidecar": {"file": sidecar.name},
-            "vta": {k: summary[k] for k in ("macs_offloaded", "macs_total", "mac_offload_share", "note")},
-            "compile_seconds": summary["seconds"]["total"],
-            "note": (f"{summary['vta_layers']} layers on the VTA simulator ({1 << summary['config']['LOG_BLOCK']}x"
-                     f"{1 << summary['config']['LOG_BLOCK']} GEMM core), {summary['host_segments']} host segments"),
-        }, extra_files=[sidecar])
+        manifest = write_manifest(
+            output,
+            {
+                "model": model.name,
+                "target": spec.to_json(),
+                "input": model.input.to_json(),
+                "sidecar": {"file": sidecar.name},
+                "vta": {k: summary[k] for k in ("macs_offloaded", "macs_total", "mac_offload_share", "note")},
+                "compile_seconds": summary["seconds"]["total"],
+                "note": (
+                    f"{summary['vta_layers']} layers on the VTA simulator ({1 << summary['config']['LOG_BLOCK']}x"
+                    f"{1 << summary['config']['LOG_BLOCK']} GEMM core), {summary['host_segments']} host segments"
+                ),
+            },
+            extra_files=[sidecar],
+        )
         if log is not None:
             sources = [t["source"] for t in summary["tilings"].values()]
             db = tiling_db(spec) if tuning else None
-            log.print(f"[dim]tilings: {sources.count('database')}/{len(sources)} VTA layers from "
-                      f"{db if db is not None else 'no database'}, the others default[/dim]", highlight=False)
+            log.print(
+                f"[dim]tilings: {sources.count('database')}/{len(sources)} VTA layers from "
+                f"{db if db is not None else 'no database'}, the others default[/dim]",
+                highlight=False,
+            )
         return manifest
 
-    def bench(self, model, spec: TargetSpec, backend: ModuleType, *, repeat: int = 50, tuning: bool = True,
-              with_torch: bool = True, log=None, prebuilt: Path | None = None, **options: Any) -> dict:
+    def bench(
+        self,
+        model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        *,
+        repeat: int = 50,
+        tuning: bool = True,
+        with_torch: bool = True,
+        log=None,
+        prebuilt: Path | None = None,
+        **options: Any,
+    ) -> dict:
         """Compile (or take `prebuilt`), run the bundled photos on the simulator and compare with
         fp32 (see `vta.bench_vta`); `repeat` and `with_torch` do not apply (one simulated run per
         photo; the reference is the fp32 model in ONNX Runtime)."""
@@ -167,9 +216,19 @@ class VTAPipeline:
         report["target"] = spec.name
         return report
 
-    def tune(self, model, spec: TargetSpec, backend: ModuleType, *, trials: int | None = None,
-             output: Path | None = None, resume: bool = False, log=None, cold: bool = False,
-             **options: Any) -> dict:
+    def tune(
+        self,
+        model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        *,
+        trials: int | None = None,
+        output: Path | None = None,
+        resume: bool = False,
+        log=None,
+        cold: bool = False,
+        **options: Any,
+    ) -> dict:
         """Search tilings of every VTA layer (simulated cycles) into a tiling database; the summary
         has "database": the file written. Without `output`, the user's tuning folder
         (`database.user_tuning_dir`), never the shipped schedules. Records already in the file
@@ -189,8 +248,10 @@ class VTAPipeline:
 
         def progress(done: int, total: int, row: dict) -> None:
             if log is not None:
-                log.print(f"[dim]{done}/{total} {row['layer']}: {row['default_cycles']} -> {row['best_cycles']} "
-                          "cycles[/dim]", highlight=False)
+                log.print(
+                    f"[dim]{done}/{total} {row['layer']}: {row['default_cycles']} -> {row['best_cycles']} cycles[/dim]",
+                    highlight=False,
+                )
 
         summary = tune_vta(_onnx_of(model, spec), trials, out, config=spec.data, progress=progress)
         summary["database"] = str(out)

@@ -26,7 +26,20 @@ from .run import RUNNERS, bare_arm_root, bare_root_problem, run_bundle, runner_r
 from .runtimes import RuntimeSource, candidate_sources, find_runtime
 
 __all__ = [
-    "CPP_RUNNER", "FORMAT", "PY_RUNNER", "RUNNERS", "BundleTarget", "RuntimeSource", "bare_arm_root",
-    "bare_root_problem", "build_bundle", "build_runner", "bundle_target", "candidate_sources", "find_runtime",
-    "host_arch", "run_bundle", "runner_report",
+    "CPP_RUNNER",
+    "FORMAT",
+    "PY_RUNNER",
+    "RUNNERS",
+    "BundleTarget",
+    "RuntimeSource",
+    "bare_arm_root",
+    "bare_root_problem",
+    "build_bundle",
+    "build_runner",
+    "bundle_target",
+    "candidate_sources",
+    "find_runtime",
+    "host_arch",
+    "run_bundle",
+    "runner_report",
 ]

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..version import __version__
 from ..errors import TvmsqzError
+from ..version import __version__
 from .runtimes import DEVICE_LIBS, RUNTIME_LIBS, RuntimeSource, find_cuda_runtime, find_runtime, needed_libs
 
 FORMAT = "tvmsqz-bundle/1"
@@ -76,17 +76,23 @@ def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
     device_type = getattr(backend, "device_type", None)
     device = device_type(None) if callable(device_type) else None
     if device not in ("cpu", *DEVICE_LIBS):
-        raise TvmsqzError(f"{artifact.name} is a {target.get('family')} artifact (device {device or 'of its own'}): "
-                          f"bundles carry the TVM runtime for {', '.join(('cpu', *DEVICE_LIBS))} only")
+        raise TvmsqzError(
+            f"{artifact.name} is a {target.get('family')} artifact (device {device or 'of its own'}): "
+            f"bundles carry the TVM runtime for {', '.join(('cpu', *DEVICE_LIBS))} only"
+        )
     arch = elf_machine(artifact)
     triple = (target.get("tvm") or {}).get("mtriple")
     cc = target.get("cc") or os.environ.get("CXX") or "c++"
     if not target.get("cc") and arch != host_arch():
-        raise TvmsqzError(f"{artifact.name} is an {arch} library, but its target {target.get('name')} names no cross "
-                          f"compiler to build the runner with")
+        raise TvmsqzError(
+            f"{artifact.name} is an {arch} library, but its target {target.get('name')} names no cross "
+            f"compiler to build the runner with"
+        )
     if shutil.which(cc) is None:
-        raise TvmsqzError(f"compiler {cc} not found: it builds the bundle's C++ runner for {triple or arch} "
-                          "(scripts/setup_arm.sh installs the cross compilers)")
+        raise TvmsqzError(
+            f"compiler {cc} not found: it builds the bundle's C++ runner for {triple or arch} "
+            "(scripts/setup_arm.sh installs the cross compilers)"
+        )
     return BundleTarget(arch=arch, label=triple or arch, cc=cc, strip=_strip_tool(cc), device=device)
 
 
@@ -100,14 +106,18 @@ def device_libs(runtime: RuntimeSource, target: BundleTarget) -> dict[str, Path]
     for name in DEVICE_LIBS[target.device]:
         path = runtime.device_lib(name)
         if path is None:
-            raise TvmsqzError(f"the TVM runtime at {runtime.origin} has no {name}: a {target.device} bundle needs "
-                              f"it (the apache-tvm wheel for x86-64 carries it)")
+            raise TvmsqzError(
+                f"the TVM runtime at {runtime.origin} has no {name}: a {target.device} bundle needs "
+                f"it (the apache-tvm wheel for x86-64 carries it)"
+            )
         for soname in needed_libs(path):
             if soname.startswith("libcudart.so"):
                 cudart = find_cuda_runtime(soname)
                 if cudart is None:
-                    raise TvmsqzError(f"{name} needs the CUDA runtime {soname}, which was not found on this "
-                                      "machine (bash scripts/setup_cuda.sh installs it with nvcc)")
+                    raise TvmsqzError(
+                        f"{name} needs the CUDA runtime {soname}, which was not found on this "
+                        "machine (bash scripts/setup_cuda.sh installs it with nvcc)"
+                    )
                 libs[soname] = cudart
         libs[name] = path
     return libs
@@ -124,9 +134,17 @@ def build_runner(runtime: RuntimeSource, target: BundleTarget, log: Log | None =
     from ..paths import CACHE_DIR
 
     version = subprocess.run([target.cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256(json.dumps([
-        RUNNER_CPP.read_text(), target.cc, version, (runtime.include / "tvm/ffi/c_api.h").read_text(),
-        {name: sha256(path) for name, path in sorted(runtime.libs.items())}]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                RUNNER_CPP.read_text(),
+                target.cc,
+                version,
+                (runtime.include / "tvm/ffi/c_api.h").read_text(),
+                {name: sha256(path) for name, path in sorted(runtime.libs.items())},
+            ]
+        ).encode()
+    ).hexdigest()[:20]
     exe = CACHE_DIR / "bundle" / "runners" / key / "tvmsqz-run"
     if exe.is_file():
         return exe
@@ -138,9 +156,25 @@ def build_runner(runtime: RuntimeSource, target: BundleTarget, log: Log | None =
         for name, path in runtime.libs.items():
             (libdir / name).symlink_to(path)
         built = tmp / "tvmsqz-run"
-        cmd = [target.cc, "-std=c++17", "-O2", "-s", "-I", str(runtime.include), str(RUNNER_CPP), "-o", str(built),
-               "-L", str(libdir), f"-Wl,-rpath-link,{libdir}", "-Wl,--no-as-needed", "-ltvm_ffi", "-ltvm_runtime",
-               "-Wl,--as-needed", "-Wl,-rpath,$ORIGIN/../lib"]
+        cmd = [
+            target.cc,
+            "-std=c++17",
+            "-O2",
+            "-s",
+            "-I",
+            str(runtime.include),
+            str(RUNNER_CPP),
+            "-o",
+            str(built),
+            "-L",
+            str(libdir),
+            f"-Wl,-rpath-link,{libdir}",
+            "-Wl,--no-as-needed",
+            "-ltvm_ffi",
+            "-ltvm_runtime",
+            "-Wl,--as-needed",
+            "-Wl,-rpath,$ORIGIN/../lib",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()] or proc.stderr.splitlines()[-1:]
@@ -154,12 +188,12 @@ def build_runner(runtime: RuntimeSource, target: BundleTarget, log: Log | None =
 
 def _readme(manifest: dict, target: BundleTarget) -> str:
     shape = "x".join(map(str, manifest["input"]["shape"]))
-    return f"""tvmsqz bundle: {manifest['model']} for {manifest['target']['name']} ({target.label})
+    return f"""tvmsqz bundle: {manifest["model"]} for {manifest["target"]["name"]} ({target.label})
 
 Needs no TVM installation and no pip: copy this folder to the device, then
 
   bin/tvmsqz-run --repeat 10                 # C++ runner: seeded random input, top-5, latency
-  bin/tvmsqz-run --input x.npy -o y.npy      # x.npy: {manifest['input']['dtype']} {shape}
+  bin/tvmsqz-run --input x.npy -o y.npy      # x.npy: {manifest["input"]["dtype"]} {shape}
   python3 bin/tvmsqz-run.py --input x.npy    # Python runner: needs python3 and numpy only
 
 Both check every file in bundle.json (size, sha256) before loading the model, and refuse an
@@ -222,8 +256,15 @@ def _write_tar(out: Path) -> Path:
     return tar_path
 
 
-def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, strip: bool = True,
-                 runtime_from: str | Path | None = None, log: Log | None = None) -> dict[str, Any]:
+def build_bundle(
+    artifact: str | Path,
+    out: str | Path,
+    *,
+    tar: bool = False,
+    strip: bool = True,
+    runtime_from: str | Path | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
     """Build the bundle of `artifact` at folder `out` (and `out.tar.gz` with `tar`); its manifest.
 
     The artifact must have its manifest and match it (the same check `tvmsqz run` makes). The
@@ -242,8 +283,12 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
         raise TvmsqzError(f"{artifact} has no manifest ({artifact.name}.json): a bundle needs its input and target")
     verify_files(artifact, manifest)
     target = bundle_target(artifact, manifest)
-    runtime = find_runtime(target.arch, (manifest.get("versions") or {}).get("tvm"),
-                           runtime_from=Path(runtime_from) if runtime_from else None, arch_label=target.label)
+    runtime = find_runtime(
+        target.arch,
+        (manifest.get("versions") or {}).get("tvm"),
+        runtime_from=Path(runtime_from) if runtime_from else None,
+        arch_label=target.label,
+    )
     extra_libs = device_libs(runtime, target)
     exe = build_runner(runtime, target, log=log)
     if log is not None:
@@ -260,8 +305,7 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
                 shutil.copyfile(source, dest)
                 unstripped += dest.stat().st_size
                 if strip and target.strip:
-                    proc = subprocess.run([target.strip, "--strip-unneeded", str(dest)], capture_output=True,
-                                          text=True)
+                    proc = subprocess.run([target.strip, "--strip-unneeded", str(dest)], capture_output=True, text=True)
                     if proc.returncode != 0:
                         raise TvmsqzError(f"{target.strip} failed on {name}: {proc.stderr.strip()[:200]}")
             extra = [e["file"] for e in manifest.get("files", []) if isinstance(e, dict)]
@@ -274,29 +318,44 @@ def build_bundle(artifact: str | Path, out: str | Path, *, tar: bool = False, st
                 (stage / rel).chmod(0o755)
             (stage / LABELS).write_text("\n".join(class_names()) + "\n")
             (stage / "README.txt").write_text(_readme(manifest, target))
-            files = ([_entry(stage, f"lib/{n}", "runtime") for n in lib_files]
-                     + [_entry(stage, f"model/{n}", "model") for n in model_files]
-                     + [_entry(stage, rel, "runner") for rel in (CPP_RUNNER, PY_RUNNER)]
-                     + [_entry(stage, rel, "other") for rel in (LABELS, "README.txt")])
-            sizes = {f"{part}_bytes": sum(f["bytes"] for f in files if f["part"] == part)
-                     for part in ("runtime", "model", "runner", "other")}
+            files = (
+                [_entry(stage, f"lib/{n}", "runtime") for n in lib_files]
+                + [_entry(stage, f"model/{n}", "model") for n in model_files]
+                + [_entry(stage, rel, "runner") for rel in (CPP_RUNNER, PY_RUNNER)]
+                + [_entry(stage, rel, "other") for rel in (LABELS, "README.txt")]
+            )
+            sizes = {
+                f"{part}_bytes": sum(f["bytes"] for f in files if f["part"] == part)
+                for part in ("runtime", "model", "runner", "other")
+            }
             sizes["total_bytes"] = sum(f["bytes"] for f in files)
             sizes["runtime_unstripped_bytes"] = unstripped
             bundle = {
                 "format": FORMAT,
-                "model": {"name": manifest["model"], "file": f"model/{artifact.name}",
-                          "manifest": f"model/{artifact.name}.json", "labels": LABELS,
-                          "sha256": manifest["artifact"]["sha256"]},
+                "model": {
+                    "name": manifest["model"],
+                    "file": f"model/{artifact.name}",
+                    "manifest": f"model/{artifact.name}.json",
+                    "labels": LABELS,
+                    "sha256": manifest["artifact"]["sha256"],
+                },
                 "target": manifest["target"]["name"],
                 "target_config": manifest["target"].get("tvm"),
                 "arch": target.arch,
                 "triple": target.label,
                 "device": target.device,
-                "input": {"name": manifest["input"].get("name", "data"), "shape": manifest["input"]["shape"],
-                          "dtype": manifest["input"].get("dtype", "float32")},
-                "runtime": {**runtime.versions, "source": runtime.origin,
-                            "stripped": bool(strip and target.strip), "libs": [f"lib/{n}" for n in lib_files],
-                            "device_libs": list(extra_libs)},
+                "input": {
+                    "name": manifest["input"].get("name", "data"),
+                    "shape": manifest["input"]["shape"],
+                    "dtype": manifest["input"].get("dtype", "float32"),
+                },
+                "runtime": {
+                    **runtime.versions,
+                    "source": runtime.origin,
+                    "stripped": bool(strip and target.strip),
+                    "libs": [f"lib/{n}" for n in lib_files],
+                    "device_libs": list(extra_libs),
+                },
                 "runners": {"cpp": CPP_RUNNER, "python": PY_RUNNER},
                 "built_with": {"cc": target.cc, "tvmsqz": __version__},
                 "sizes": sizes,

@@ -60,8 +60,12 @@ class _Any(ctypes.Structure):
 
 
 class _Object(ctypes.Structure):  # TVMFFIObject, the header of every heap object
-    _fields_ = [("combined_ref_count", ctypes.c_uint64), ("type_index", ctypes.c_int32),
-                ("padding", ctypes.c_uint32), ("deleter", ctypes.c_void_p)]
+    _fields_ = [
+        ("combined_ref_count", ctypes.c_uint64),
+        ("type_index", ctypes.c_int32),
+        ("padding", ctypes.c_uint32),
+        ("deleter", ctypes.c_void_p),
+    ]
 
 
 class _ErrorCell(ctypes.Structure):  # follows the header of an Error object
@@ -77,9 +81,15 @@ class _DLDataType(ctypes.Structure):
 
 
 class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
 
 
 class _DLManagedTensor(ctypes.Structure):
@@ -95,8 +105,15 @@ _KEEP_MEMORY = _DELETER(lambda _: None)
 _DLTENSOR_NAME = b"dltensor"
 
 #: numpy dtype name -> DLPack (code, bits): kDLInt 0, kDLUInt 1, kDLFloat 2
-_DL_CODES = {"float32": (2, 32), "float16": (2, 16), "float64": (2, 64), "int8": (0, 8), "uint8": (1, 8),
-             "int32": (0, 32), "int64": (0, 64)}
+_DL_CODES = {
+    "float32": (2, 32),
+    "float16": (2, 16),
+    "float64": (2, 64),
+    "int8": (0, 8),
+    "uint8": (1, 8),
+    "int32": (0, 32),
+    "int64": (0, 64),
+}
 
 
 class Device:
@@ -134,20 +151,26 @@ class Runtime:
             try:
                 self.device_libs.append(ctypes.CDLL(os.path.join(libdir, name), mode=mode))
             except OSError as exc:
-                raise Refusal(f"cannot load the bundled device runtime {name}: {exc} "
-                              "(a CUDA bundle needs the NVIDIA driver, libcuda.so.1)") from None
+                raise Refusal(
+                    f"cannot load the bundled device runtime {name}: {exc} "
+                    "(a CUDA bundle needs the NVIDIA driver, libcuda.so.1)"
+                ) from None
         f = self.ffi
         f.TVMFFIFunctionGetGlobal.argtypes = [ctypes.POINTER(_ByteArray), ctypes.POINTER(ctypes.c_void_p)]
         f.TVMFFIFunctionCall.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Any), ctypes.c_int32, ctypes.POINTER(_Any)]
         f.TVMFFIObjectDecRef.argtypes = [ctypes.c_void_p]
         f.TVMFFIErrorMoveFromRaised.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
         f.TVMFFIErrorMoveFromRaised.restype = None
-        f.TVMFFITensorFromDLPack.argtypes = [ctypes.POINTER(_DLManagedTensor), ctypes.c_int32, ctypes.c_int32,
-                                             ctypes.POINTER(ctypes.c_void_p)]
+        f.TVMFFITensorFromDLPack.argtypes = [
+            ctypes.POINTER(_DLManagedTensor),
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.POINTER(ctypes.c_void_p),
+        ]
         f.TVMFFITensorToDLPack.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(_DLManagedTensor))]
         self._globals: dict[str, int] = {}
 
-    def _raise(self, what: str) -> None:
+    def raise_error(self, what: str) -> None:
         err = ctypes.c_void_p()
         self.ffi.TVMFFIErrorMoveFromRaised(ctypes.byref(err))
         if not err.value:
@@ -163,15 +186,16 @@ class Runtime:
             raw = name.encode()
             buf = ctypes.create_string_buffer(raw)
             handle = ctypes.c_void_p()
-            if self.ffi.TVMFFIFunctionGetGlobal(ctypes.byref(_ByteArray(ctypes.addressof(buf), len(raw))),
-                                                ctypes.byref(handle)):
-                self._raise(f"looking up {name}")
+            if self.ffi.TVMFFIFunctionGetGlobal(
+                ctypes.byref(_ByteArray(ctypes.addressof(buf), len(raw))), ctypes.byref(handle)
+            ):
+                self.raise_error(f"looking up {name}")
             if not handle.value:
                 raise Refusal(f"the bundled runtime has no function {name}")
             self._globals[name] = handle.value
         return self._globals[name]
 
-    def call(self, func: int, *args, what: str = "a runtime call") -> "Owned":
+    def call(self, func: int, *args, what: str = "a runtime call") -> Owned:
         """Call a tvm-ffi Function with ints, strings and Owned objects; the result is owned."""
         keep = []
         packed = (_Any * max(1, len(args)))()
@@ -193,7 +217,7 @@ class Runtime:
                 slot.type_index, slot.v.v_ptr = T_RAW_STR, ctypes.addressof(keep[-1])
         result = _Any()
         if self.ffi.TVMFFIFunctionCall(ctypes.c_void_p(func), packed, len(args), ctypes.byref(result)):
-            self._raise(what)
+            self.raise_error(what)
         return Owned(self, result.type_index, result.v.v_ptr if result.type_index >= T_OBJECT_BEGIN else None)
 
 
@@ -236,8 +260,16 @@ class Model:
         if self.device.device_type == KDL_CPU:
             runtime.call(init.handle, KDL_CPU, 0, POOLED_ALLOCATOR, what=what)
         else:  # the accelerator, then the CPU as the host device (as tvm's VirtualMachine does)
-            runtime.call(init.handle, self.device.device_type, self.device.device_id, POOLED_ALLOCATOR,
-                         KDL_CPU, 0, POOLED_ALLOCATOR, what=what)
+            runtime.call(
+                init.handle,
+                self.device.device_type,
+                self.device.device_id,
+                POOLED_ALLOCATOR,
+                KDL_CPU,
+                0,
+                POOLED_ALLOCATOR,
+                what=what,
+            )
         self.main = runtime.call(get, self.vm, "main", False, what=what)
         self._keep: list = []
 
@@ -260,15 +292,20 @@ class Model:
         """A tvm-ffi Tensor sharing the memory of a DLPack capsule (`torch.utils.dlpack.to_dlpack`),
         which is consumed (renamed `used_dltensor`, as the DLPack protocol asks)."""
         api = ctypes.pythonapi
-        api.PyCapsule_GetPointer.restype, api.PyCapsule_GetPointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
-                                                                                               ctypes.c_char_p]
-        api.PyCapsule_SetName.restype, api.PyCapsule_SetName.argtypes = ctypes.c_int, [ctypes.py_object,
-                                                                                       ctypes.c_char_p]
+        api.PyCapsule_GetPointer.restype, api.PyCapsule_GetPointer.argtypes = (
+            ctypes.c_void_p,
+            [ctypes.py_object, ctypes.c_char_p],
+        )
+        api.PyCapsule_SetName.restype, api.PyCapsule_SetName.argtypes = (
+            ctypes.c_int,
+            [ctypes.py_object, ctypes.c_char_p],
+        )
         ptr = api.PyCapsule_GetPointer(capsule, b"dltensor")
         handle = ctypes.c_void_p()
-        if self.rt.ffi.TVMFFITensorFromDLPack(ctypes.cast(ptr, ctypes.POINTER(_DLManagedTensor)), 64, 1,
-                                              ctypes.byref(handle)):
-            self.rt._raise("wrapping a DLPack tensor")
+        if self.rt.ffi.TVMFFITensorFromDLPack(
+            ctypes.cast(ptr, ctypes.POINTER(_DLManagedTensor)), 64, 1, ctypes.byref(handle)
+        ):
+            self.rt.raise_error("wrapping a DLPack tensor")
         api.PyCapsule_SetName(capsule, b"used_dltensor")
         return Owned(self.rt, T_TENSOR, handle.value)
 
@@ -277,10 +314,12 @@ class Model:
         out = self._first_tensor(out)
         managed = ctypes.POINTER(_DLManagedTensor)()
         if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
-            self.rt._raise("exporting the output")
+            self.rt.raise_error("exporting the output")
         api = ctypes.pythonapi
-        api.PyCapsule_New.restype, api.PyCapsule_New.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p,
-                                                                                   ctypes.c_void_p]
+        api.PyCapsule_New.restype, api.PyCapsule_New.argtypes = (
+            ctypes.py_object,
+            [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p],
+        )
         return api.PyCapsule_New(ctypes.cast(managed, ctypes.c_void_p), _DLTENSOR_NAME, None)
 
     def _first_tensor(self, out: Owned) -> Owned:
@@ -295,12 +334,13 @@ class Model:
         shape = (ctypes.c_int64 * x.ndim)(*x.shape)
         code, bits = _DL_CODES[x.dtype.name]
         managed = _DLManagedTensor()
-        managed.dl_tensor = _DLTensor(x.ctypes.data, _DLDevice(KDL_CPU, 0), x.ndim, _DLDataType(code, bits, 1),
-                                      shape, None, 0)
+        managed.dl_tensor = _DLTensor(
+            x.ctypes.data, _DLDevice(KDL_CPU, 0), x.ndim, _DLDataType(code, bits, 1), shape, None, 0
+        )
         managed.deleter = _KEEP_MEMORY
         handle = ctypes.c_void_p()
         if self.rt.ffi.TVMFFITensorFromDLPack(ctypes.byref(managed), 64, 1, ctypes.byref(handle)):
-            self.rt._raise("wrapping the input")
+            self.rt.raise_error("wrapping the input")
         self._keep.append((x, shape, managed))
         return Owned(self.rt, T_TENSOR, handle.value)
 
@@ -314,7 +354,7 @@ class Model:
 
         managed = ctypes.POINTER(_DLManagedTensor)()
         if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
-            self.rt._raise("reading the output")
+            self.rt.raise_error("reading the output")
         t = managed.contents.dl_tensor
         dtype = next((n for n, cb in _DL_CODES.items() if cb == (t.dtype.code, t.dtype.bits)), None)
         shape = tuple(t.shape[i] for i in range(t.ndim))
@@ -338,7 +378,7 @@ class Model:
             out = self._to_host(out)
         managed = ctypes.POINTER(_DLManagedTensor)()
         if self.rt.ffi.TVMFFITensorToDLPack(ctypes.c_void_p(out.handle), ctypes.byref(managed)):
-            self.rt._raise("reading the output")
+            self.rt.raise_error("reading the output")
         t = managed.contents.dl_tensor
         dtype = next((n for n, cb in _DL_CODES.items() if cb == (t.dtype.code, t.dtype.bits)), None)
         if dtype is None or t.device.device_type != KDL_CPU:
@@ -358,8 +398,14 @@ def copy_to_device(rt: Runtime, host: Owned, shape, dtype: str, device: Device) 
     """A new tensor on `device` holding a copy of the host tensor `host` (synchronized)."""
     code, bits = _DL_CODES[dtype]
     dims = rt.call(rt.global_func("ffi.Shape"), *[int(d) for d in shape])
-    dev = rt.call(rt.global_func("runtime.TVMTensorAllocWithScope"), dims, DataType(code, bits), device, None,
-                  what="allocating the input on the device")
+    dev = rt.call(
+        rt.global_func("runtime.TVMTensorAllocWithScope"),
+        dims,
+        DataType(code, bits),
+        device,
+        None,
+        what="allocating the input on the device",
+    )
     dims.release()
     copy_tensor(rt, host, dev, "copying the input to the device")
     sync(rt, device)
@@ -401,15 +447,18 @@ def read_bundle(root: str) -> dict:
             raise Refusal(f"{full} is missing (listed in bundle.json): copy the bundle again")
         size = os.path.getsize(full)
         if size != entry["bytes"]:
-            raise Refusal(f"{full} is {size} bytes, bundle.json says {entry['bytes']}: truncated or replaced; "
-                          "copy the bundle again")
+            raise Refusal(
+                f"{full} is {size} bytes, bundle.json says {entry['bytes']}: truncated or replaced; "
+                "copy the bundle again"
+            )
         digest = hashlib.sha256()
         with open(full, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != entry["sha256"]:
-            raise Refusal(f"{full} does not match the sha256 in bundle.json: modified or corrupt; "
-                          "copy the bundle again")
+            raise Refusal(
+                f"{full} does not match the sha256 in bundle.json: modified or corrupt; copy the bundle again"
+            )
     return manifest
 
 
@@ -448,7 +497,7 @@ def aligned_copy(x, alignment: int = 64):
 
     raw = np.empty(x.nbytes + alignment, dtype=np.uint8)
     start = -raw.ctypes.data % alignment
-    out = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out = raw[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
     out[...] = x
     return out
 
@@ -469,8 +518,13 @@ def stats(ms: list[float]) -> dict:
     import numpy as np
 
     a = np.asarray(ms)
-    return {"min": float(a.min()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "mean": float(a.mean()), "runs": int(a.size)}
+    return {
+        "min": float(a.min()),
+        "median": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "mean": float(a.mean()),
+        "runs": int(a.size),
+    }
 
 
 class _Parser(argparse.ArgumentParser):
@@ -542,22 +596,36 @@ def main(argv: list[str] | None = None) -> int:
     flat = y.reshape(y.shape[0], -1)[0] if y.ndim else y.reshape(1)
     top = []
     if y.dtype == np.float32:
-        order = sorted(range(flat.size), key=lambda i: (-flat[i], i))[:args.top]
+        order = sorted(range(flat.size), key=lambda i: (-flat[i], i))[: args.top]
         top = [(int(i), float(flat[i])) for i in order]
     named = len(labels) == flat.size
     lat = stats(ms)
-    print(f"model {model_info['name']} ({manifest['target']}, {manifest['arch']}, "
-          f"device {manifest.get('device', 'cpu')}), input {spec['name']} "
-          f"{list(spec['shape'])} {spec['dtype']} ({source})")
+    print(
+        f"model {model_info['name']} ({manifest['target']}, {manifest['arch']}, "
+        f"device {manifest.get('device', 'cpu')}), input {spec['name']} "
+        f"{list(spec['shape'])} {spec['dtype']} ({source})"
+    )
     print(f"output {list(y.shape)} {y.dtype.name}" + (f" -> {args.output}" if args.output else ""))
     for rank, (cls, score) in enumerate(top, 1):
         print(f"{rank:2d}  {cls:6d}  {score:12.5g}  {labels[cls] if named else ''}")
-    print(f"latency over {args.repeat} runs: median {lat['median']:.3f} ms, min {lat['min']:.3f} ms, "
-          f"mean {lat['mean']:.3f} ms")
+    print(
+        f"latency over {args.repeat} runs: median {lat['median']:.3f} ms, min {lat['min']:.3f} ms, "
+        f"mean {lat['mean']:.3f} ms"
+    )
     if args.json:
-        print(json.dumps({"runner": "python", "arch": manifest["arch"], "device": manifest.get("device", "cpu"),
-                          "output_shape": list(y.shape),
-                          "top": [list(t) for t in top], "latency_ms": lat, "peak_rss_bytes": peak_rss_bytes()}))
+        print(
+            json.dumps(
+                {
+                    "runner": "python",
+                    "arch": manifest["arch"],
+                    "device": manifest.get("device", "cpu"),
+                    "output_shape": list(y.shape),
+                    "top": [list(t) for t in top],
+                    "latency_ms": lat,
+                    "peak_rss_bytes": peak_rss_bytes(),
+                }
+            )
+        )
     sys.stdout.flush()
     return 0
 

@@ -19,15 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..device.emulator import bare_arm_root, bare_root_problem  # noqa: F401 - bundle API
 from ..errors import TvmsqzError
 from .build import CPP_RUNNER, PY_RUNNER
-from ..device.emulator import bare_arm_root, bare_root_problem  # noqa: F401 - bundle API
 
 RUNNERS = ("cpp", "python")
 #: The environment of a runner in an emulated root: no PYTHONPATH, nothing from this host.
 _ROOT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
-
-
 
 
 def runner_argv(runner: str, bundle: Path, python: str) -> list[str]:
@@ -37,9 +35,17 @@ def runner_argv(runner: str, bundle: Path, python: str) -> list[str]:
     return [str(bundle / CPP_RUNNER)] if runner == "cpp" else [python, str(bundle / PY_RUNNER)]
 
 
-def run_bundle(bundle: str | Path, args: Sequence[str | Path] = (), *, runner: str = "cpp", root: str | Path | None = None,
-               inputs: dict[str, Path] | None = None, outputs: dict[str, Path] | None = None,
-               env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_bundle(
+    bundle: str | Path,
+    args: Sequence[str | Path] = (),
+    *,
+    runner: str = "cpp",
+    root: str | Path | None = None,
+    inputs: dict[str, Path] | None = None,
+    outputs: dict[str, Path] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run `runner` ("cpp", "python") of `bundle` with `args`; chrooted into `root` when given.
 
     In a root, the bundle and `inputs` ({name: host file}) are copied into a private folder
@@ -50,8 +56,13 @@ def run_bundle(bundle: str | Path, args: Sequence[str | Path] = (), *, runner: s
     bundle = Path(bundle)
     if root is None:
         argv = runner_argv(runner, bundle, sys.executable)
-        return subprocess.run(argv + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        return subprocess.run(
+            argv + [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
     root = Path(root)
     work = Path(tempfile.mkdtemp(prefix="tvmsqz-bundle-", dir=root / "tmp"))
     try:
@@ -60,8 +71,12 @@ def run_bundle(bundle: str | Path, args: Sequence[str | Path] = (), *, runner: s
         for name, path in (inputs or {}).items():
             shutil.copyfile(path, work / name)
         argv = runner_argv(runner, inside / "bundle", "/usr/bin/python3")
-        cmd = [shutil.which("chroot") or "/usr/sbin/chroot", str(root), *argv,
-               *[str(a).replace("{work}", str(inside)) for a in args]]
+        cmd = [
+            shutil.which("chroot") or "/usr/sbin/chroot",
+            str(root),
+            *argv,
+            *[str(a).replace("{work}", str(inside)) for a in args],
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**_ROOT_ENV, **(env or {})})
         for name, dest in (outputs or {}).items():
             if (work / name).is_file():

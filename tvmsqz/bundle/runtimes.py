@@ -116,16 +116,21 @@ def _from_wheels(wheels: list[Path], cache: Path) -> list[RuntimeSource]:
             _extract(pair, site)
         source = _from_folder(site)
         if source is not None:
-            found.append(RuntimeSource(source.arch, source.libs, source.include, source.versions,
-                                       " + ".join(str(p) for p in pair.values())))
+            found.append(
+                RuntimeSource(
+                    source.arch, source.libs, source.include, source.versions, " + ".join(str(p) for p in pair.values())
+                )
+            )
     return found
 
 
 def _extract(pair: dict[str, Path], site: Path) -> None:
     from ..fsutil import atomic_write
 
-    wanted = re.compile(r"^(tvm/lib/libtvm_runtime(_cuda)?\.so|tvm_ffi/lib/libtvm_ffi\.so|tvm_ffi/include/.*"
-                        r"|apache_tvm[^/]*\.dist-info/METADATA)$")
+    wanted = re.compile(
+        r"^(tvm/lib/libtvm_runtime(_cuda)?\.so|tvm_ffi/lib/libtvm_ffi\.so|tvm_ffi/include/.*"
+        r"|apache_tvm[^/]*\.dist-info/METADATA)$"
+    )
     for whl in pair.values():
         try:
             with zipfile.ZipFile(whl) as zf:
@@ -190,8 +195,9 @@ def candidate_sources(runtime_from: Path | None = None) -> tuple[list[RuntimeSou
     return found, searched
 
 
-def find_runtime(arch: str, tvm_version: str | None, *, runtime_from: Path | None = None,
-                 arch_label: str | None = None) -> RuntimeSource:
+def find_runtime(
+    arch: str, tvm_version: str | None, *, runtime_from: Path | None = None, arch_label: str | None = None
+) -> RuntimeSource:
     """The runtime for `arch` ("x86_64", "aarch64", "arm"), of the TVM version that built the model.
 
     TvmsqzError naming what was searched when there is none: apache-tvm publishes wheels for
@@ -201,15 +207,19 @@ def find_runtime(arch: str, tvm_version: str | None, *, runtime_from: Path | Non
     same_arch = [s for s in found if s.arch == arch]
     if not same_arch:
         label = arch_label or arch
-        raise TvmsqzError(f"no TVM runtime for {label} found (searched {', '.join(searched)}): apache-tvm "
-                          "publishes wheels for x86_64 and aarch64 only; for another architecture build "
-                          "libtvm_runtime.so and libtvm_ffi.so from source and pass --runtime-from PREFIX")
+        raise TvmsqzError(
+            f"no TVM runtime for {label} found (searched {', '.join(searched)}): apache-tvm "
+            "publishes wheels for x86_64 and aarch64 only; for another architecture build "
+            "libtvm_runtime.so and libtvm_ffi.so from source and pass --runtime-from PREFIX"
+        )
     if tvm_version:
         exact = [s for s in same_arch if s.versions.get("apache-tvm") in (tvm_version, None)]
         if not exact:
             have = ", ".join(f"{s.versions.get('apache-tvm')} ({s.origin})" for s in same_arch)
-            raise TvmsqzError(f"the artifact was compiled by TVM {tvm_version}, but the {arch} runtime found is "
-                              f"TVM {have}: a runtime must match its compiler")
+            raise TvmsqzError(
+                f"the artifact was compiled by TVM {tvm_version}, but the {arch} runtime found is "
+                f"TVM {have}: a runtime must match its compiler"
+            )
         return exact[0]
     return same_arch[0]
 
@@ -235,7 +245,7 @@ def needed_libs(path: Path) -> list[str]:
             break
         if tag == 1:  # DT_NEEDED
             start = strtab[4] + val
-            names.append(data[start:data.index(b"\0", start)].decode())
+            names.append(data[start : data.index(b"\0", start)].decode())
     return names
 
 
@@ -260,8 +270,14 @@ def find_cuda_runtime(soname: str) -> Path | None:
     if nvcc:
         toolkit = Path(nvcc).resolve().parent.parent
         roots += [toolkit / "lib64", toolkit / "lib", toolkit / "targets/x86_64-linux/lib"]
-    for pattern in ("/usr/local/cuda/lib64", "/usr/local/cuda/lib", "/usr/local/cuda-*/lib64", "/usr/local/cuda-*/lib",
-                    "/usr/local/cuda-*/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"):
+    for pattern in (
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/lib",
+        "/usr/local/cuda-*/lib64",
+        "/usr/local/cuda-*/lib",
+        "/usr/local/cuda-*/targets/x86_64-linux/lib",
+        "/usr/lib/x86_64-linux-gnu",
+    ):
         roots += [Path(p) for p in sorted(glob.glob(pattern), reverse=True)]
     for root in roots:
         candidate = root / soname

@@ -26,8 +26,16 @@ from tvmsqz.fsutil import atomic_write
 from tvmsqz.paths import CACHE_DIR
 
 from .procs import Proc, pick_port, spawn, state_dir, stop, stop_all
-from .rpc import (DEFAULT_SERVER_PORT, DEFAULT_TRACKER_PORT, SERVER_SCRIPT, list_devices,
-                  parse_host_port, serve_command, start_tracker, wait_registered)
+from .rpc import (
+    DEFAULT_SERVER_PORT,
+    DEFAULT_TRACKER_PORT,
+    SERVER_SCRIPT,
+    list_devices,
+    parse_host_port,
+    serve_command,
+    start_tracker,
+    wait_registered,
+)
 
 DEFAULT_EMU_KEY = "arm-emu"
 #: Marks every output that comes from the emulator (qemu-user timings are not ARM timings).
@@ -104,9 +112,17 @@ def _install_server(root: Path) -> None:
     atomic_write(target, code)
 
 
-def start_emulated_server(tracker: str, key: str = DEFAULT_EMU_KEY, port: int | None = None, *,
-                          root: Path | None = None, threads: int = 1, timeout: float = 240.0,
-                          wait: bool = True, log_dir: Path | None = None) -> Proc:
+def start_emulated_server(
+    tracker: str,
+    key: str = DEFAULT_EMU_KEY,
+    port: int | None = None,
+    *,
+    root: Path | None = None,
+    threads: int = 1,
+    timeout: float = 240.0,
+    wait: bool = True,
+    log_dir: Path | None = None,
+) -> Proc:
     """Start a TVM RPC server chrooted into the aarch64 root under qemu-user.
 
     It listens on 127.0.0.1:`port` (the next free port if taken, a free one if None), registers
@@ -120,15 +136,34 @@ def start_emulated_server(tracker: str, key: str = DEFAULT_EMU_KEY, port: int | 
     port = pick_port(host, port or None)
     tracker = "{}:{}".format(*parse_host_port(tracker))
     log = (log_dir or state_dir() / "logs") / f"server-{key}-{port}.log"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-           "PYTHONPATH": "/opt/tvm-site", "PYTHONUNBUFFERED": "1",
-           "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    cmd = [shutil.which("chroot") or "/usr/sbin/chroot", str(root),
-           *serve_command(tracker, key, host, port, port + 1, custom_addr=host,
-                          python="/usr/bin/python3", script=_SERVER_IN_ROOT, emulated=True)]
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": "/opt/tvm-site",
+        "PYTHONUNBUFFERED": "1",
+        "TVM_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+    }
+    cmd = [
+        shutil.which("chroot") or "/usr/sbin/chroot",
+        str(root),
+        *serve_command(
+            tracker,
+            key,
+            host,
+            port,
+            port + 1,
+            custom_addr=host,
+            python="/usr/bin/python3",
+            script=_SERVER_IN_ROOT,
+            emulated=True,
+        ),
+    ]
     popen = spawn(cmd, log, env=env)
-    proc = Proc("server", popen.pid, popen.pid, host, port, str(log), key=key, tracker=tracker,
-                emulated=True, popen=popen)
+    proc = Proc(
+        "server", popen.pid, popen.pid, host, port, str(log), key=key, tracker=tracker, emulated=True, popen=popen
+    )
     if wait:
         wait_registered([proc], timeout=timeout)
     return proc
@@ -153,9 +188,16 @@ def _write_state(state: dict) -> None:
     atomic_write(_state_file(), json.dumps(state, indent=2) + "\n")
 
 
-def emulate_start(n: int = 2, key: str = DEFAULT_EMU_KEY, tracker_port: int = DEFAULT_TRACKER_PORT,
-                  server_port: int = DEFAULT_SERVER_PORT, *, count: int | None = None,
-                  threads: int = 1, timeout: float = 240.0) -> dict:
+def emulate_start(
+    n: int = 2,
+    key: str = DEFAULT_EMU_KEY,
+    tracker_port: int = DEFAULT_TRACKER_PORT,
+    server_port: int = DEFAULT_SERVER_PORT,
+    *,
+    count: int | None = None,
+    threads: int = 1,
+    timeout: float = 240.0,
+) -> dict:
     """`tvmsqz device emulate start`: a local tracker and `n` (or `count`) emulated servers.
 
     The tracker takes `tracker_port` or the next free port. Returns `emulate_status()`:
@@ -176,13 +218,22 @@ def emulate_start(n: int = 2, key: str = DEFAULT_EMU_KEY, tracker_port: int = DE
     try:
         tracker = start_tracker("127.0.0.1", tracker_port, log_dir=log_dir)
         procs.append(tracker)
-        state = {"tracker": tracker.to_json(), "servers": [], "key": key, "root": str(root),
-                 "emulated": True, "note": EMULATED_NOTE}
+        state = {
+            "tracker": tracker.to_json(),
+            "servers": [],
+            "key": key,
+            "root": str(root),
+            "emulated": True,
+            "note": EMULATED_NOTE,
+        }
         _write_state(state)  # so that `stop` works even while servers are coming up
         for _ in range(n):
             port = pick_port("127.0.0.1", server_port, [p.port for p in procs])
-            procs.append(start_emulated_server(tracker.address, key, port, root=root,
-                                               threads=threads, wait=False, log_dir=log_dir))
+            procs.append(
+                start_emulated_server(
+                    tracker.address, key, port, root=root, threads=threads, wait=False, log_dir=log_dir
+                )
+            )
             state["servers"] = [s.to_json() for s in procs[1:]]
             _write_state(state)
         wait_registered(procs[1:], timeout=timeout)
@@ -215,8 +266,16 @@ def emulate_status() -> dict:
     """`tvmsqz device emulate status`: {"running": bool, "tracker", "key", "devices": [...]}."""
     state = _read_state()
     if not state:
-        return {"running": False, "emulated": True, "tracker": None, "tracker_port": None,
-                "key": None, "devices": [], "ready": emulator_ready(), "root": str(arm_root())}
+        return {
+            "running": False,
+            "emulated": True,
+            "tracker": None,
+            "tracker_port": None,
+            "key": None,
+            "devices": [],
+            "ready": emulator_ready(),
+            "root": str(arm_root()),
+        }
     tracker = Proc.from_json(state["tracker"])
     servers = [Proc.from_json(d) for d in state.get("servers", [])]
     try:
@@ -224,12 +283,28 @@ def emulate_status() -> dict:
         tracker_ok = True
     except TvmsqzError:
         registered, tracker_ok = set(), False
-    devices = [{"address": s.address, "key": s.key, "pgid": s.pgid, "alive": s.alive(),
-                "registered": (s.key, s.port) in registered, "log": s.log} for s in servers]
-    return {"running": tracker_ok and any(d["registered"] for d in devices), "emulated": True,
-            "note": EMULATED_NOTE, "tracker": tracker.address, "tracker_port": tracker.port,
-            "tracker_alive": tracker_ok, "key": state.get("key"), "devices": devices,
-            "root": state.get("root")}
+    devices = [
+        {
+            "address": s.address,
+            "key": s.key,
+            "pgid": s.pgid,
+            "alive": s.alive(),
+            "registered": (s.key, s.port) in registered,
+            "log": s.log,
+        }
+        for s in servers
+    ]
+    return {
+        "running": tracker_ok and any(d["registered"] for d in devices),
+        "emulated": True,
+        "note": EMULATED_NOTE,
+        "tracker": tracker.address,
+        "tracker_port": tracker.port,
+        "tracker_alive": tracker_ok,
+        "key": state.get("key"),
+        "devices": devices,
+        "root": state.get("root"),
+    }
 
 
 # ------------------------------------------------------------------------- private devices
@@ -242,8 +317,15 @@ class EmulatedDevices:
     exit, also on errors and KeyboardInterrupt.
     """
 
-    def __init__(self, n: int = 2, key: str = DEFAULT_EMU_KEY, *, threads: int = 1,
-                 timeout: float = 240.0, log_dir: Path | None = None):
+    def __init__(
+        self,
+        n: int = 2,
+        key: str = DEFAULT_EMU_KEY,
+        *,
+        threads: int = 1,
+        timeout: float = 240.0,
+        log_dir: Path | None = None,
+    ):
         self.n, self.key, self.threads, self.timeout = n, key, threads, timeout
         self._own_logs = log_dir is None  # a private log folder, removed on close
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tvmsqz-emu-"))
@@ -255,9 +337,17 @@ class EmulatedDevices:
         try:
             self.tracker = start_tracker("127.0.0.1", None, log_dir=self.log_dir)
             for _ in range(self.n):
-                self.servers.append(start_emulated_server(
-                    self.tracker.address, self.key, None, root=root, threads=self.threads,
-                    wait=False, log_dir=self.log_dir))
+                self.servers.append(
+                    start_emulated_server(
+                        self.tracker.address,
+                        self.key,
+                        None,
+                        root=root,
+                        threads=self.threads,
+                        wait=False,
+                        log_dir=self.log_dir,
+                    )
+                )
             wait_registered(self.servers, timeout=self.timeout)
         except BaseException:
             self.close()
@@ -278,8 +368,9 @@ emulated_devices_procs = EmulatedDevices
 
 
 @contextlib.contextmanager
-def emulated_devices(n: int = 2, key: str = DEFAULT_EMU_KEY, *, threads: int = 1,
-                     timeout: float = 240.0, log_dir: Path | None = None) -> Iterator[tuple[str, str]]:
+def emulated_devices(
+    n: int = 2, key: str = DEFAULT_EMU_KEY, *, threads: int = 1, timeout: float = 240.0, log_dir: Path | None = None
+) -> Iterator[tuple[str, str]]:
     """`EmulatedDevices` yielding ("HOST:PORT", key) of its tracker; does not touch the state of
     `emulate start`, so it can run beside it."""
     with EmulatedDevices(n, key, threads=threads, timeout=timeout, log_dir=log_dir) as devs:

@@ -126,8 +126,15 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Pope
     """Start `cmd` in a new session (its own process group), stdout and stderr appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, close_fds=True)
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def log_tail(path: str | Path, lines: int = 8) -> str:

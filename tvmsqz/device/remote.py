@@ -59,11 +59,18 @@ class RemoteResult:
     def timing(self) -> dict:
         """Timings as a dict with stable keys; `emulated: true` marks qemu-user figures."""
         t = self.times_ms
-        out = {"emulated": self.emulated, "device": self.device, "rpc_key": self.key,
-               "rpc_tracker": self.tracker, "runs": len(t),
-               "mean_ms": statistics.fmean(t) if t else None,
-               "median_ms": statistics.median(t) if t else None,
-               "min_ms": min(t) if t else None, "max_ms": max(t) if t else None, "times_ms": t}
+        out = {
+            "emulated": self.emulated,
+            "device": self.device,
+            "rpc_key": self.key,
+            "rpc_tracker": self.tracker,
+            "runs": len(t),
+            "mean_ms": statistics.fmean(t) if t else None,
+            "median_ms": statistics.median(t) if t else None,
+            "min_ms": min(t) if t else None,
+            "max_ms": max(t) if t else None,
+            "times_ms": t,
+        }
         if self.emulated:
             out["note"] = EMULATED_NOTE
         return out
@@ -78,21 +85,32 @@ def _to_numpy_list(value) -> list:
     return out
 
 
-def _remote_runs(so_path: str | Path, tracker: str, key: str, input_sets: list[list], *,
-                 func: str, number: int, repeat: int, min_repeat_ms: int, timeout: float,
-                 session_timeout: float, max_emulated_repeat: int | None = None):
+def _remote_runs(
+    so_path: str | Path,
+    tracker: str,
+    key: str,
+    input_sets: list[list],
+    *,
+    func: str,
+    number: int,
+    repeat: int,
+    min_repeat_ms: int,
+    timeout: float,
+    session_timeout: float,
+    max_emulated_repeat: int | None = None,
+):
     """One session: upload, run `func` on every input set, time the first set when `number` > 0.
 
     Returns (outputs per set, times in ms, device info).
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     so_path = Path(so_path)
     if not so_path.is_file():
         raise TvmsqzError(f"no artifact at {so_path}")
     remote = rpc_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
+    import tvm
+    from tvm import relax
 
     info = device_info(remote)
     if info["emulated"] and max_emulated_repeat is not None:
@@ -109,36 +127,66 @@ def _remote_runs(so_path: str | Path, tracker: str, key: str, input_sets: list[l
             outs.append(_to_numpy_list(vm[func](*args)))
         times: list[float] = []
         if number > 0 and repeat > 0 and first_args:
-            ftimer = vm.time_evaluator(func, dev, number=number, repeat=repeat,
-                                       min_repeat_ms=min_repeat_ms)
+            ftimer = vm.time_evaluator(func, dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
             times = [float(t) * 1e3 for t in ftimer(*first_args).results]
         with contextlib.suppress(Exception):
             remote.remove(name)
     except Exception as err:  # noqa: BLE001 - TVM raises RuntimeError/TVMError subclasses
         msg = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        raise TvmsqzError(f"running {so_path.name} on device {key!r} at {fmt_address(tracker)} failed: "
-                          f"{msg[-1] if msg else type(err).__name__}") from None
+        raise TvmsqzError(
+            f"running {so_path.name} on device {key!r} at {fmt_address(tracker)} failed: "
+            f"{msg[-1] if msg else type(err).__name__}"
+        ) from None
     return outs, times, info
 
 
-def remote_inference(so_path: str | Path, tracker: str, key: str, inputs, *, func: str = "main",
-                     number: int = 0, repeat: int = 1, min_repeat_ms: int = 0,
-                     timeout: float = 120.0, session_timeout: float = 600.0) -> RemoteResult:
+def remote_inference(
+    so_path: str | Path,
+    tracker: str,
+    key: str,
+    inputs,
+    *,
+    func: str = "main",
+    number: int = 0,
+    repeat: int = 1,
+    min_repeat_ms: int = 0,
+    timeout: float = 120.0,
+    session_timeout: float = 600.0,
+) -> RemoteResult:
     """Upload `so_path` to a device under `key`, run `func` on `inputs` (an array or a sequence
     of arrays), fetch its outputs and, when `number` > 0, time it with `repeat` x `number` runs.
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
-    outs, times, info = _remote_runs(so_path, tracker, key, [arrays], func=func, number=number,
-                                     repeat=repeat, min_repeat_ms=min_repeat_ms, timeout=timeout,
-                                     session_timeout=session_timeout)
+    outs, times, info = _remote_runs(
+        so_path,
+        tracker,
+        key,
+        [arrays],
+        func=func,
+        number=number,
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+        timeout=timeout,
+        session_timeout=session_timeout,
+    )
     return RemoteResult(outs[0], times, info["emulated"], info, key, fmt_address(tracker))
 
 
-def remote_bench(so_path: str | Path, spec: TargetSpec | dict, tracker: str, key: str | None, inputs, *,
-                 repeat: int = 50, func: str = "main", max_emulated_repeat: int = 5,
-                 timeout: float = 120.0, session_timeout: float = 1800.0) -> dict:
+def remote_bench(
+    so_path: str | Path,
+    spec: TargetSpec | dict,
+    tracker: str,
+    key: str | None,
+    inputs,
+    *,
+    repeat: int = 50,
+    func: str = "main",
+    max_emulated_repeat: int = 5,
+    timeout: float = 120.0,
+    session_timeout: float = 1800.0,
+) -> dict:
     """`tvmsqz bench --rpc-tracker`: outputs for every input and latency, on one device.
 
     `spec` is the target (a `TargetSpec` or its target-file dict); `key` defaults to its
@@ -148,7 +196,7 @@ def remote_bench(so_path: str | Path, spec: TargetSpec | dict, tracker: str, key
     single timed runs (after one warm-up) of the first input; an emulated device runs at most
     `max_emulated_repeat` of them, since its timings mean nothing for ARM anyway.
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     from ..toolchain import elf_machine
 
@@ -160,33 +208,63 @@ def remote_bench(so_path: str | Path, spec: TargetSpec | dict, tracker: str, key
     triple = str((data.get("tvm") or {}).get("mtriple", ""))
     want = "aarch64" if triple.startswith("aarch64") else "arm" if triple.startswith("arm") else None
     if want and elf_machine(so_path) != want:
-        raise TvmsqzError(f"{Path(so_path).name} is a {elf_machine(so_path)} library, not {want} "
-                          f"(compile it with --target {name})")
+        raise TvmsqzError(
+            f"{Path(so_path).name} is a {elf_machine(so_path)} library, not {want} (compile it with --target {name})"
+        )
     sets = [[x] if isinstance(x, np.ndarray) else list(x) for x in inputs]
-    outs, times, info = _remote_runs(so_path, tracker, key, sets, func=func, number=1,
-                                     repeat=repeat, min_repeat_ms=0, timeout=timeout,
-                                     session_timeout=session_timeout,
-                                     max_emulated_repeat=max_emulated_repeat)
+    outs, times, info = _remote_runs(
+        so_path,
+        tracker,
+        key,
+        sets,
+        func=func,
+        number=1,
+        repeat=repeat,
+        min_repeat_ms=0,
+        timeout=timeout,
+        session_timeout=session_timeout,
+        max_emulated_repeat=max_emulated_repeat,
+    )
     ms_ = np.asarray(times, dtype=float)
     latency: dict[str, Any] = {"emulated": info["emulated"], "device": info}
     if ms_.size:
-        latency.update(min=float(ms_.min()), median=float(np.median(ms_)),
-                       p90=float(np.percentile(ms_, 90)), mean=float(ms_.mean()), runs=int(ms_.size))
+        latency.update(
+            min=float(ms_.min()),
+            median=float(np.median(ms_)),
+            p90=float(np.percentile(ms_, 90)),
+            mean=float(ms_.mean()),
+            runs=int(ms_.size),
+        )
     if info["emulated"]:
         latency["note"] = EMULATED_NOTE
-    return {"outputs": [o[0] for o in outs], "latency": latency, "emulated": info["emulated"],
-            "device": info, "rpc_key": key, "rpc_tracker": fmt_address(tracker)}
+    return {
+        "outputs": [o[0] for o in outs],
+        "latency": latency,
+        "emulated": info["emulated"],
+        "device": info,
+        "rpc_key": key,
+        "rpc_tracker": fmt_address(tracker),
+    }
 
 
-def run_remote(so_path: str | Path, tracker: str, key: str, x, *, func: str = "main",
-               timeout: float = 120.0):
+def run_remote(so_path: str | Path, tracker: str, key: str, x, *, func: str = "main", timeout: float = 120.0):
     """Run artifact `so_path` on a device under `key` with input(s) `x`; its first output."""
     return remote_inference(so_path, tracker, key, x, func=func, timeout=timeout).output
 
 
-def time_remote(so_path: str | Path, tracker: str, key: str, x, *, number: int = 5,
-                repeat: int = 3, min_repeat_ms: int = 0, func: str = "main",
-                timeout: float = 120.0) -> dict:
+def time_remote(
+    so_path: str | Path,
+    tracker: str,
+    key: str,
+    x,
+    *,
+    number: int = 5,
+    repeat: int = 3,
+    min_repeat_ms: int = 0,
+    func: str = "main",
+    timeout: float = 120.0,
+) -> dict:
     """Time artifact `so_path` on a device: `RemoteResult.timing()` (with `emulated`)."""
-    return remote_inference(so_path, tracker, key, x, func=func, number=number, repeat=repeat,
-                            min_repeat_ms=min_repeat_ms, timeout=timeout).timing()
+    return remote_inference(
+        so_path, tracker, key, x, func=func, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, timeout=timeout
+    ).timing()

@@ -73,7 +73,7 @@ def _probe(host: str, port: int, timeout: float) -> None:
     `connect_tracker` cannot do this: it retries a refused connection for 60 s, and waits
     forever on a port that accepts but never answers.
     """
-    from tvm.rpc import base  # noqa: PLC0415
+    from tvm.rpc import base
 
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
@@ -87,7 +87,7 @@ def _tracker(host_port: str, timeout: float) -> Iterator:
 
     Errors talking to the tracker, here or in the block, become one TvmsqzError.
     """
-    from tvm import rpc  # noqa: PLC0415
+    from tvm import rpc
 
     host, port = parse_host_port(host_port)
     session = None
@@ -140,7 +140,8 @@ def require_devices(host_port: str, key: str, timeout: float = 5.0) -> int:
         raise TvmsqzError(
             f"no device is registered under key {key!r} at RPC tracker {where} "
             f"(keys registered: {', '.join(keys) if keys else 'none'}); start one with "
-            f"`tvmsqz device serve --rpc-tracker {where} --rpc-key {key}` on the board")
+            f"`tvmsqz device serve --rpc-tracker {where} --rpc-key {key}` on the board"
+        )
     return n
 
 
@@ -159,20 +160,41 @@ def rpc_session(tracker: str, key: str, timeout: float = 120.0, session_timeout:
         except Exception as err:  # noqa: BLE001 - TrackerSession wraps everything in RuntimeError
             detail = str(err).split("last_error:", 1)[-1].strip()
     if detail == "timed out":
-        raise TvmsqzError(f"no device under key {key!r} at {fmt_address(tracker)} became free within "
-                          f"{timeout:.0f} s (all busy or hung)")
+        raise TvmsqzError(
+            f"no device under key {key!r} at {fmt_address(tracker)} became free within "
+            f"{timeout:.0f} s (all busy or hung)"
+        )
     lines = [ln for ln in detail.splitlines() if ln.strip()]
-    raise TvmsqzError(f"cannot open a session with a device under key {key!r} at {fmt_address(tracker)}: "
-                      f"{lines[-1] if lines else 'no reason given'}")
+    raise TvmsqzError(
+        f"cannot open a session with a device under key {key!r} at {fmt_address(tracker)}: "
+        f"{lines[-1] if lines else 'no reason given'}"
+    )
 
 
-def start_tracker(host: str = "127.0.0.1", port: int | None = DEFAULT_TRACKER_PORT, *,
-                  timeout: float = 60.0, log_dir: Path | None = None) -> Proc:
+def start_tracker(
+    host: str = "127.0.0.1",
+    port: int | None = DEFAULT_TRACKER_PORT,
+    *,
+    timeout: float = 60.0,
+    log_dir: Path | None = None,
+) -> Proc:
     """Start `python -m tvm.exec.rpc_tracker` on `host:port` (the next free port if taken)."""
     port = pick_port(host, port)
     log = (log_dir or state_dir() / "logs") / f"tracker-{port}.log"
-    popen = spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host,
-                   "--port", str(port), "--port-end", str(port + 1)], log)
+    popen = spawn(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_tracker",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+        ],
+        log,
+    )
     proc = Proc("tracker", popen.pid, popen.pid, host, port, str(log), popen=popen)
     deadline = time.monotonic() + timeout
     while True:
@@ -185,8 +207,9 @@ def start_tracker(host: str = "127.0.0.1", port: int | None = DEFAULT_TRACKER_PO
                 raise TvmsqzError(f"RPC tracker on {proc.address} exited: {log_tail(log)}") from None
             if time.monotonic() > deadline:
                 stop(proc)
-                raise TvmsqzError(f"RPC tracker on {proc.address} did not come up in {timeout:.0f} s: "
-                                  f"{err}; log: {log_tail(log)}") from None
+                raise TvmsqzError(
+                    f"RPC tracker on {proc.address} did not come up in {timeout:.0f} s: {err}; log: {log_tail(log)}"
+                ) from None
         time.sleep(0.2)
 
 
@@ -201,8 +224,9 @@ def wait_registered(procs: Sequence[Proc], timeout: float = 240.0) -> None:
         for proc in pending:
             if not proc.alive():
                 stop_all(procs)
-                raise TvmsqzError(f"RPC server on {proc.address} (key {proc.key!r}) exited before "
-                                  f"registering: {log_tail(proc.log)}")
+                raise TvmsqzError(
+                    f"RPC server on {proc.address} (key {proc.key!r}) exited before registering: {log_tail(proc.log)}"
+                )
         with contextlib.suppress(TvmsqzError):
             registered = {(d["key"], d["port"]) for d in list_devices(pending[0].tracker, None, 3.0)}
             pending = [p for p in pending if (p.key, p.port) not in registered]
@@ -211,15 +235,24 @@ def wait_registered(procs: Sequence[Proc], timeout: float = 240.0) -> None:
         if time.monotonic() > deadline:
             stop_all(procs)
             p = pending[0]
-            raise TvmsqzError(f"RPC server on {p.address} did not register with the tracker at "
-                              f"{p.tracker} under key {p.key!r} within {timeout:.0f} s: {log_tail(p.log)}")
+            raise TvmsqzError(
+                f"RPC server on {p.address} did not register with the tracker at "
+                f"{p.tracker} under key {p.key!r} within {timeout:.0f} s: {log_tail(p.log)}"
+            )
         time.sleep(0.5)
 
 
-def serve_command(tracker: str | None, key: str, host: str = "0.0.0.0",
-                  port: int = DEFAULT_SERVER_PORT, port_end: int | None = None,
-                  custom_addr: str | None = None, python: str | None = None,
-                  script: str | Path = SERVER_SCRIPT, emulated: bool = False) -> list[str]:
+def serve_command(
+    tracker: str | None,
+    key: str,
+    host: str = "0.0.0.0",
+    port: int = DEFAULT_SERVER_PORT,
+    port_end: int | None = None,
+    custom_addr: str | None = None,
+    python: str | None = None,
+    script: str | Path = SERVER_SCRIPT,
+    emulated: bool = False,
+) -> list[str]:
     """The command that runs the device server `script` under `python` (default: this one)."""
     cmd = [python or sys.executable, str(script), "--host", host, "--port", str(port)]
     if port_end:
@@ -235,8 +268,15 @@ def serve_command(tracker: str | None, key: str, host: str = "0.0.0.0",
     return cmd
 
 
-def serve(tracker: str | None, key: str, host: str = "0.0.0.0", port: int = DEFAULT_SERVER_PORT,
-          port_end: int | None = None, custom_addr: str | None = None, check: bool = True) -> None:
+def serve(
+    tracker: str | None,
+    key: str,
+    host: str = "0.0.0.0",
+    port: int = DEFAULT_SERVER_PORT,
+    port_end: int | None = None,
+    custom_addr: str | None = None,
+    check: bool = True,
+) -> None:
     """`tvmsqz device serve`: run the RPC server on this board, in the foreground (never returns).
 
     `python3 -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` (what a board without tvmsqz

@@ -57,9 +57,15 @@ def main(argv=None) -> None:
             sys.exit("tvmsqz device serve: --key is required with --tracker")
         host, port = a.tracker.rsplit(":", 1)
         tracker = (host, int(port))
-    info = {"emulated": bool(a.emulated), "machine": platform.machine(), "cpu": _cpu_model(),
-            "cores": os.cpu_count(), "tvm": tvm.__version__, "key": a.key,
-            "python": platform.python_version()}
+    info = {
+        "emulated": bool(a.emulated),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "tvm": tvm.__version__,
+        "key": a.key,
+        "python": platform.python_version(),
+    }
     if a.emulated:
         info["emulator"] = "qemu-user"
     port_end = a.port_end or a.port + 100
@@ -68,16 +74,27 @@ def main(argv=None) -> None:
         # imports TVM again, which doubles the start-up time under emulation (6-25 s each).
         from tvm.rpc.server import PopenRPCServerState
     except ImportError:  # another TVM version on a board: the public server
-        server = rpc.Server(a.host, a.port, port_end, tracker_addr=tracker, key=a.key,
-                            custom_addr=a.custom_addr, server_init_callback=lambda: _register_info(info))
+        server = rpc.Server(
+            a.host,
+            a.port,
+            port_end,
+            tracker_addr=tracker,
+            key=a.key,
+            custom_addr=a.custom_addr,
+            server_init_callback=lambda: _register_info(info),
+        )
         port, wait = server.port, server.proc.join
     else:
         _register_info(info)
-        state = PopenRPCServerState(a.host, a.port, port_end, tracker_addr=tracker, key=a.key,
-                                    custom_addr=a.custom_addr)
+        state = PopenRPCServerState(
+            a.host, a.port, port_end, tracker_addr=tracker, key=a.key, custom_addr=a.custom_addr
+        )
         port, wait = state.port, state.thread.join
-    print(f"tvmsqz-rpc-server: serving on {a.host}:{port} key={a.key!r} tracker={a.tracker} "
-          f"emulated={a.emulated} machine={info['machine']}", flush=True)
+    print(
+        f"tvmsqz-rpc-server: serving on {a.host}:{port} key={a.key!r} tracker={a.tracker} "
+        f"emulated={a.emulated} machine={info['machine']}",
+        flush=True,
+    )
     try:
         wait()
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ def preload_tensor_intrin() -> float:
     `tvmsqz.builder.import_tensor_intrin`: ~25 s stock, a few seconds with its fast
     `inspect.getmodule` (restored afterwards).
     """
-    from tvmsqz.builder import import_tensor_intrin  # noqa: PLC0415
+    from tvmsqz.builder import import_tensor_intrin
 
     return import_tensor_intrin()
 
@@ -44,15 +44,21 @@ def _ms_create_session(rpc_config, request_timeout: float = 120.0):
     """RPCRunner `f_create_session`: fail fast when no device is left, never wait forever."""
     host_port = f"{rpc_config.tracker_host}:{rpc_config.tracker_port}"
     try:
-        return rpc_session(host_port, rpc_config.tracker_key, timeout=request_timeout,
-                           session_timeout=rpc_config.session_timeout_sec)
+        return rpc_session(
+            host_port, rpc_config.tracker_key, timeout=request_timeout, session_timeout=rpc_config.session_timeout_sec
+        )
     except TvmsqzError as err:
         raise RuntimeError(str(err)) from None
 
 
-def make_cross_builder(cc: str | None, *, max_workers: int | None = None,
-                       timeout_sec: float = 300.0, max_uses: int | None = 200,
-                       f_export: Callable | None = None):
+def make_cross_builder(
+    cc: str | None,
+    *,
+    max_workers: int | None = None,
+    timeout_sec: float = 300.0,
+    max_uses: int | None = 200,
+    f_export: Callable | None = None,
+):
     """A MetaSchedule builder that builds candidates on this host and links them with `cc`.
 
     It is `tvmsqz.builder.PersistentBuilder` (one worker pool for the whole run, tensor
@@ -62,39 +68,48 @@ def make_cross_builder(cc: str | None, *, max_workers: int | None = None,
     per batch of 4 measured here), hence the 300 s default timeout; a build over it becomes a
     failed candidate and its worker is replaced.
     """
+    from tvmsqz.builder import PersistentBuilder
+
     from ..toolchain import cross_compiler
-    from tvmsqz.builder import PersistentBuilder  # noqa: PLC0415
 
     cross = bool(cc) and f_export is None
     if cross:
         cross_compiler(cc)  # TvmsqzError now rather than failed candidates later
     n = max_workers or max(1, min(os.cpu_count() or 1, 4))
-    builder = PersistentBuilder(max_workers=n, timeout_sec=timeout_sec, max_uses=max_uses,
-                                f_export=f_export)
+    builder = PersistentBuilder(max_workers=n, timeout_sec=timeout_sec, max_uses=max_uses, f_export=f_export)
     if cross:
         builder.f_export = functools.partial(_export_cross_worker, cc=cc, out_dir=builder.out_dir)
     return builder
 
 
-def make_rpc_runner(tracker: str, key: str, n_parallel: int | None = None, *,
-                    session_timeout: float = 60.0, request_timeout: float = 120.0,
-                    number: int = 3, repeat: int = 1, min_repeat_ms: int = 50):
+def make_rpc_runner(
+    tracker: str,
+    key: str,
+    n_parallel: int | None = None,
+    *,
+    session_timeout: float = 60.0,
+    request_timeout: float = 120.0,
+    number: int = 3,
+    repeat: int = 1,
+    min_repeat_ms: int = 50,
+):
     """An `RPCRunner` that measures on every device under `key` in parallel.
 
     `n_parallel` defaults to the number of devices registered now. Each measurement runs in a
     worker bounded by session + request timeouts, so a device that dies or hangs gives a failed
     measurement; with no device left, sessions fail at once instead of waiting.
     """
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RPCConfig, RPCRunner  # noqa: PLC0415
-    from tvm.support.popen_pool import PopenPoolExecutor  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RPCConfig, RPCRunner
+    from tvm.support.popen_pool import PopenPoolExecutor
 
-    from tvmsqz.builder import runner_init  # noqa: PLC0415
+    from tvmsqz.builder import runner_init
 
     host, port = parse_host_port(tracker)
     n = n_parallel or require_devices(tracker, key)
     runner = RPCRunner(
-        rpc_config=RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                             session_timeout_sec=int(session_timeout)),
+        rpc_config=RPCConfig(
+            tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=int(session_timeout)
+        ),
         evaluator_config=EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms),
         f_create_session=functools.partial(_ms_create_session, request_timeout=request_timeout),
         max_workers=n,
@@ -102,16 +117,27 @@ def make_rpc_runner(tracker: str, key: str, n_parallel: int | None = None, *,
     # The stock pool has no timeout: a hung device would hang tuning. Bound every measurement;
     # workers ignore SIGINT (a terminal's Ctrl-C reaches the whole group; the tuning loop decides).
     runner.pool.shutdown()
-    runner.pool = PopenPoolExecutor(max_workers=n, timeout=session_timeout + request_timeout + 30,
-                                    initializer=functools.partial(runner_init, None))
+    runner.pool = PopenPoolExecutor(
+        max_workers=n, timeout=session_timeout + request_timeout + 30, initializer=functools.partial(runner_init, None)
+    )
     return runner
 
 
-def make_rpc_runner_builder(tracker: str, key: str, cc: str | None, n_parallel: int | None = None,
-                            *, build_timeout: float = 300.0, session_timeout: float = 60.0,
-                            request_timeout: float = 120.0, build_workers: int | None = None,
-                            number: int = 3, repeat: int = 1, min_repeat_ms: int = 50,
-                            f_export: Callable | None = None):
+def make_rpc_runner_builder(
+    tracker: str,
+    key: str,
+    cc: str | None,
+    n_parallel: int | None = None,
+    *,
+    build_timeout: float = 300.0,
+    session_timeout: float = 60.0,
+    request_timeout: float = 120.0,
+    build_workers: int | None = None,
+    number: int = 3,
+    repeat: int = 1,
+    min_repeat_ms: int = 50,
+    f_export: Callable | None = None,
+):
     """(builder, runner) for MetaSchedule tuning on devices behind an RPC tracker.
 
     Checks the tracker and the devices first (TvmsqzError when down or none under `key`). The
@@ -121,11 +147,17 @@ def make_rpc_runner_builder(tracker: str, key: str, cc: str | None, n_parallel: 
     """
     check_tracker(tracker)
     n = n_parallel or require_devices(tracker, key)
-    builder = make_cross_builder(cc, max_workers=build_workers, timeout_sec=build_timeout,
-                                 f_export=f_export)
-    runner = make_rpc_runner(tracker, key, n, session_timeout=session_timeout,
-                             request_timeout=request_timeout, number=number, repeat=repeat,
-                             min_repeat_ms=min_repeat_ms)
+    builder = make_cross_builder(cc, max_workers=build_workers, timeout_sec=build_timeout, f_export=f_export)
+    runner = make_rpc_runner(
+        tracker,
+        key,
+        n,
+        session_timeout=session_timeout,
+        request_timeout=request_timeout,
+        number=number,
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+    )
     return builder, runner
 
 
@@ -145,8 +177,8 @@ def make_device_watch(tracker: str, key: str, *, check_every: int = 1):
                 raise watch.error from None
             raise
     """
-    from tvm.ir.utils import derived_object  # noqa: PLC0415
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: PLC0415
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     @derived_object
     class DeviceWatch(PyMeasureCallback):
@@ -155,8 +187,7 @@ def make_device_watch(tracker: str, key: str, *, check_every: int = 1):
             self.batches = 0
             self.error: TvmsqzError | None = None
 
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
-                  runner_results) -> None:
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             self.batches += 1
             failed = any(r.error_msg for r in runner_results)
             if not failed or self.batches % check_every:

@@ -45,29 +45,65 @@ class ModelInfo:
 # name -> (ModelInfo, SqueezeNet version, bypass) ; version None for non-torch models
 _REGISTRY: dict[str, tuple[ModelInfo, str | None, str | None]] = {
     "squeezenet1_0": (
-        ModelInfo("squeezenet1_0", "SqueezeNet 1.0 (torchvision structure, seeded random weights)",
-                  (1, 3, 224, 224), "torchvision", "torch", False),
-        "1_0", None),
+        ModelInfo(
+            "squeezenet1_0",
+            "SqueezeNet 1.0 (torchvision structure, seeded random weights)",
+            (1, 3, 224, 224),
+            "torchvision",
+            "torch",
+            False,
+        ),
+        "1_0",
+        None,
+    ),
     "squeezenet1_1": (
-        ModelInfo("squeezenet1_1", "SqueezeNet 1.1 (torchvision structure, seeded random weights)",
-                  (1, 3, 224, 224), "torchvision", "torch", False),
-        "1_1", None),
+        ModelInfo(
+            "squeezenet1_1",
+            "SqueezeNet 1.1 (torchvision structure, seeded random weights)",
+            (1, 3, 224, 224),
+            "torchvision",
+            "torch",
+            False,
+        ),
+        "1_1",
+        None,
+    ),
     "squeezenet1_0_bypass": (
-        ModelInfo("squeezenet1_0_bypass",
-                  "SqueezeNet 1.0 with simple bypass around fire3/5/7/9 (seeded random weights)",
-                  (1, 3, 224, 224), "torchvision", "torch", False),
-        "1_0", "simple"),
+        ModelInfo(
+            "squeezenet1_0_bypass",
+            "SqueezeNet 1.0 with simple bypass around fire3/5/7/9 (seeded random weights)",
+            (1, 3, 224, 224),
+            "torchvision",
+            "torch",
+            False,
+        ),
+        "1_0",
+        "simple",
+    ),
     "squeezenet1_0_complex_bypass": (
-        ModelInfo("squeezenet1_0_complex_bypass",
-                  "SqueezeNet 1.0 with simple bypass plus 1x1-conv bypass around fire2/4/6/8 "
-                  "(seeded random weights)",
-                  (1, 3, 224, 224), "torchvision", "torch", False),
-        "1_0", "complex"),
+        ModelInfo(
+            "squeezenet1_0_complex_bypass",
+            "SqueezeNet 1.0 with simple bypass plus 1x1-conv bypass around fire2/4/6/8 (seeded random weights)",
+            (1, 3, 224, 224),
+            "torchvision",
+            "torch",
+            False,
+        ),
+        "1_0",
+        "complex",
+    ),
     "squeezenet1_0_dc": (
-        ModelInfo("squeezenet1_0_dc",
-                  "SqueezeNet 1.0, ImageNet-trained, Deep Compression (33% non-zero, 8-bit codebook)",
-                  (1, 3, 227, 227), "caffe", "caffe", True),
-        None, None),
+        ModelInfo(
+            "squeezenet1_0_dc",
+            "SqueezeNet 1.0, ImageNet-trained, Deep Compression (33% non-zero, 8-bit codebook)",
+            (1, 3, 227, 227),
+            "caffe",
+            "caffe",
+            True,
+        ),
+        None,
+        None,
+    ),
 }
 
 
@@ -187,7 +223,7 @@ def _load_onnx_file(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as e:  # DecodeError, ValidationError, external-data errors, ...
+    except Exception as e:  # noqa: BLE001 - DecodeError, ValidationError, external-data errors, ...
         raise TvmsqzError(f"{path.name} is not a valid ONNX model: {_first_line(e)}") from None
     if not model.graph.node:
         raise TvmsqzError(f"{path.name} is not a valid ONNX model: its graph has no nodes")

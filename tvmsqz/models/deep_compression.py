@@ -71,7 +71,7 @@ def _tokens(text: str) -> list[str]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"cannot parse prototxt near {text[pos:pos + 30]!r}")
+            raise ValueError(f"cannot parse prototxt near {text[pos : pos + 30]!r}")
         pos = m.end()
         if m.group(1) is not None:
             continue
@@ -278,9 +278,7 @@ def _decode_with(net_path: Path, convs: tuple[ConvLayer, ...]) -> dict[str, tupl
     n_layers = len(convs)
     header = 4 * n_layers
     if len(blob) < header:
-        raise TvmsqzError(
-            f"{name} is truncated: {len(blob)} bytes, shorter than its {n_layers}-layer header"
-        )
+        raise TvmsqzError(f"{name} is truncated: {len(blob)} bytes, shorter than its {n_layers}-layer header")
     counts = np.frombuffer(blob, dtype="<u4", count=n_layers).astype(np.int64)
     for conv, n in zip(convs, counts):
         if n > int(np.prod(conv.weight_shape)):
@@ -317,8 +315,7 @@ def _decode_with(net_path: Path, convs: tuple[ConvLayer, ...]) -> dict[str, tupl
         size = int(np.prod(conv.weight_shape))
         if n and positions[-1] >= size:
             raise TvmsqzError(
-                f"{name}: layer {conv.name} addresses position {int(positions[-1])} "
-                f"beyond its {size} weights"
+                f"{name}: layer {conv.name} addresses position {int(positions[-1])} beyond its {size} weights"
             )
         flat = np.zeros(size, dtype=np.float32)
         flat[positions] = codebook[codes]
@@ -347,9 +344,7 @@ def decode(
 # --------------------------------------------------------------------------- ONNX
 
 
-def build_onnx(
-    path: str | Path | None = None, prototxt: str | Path | None = None, batch: int = 1
-) -> onnx.ModelProto:
+def build_onnx(path: str | Path | None = None, prototxt: str | Path | None = None, batch: int = 1) -> onnx.ModelProto:
     """An ONNX (opset 17) model of the decoded network: input `data`, output `prob`."""
     if int(batch) < 1:
         raise TvmsqzError(f"batch must be >= 1, got {batch}")
@@ -378,8 +373,13 @@ def build_onnx(
                 inputs.append(f"{conv.name}/bias")
             nodes.append(
                 helper.make_node(
-                    "Conv", inputs, [out], name=layer.name,
-                    kernel_shape=[conv.kernel] * 2, strides=[conv.stride] * 2, pads=[conv.pad] * 4,
+                    "Conv",
+                    inputs,
+                    [out],
+                    name=layer.name,
+                    kernel_shape=[conv.kernel] * 2,
+                    strides=[conv.stride] * 2,
+                    pads=[conv.pad] * 4,
                 )
             )
         elif layer.type == "ReLU":
@@ -407,8 +407,14 @@ def build_onnx(
                 k = int(p["kernel"])
                 nodes.append(
                     helper.make_node(
-                        "MaxPool", ins, [out], name=layer.name,
-                        kernel_shape=[k, k], strides=[p["stride"]] * 2, pads=[0, 0, 0, 0], ceil_mode=1,
+                        "MaxPool",
+                        ins,
+                        [out],
+                        name=layer.name,
+                        kernel_shape=[k, k],
+                        strides=[p["stride"]] * 2,
+                        pads=[0, 0, 0, 0],
+                        ceil_mode=1,
                     )
                 )
         current[layer.tops[0]] = out

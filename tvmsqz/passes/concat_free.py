@@ -62,22 +62,47 @@ def into_view(func: tvm.tirx.PrimFunc, name: str, total_blocks: int, offset: int
     n, k, h, w, x = (int(d) for d in ty.shape)
     if not 0 <= offset <= total_blocks - k:
         raise ValueError(f"cannot rewrite {name}: blocks [{offset}, {offset + k}) outside 0..{total_blocks}")
-    common = {"data_alignment": ty.data_alignment, "offset_factor": ty.offset_factor,
-              "scope": ty.storage_scope, "layout": None}
-    full = tirx.decl_buffer([_i32(d) for d in (n, total_blocks, h, w, x)], ty.dtype, "Out",
-                            elem_offset=_i32(0), **common)
+    common = {
+        "data_alignment": ty.data_alignment,
+        "offset_factor": ty.offset_factor,
+        "scope": ty.storage_scope,
+        "layout": None,
+    }
+    full = tirx.decl_buffer(
+        [_i32(d) for d in (n, total_blocks, h, w, x)], ty.dtype, "Out", elem_offset=_i32(0), **common
+    )
     strides = [_i32(s) for s in (total_blocks * h * w * x, h * w * x, w * x, x, 1)] if n > 1 else None
-    view = tirx.decl_buffer([_i32(d) for d in (n, k, h, w, x)], ty.dtype, out.name, strides=strides,
-                            elem_offset=_i32(offset * h * w * x), **common)
-    region = [tvm.ir.Range.from_min_extent(_i32(lo), _i32(extent))
-              for lo, extent in ((0, n), (offset, k), (0, h), (0, w), (0, x))]
+    view = tirx.decl_buffer(
+        [_i32(d) for d in (n, k, h, w, x)],
+        ty.dtype,
+        out.name,
+        strides=strides,
+        elem_offset=_i32(offset * h * w * x),
+        **common,
+    )
+    region = [
+        tvm.ir.Range.from_min_extent(_i32(lo), _i32(extent))
+        for lo, extent in ((0, n), (offset, k), (0, h), (0, w), (0, x))
+    ]
     # Every use of the old output buffer (stores, loads, block read/write regions) -> the view.
     body = tvm_ffi.structural_map(root.body, (tvm.ir.Var, lambda var: view if var.same_as(out) else var))
-    block = SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, body, root.init,
-                   root.alloc_buffers, [*root.match_buffers, MatchBufferRegion(view, tirx.BufferRegion(full, region))],
-                   root.annotations)
-    return tirx.PrimFunc([*func.params[:-1], full], SBlockRealize(realize.iter_values, realize.predicate, block),
-                         func.ret_type, func.attrs)
+    block = SBlock(
+        root.iter_vars,
+        root.reads,
+        root.writes,
+        root.name_hint,
+        body,
+        root.init,
+        root.alloc_buffers,
+        [*root.match_buffers, MatchBufferRegion(view, tirx.BufferRegion(full, region))],
+        root.annotations,
+    )
+    return tirx.PrimFunc(
+        [*func.params[:-1], full],
+        SBlockRealize(realize.iter_values, realize.predicate, block),
+        func.ret_type,
+        func.attrs,
+    )
 
 
 def _callee(value) -> str | None:
@@ -109,10 +134,10 @@ def _uses(func: relax.Function) -> dict:
 
     @relax.expr_functor.visitor
     class _Count(relax.PyExprVisitor):
-        def visit_var_(self, var) -> None:  # noqa: N802 - TVM visitor naming
+        def visit_var_(self, var) -> None:
             counts[var] = counts.get(var, 0) + 1
 
-        def visit_dataflow_var_(self, var) -> None:  # noqa: N802
+        def visit_dataflow_var_(self, var) -> None:
             counts[var] = counts.get(var, 0) + 1
 
     _Count().visit_expr(func)
@@ -146,9 +171,11 @@ def _rewrite_function(func: relax.Function, kernel) -> relax.Function:
             into_b = kernel(_callee(b), total, offsets[second])
             args_b = list(b.args[1].fields)
             replace[where[parts[first]]] = relax.VarBinding(
-                tmp, relax.call_tir(into_a, relax.Tuple(list(a.args[1].fields)), out_ty))
+                tmp, relax.call_tir(into_a, relax.Tuple(list(a.args[1].fields)), out_ty)
+            )
             replace[where[parts[second]]] = relax.VarBinding(
-                binding.var, relax.call_tir_inplace(into_b, relax.Tuple(args_b + [tmp]), [len(args_b)], out_ty))
+                binding.var, relax.call_tir_inplace(into_b, relax.Tuple(args_b + [tmp]), [len(args_b)], out_ty)
+            )
             replace[i] = None
         if not replace:
             blocks.append(block)
@@ -157,13 +184,14 @@ def _rewrite_function(func: relax.Function, kernel) -> relax.Function:
         new = [b for b in new if b is not None]
         maker = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
         blocks.append(maker(new))
-    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure,
-                          func.attrs, func.span)
+    return relax.Function(
+        func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs, func.span
+    )
 
 
 @tvm.transform.module_pass(opt_level=0, name="WriteIntoConcat")
 class WriteIntoConcat:
     """Module-pass form of `write_into_concat` (after FuseTIR, before tuning/database)."""
 
-    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: ARG002
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(write_into_concat(mod))

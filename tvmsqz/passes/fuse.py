@@ -191,8 +191,9 @@ class _KernelBuilder:
                 axes = T.axis.remap(kinds, loops)
                 yield tuple(self.name(f"v_{n}", v) for n, v in zip(names.split(), axes))
 
-    def conv_stage(self, prefix: str, spec: ConvSpec, n: int, src, src_hw: tuple, weight, bias,
-                   dst, dst_offset: int, residual) -> None:
+    def conv_stage(
+        self, prefix: str, spec: ConvSpec, n: int, src, src_hw: tuple, weight, bias, dst, dst_offset: int, residual
+    ) -> None:
         """Pad / conv / epilogue blocks of one stage (inside the root block)."""
         i64 = self.i64
         h, w = src_hw
@@ -222,8 +223,12 @@ class _KernelBuilder:
             src = pad
 
         acc = self.alloc(f"{prefix}_conv2d_nchw", (n, spec.cout, oh, ow))
-        with self.loop_block(f"{prefix}_conv2d_nchw", "nn ff yy xx rc ry rx",
-                             (n, spec.cout, oh, ow, spec.cin, spec.kh, spec.kw), "SSSSRRR") as v:
+        with self.loop_block(
+            f"{prefix}_conv2d_nchw",
+            "nn ff yy xx rc ry rx",
+            (n, spec.cout, oh, ow, spec.cin, spec.kh, spec.kw),
+            "SSSSRRR",
+        ) as v:
             v_nn, v_ff, v_yy, v_xx, v_rc, v_ry, v_rx = v
             out = (v_nn, v_ff, v_yy, v_xx)
             with T.init():
@@ -276,8 +281,13 @@ def make_fire_kernel(spec: FireKernelSpec) -> tvm.tirx.PrimFunc:
             views, offset = [], 0
             for k, b in enumerate(spec.branches):
                 strides = kb.shape((c_out * oh * ow, oh * ow, ow, 1)) if n > 1 else None
-                view = T.match_buffer(out[0:n, offset:offset + b.cout, 0:oh, 0:ow], kb.shape((n, b.cout, oh, ow)),
-                                      spec.dtype, elem_offset=kb.i64(offset * oh * ow), strides=strides)
+                view = T.match_buffer(
+                    out[0:n, offset : offset + b.cout, 0:oh, 0:ow],
+                    kb.shape((n, b.cout, oh, ow)),
+                    spec.dtype,
+                    elem_offset=kb.i64(offset * oh * ow),
+                    strides=strides,
+                )
                 views.append(kb.name(f"Out_{k}", view))
                 offset += b.cout
             src, src_hw = x, (spec.h, spec.w)
@@ -444,11 +454,15 @@ def _match_stage(an: _Analysis, root, dtype: str | None = None) -> _Stage | None
             return None
         bias, rank = nb
     spec = ConvSpec(
-        cin=cin, cout=cout, kh=kh, kw=kw,
+        cin=cin,
+        cout=cout,
+        kh=kh,
+        kw=kw,
         stride=tuple(int(s) for s in attrs.strides),
         padding=pad,
         dilation=tuple(int(d) for d in attrs.dilation),
-        bias_rank=rank, relu=relu,
+        bias_rank=rank,
+        relu=relu,
     )
     if (oshape[0], oshape[1], *spec.out_hw(dshape[2], dshape[3])) != oshape:
         return None
@@ -509,15 +523,15 @@ def _match_fire(an: _Analysis, concat_var, fold_squeeze: bool, fold_bypass: bool
         if _op_name(val) == _ADD:
             a, b = val.args
             other = b if a.same_as(concat_var) else a
-            if (
-                not other.same_as(concat_var)
-                and _static_shape(other) == oshape
-                and _dtype(other) == dtype
-            ):
+            if not other.same_as(concat_var) and _static_shape(other) == oshape and _dtype(other) == dtype:
                 root, residual = var, other
 
     spec = FireKernelSpec(
-        dtype=dtype, n=n, cin=cin, h=h, w=w,
+        dtype=dtype,
+        n=n,
+        cin=cin,
+        h=h,
+        w=w,
         squeeze=squeeze.spec if squeeze else None,
         branches=tuple(st.spec for st in stages),
         residual=residual is not None,
@@ -589,9 +603,7 @@ class _FireRewriter(relax.PyExprMutator):
         if m is None:
             return super().visit_var_binding_(binding)
         args = [self.visit_expr(a) for a in m.args]
-        call = relax.call_tir(
-            self._gvar(m.spec, args), args, out_ty=relax.TensorType(m.spec.out_shape, m.spec.dtype)
-        )
+        call = relax.call_tir(self._gvar(m.spec, args), args, out_ty=relax.TensorType(m.spec.out_shape, m.spec.dtype))
         call = self.builder_.normalize(call)
         self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
 
@@ -632,14 +644,12 @@ def fuse_fire(
 class FuseFireModules:
     """Module-pass form of `fuse_fire` (target independent; run before LegalizeOps)."""
 
-    def __init__(
-        self, fold_squeeze: bool = False, fold_bypass: bool = True, layout_free: bool = True
-    ):
+    def __init__(self, fold_squeeze: bool = False, fold_bypass: bool = True, layout_free: bool = True):
         self.fold_squeeze = fold_squeeze
         self.fold_bypass = fold_bypass
         self.layout_free = layout_free
 
-    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: ARG002
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         return fuse_fire(mod, self.fold_squeeze, self.fold_bypass, self.layout_free)
 
 
@@ -685,14 +695,12 @@ class LowerFireViews:
     def __init__(self, only_scheduled: bool = True):
         self.only_scheduled = only_scheduled
 
-    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: ARG002
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         return lower_fire_views(mod, self.only_scheduled)
 
 
 def fire_kernel_names(mod: tvm.IRModule) -> list:
     """Names of the PrimFuncs in `mod` created by this pass, sorted."""
     return sorted(
-        gv.name_hint
-        for gv in mod.functions.keys()
-        if any(gv.name_hint.startswith(p) for p in FIRE_KERNEL_PREFIXES)
+        gv.name_hint for gv in mod.functions.keys() if any(gv.name_hint.startswith(p) for p in FIRE_KERNEL_PREFIXES)
     )

@@ -20,6 +20,7 @@ def conv_layouts(in_channels: int, out_channels: int, block: int) -> list[str]:
     (the 1000-class classifier, a model with 8 or 24 channels) takes the largest block of at
     least 4 lanes that divides it (8 for 1000) instead of padding 1000 to 1008.
     """
+
     def largest(channels: int) -> int:
         return next((b for b in (block, block // 2, block // 4) if b >= 4 and channels % b == 0), 1)
 
@@ -47,5 +48,7 @@ def nhwc_layout_passes() -> list:
     and MetaSchedule's generic space schedule it."""
     from tvm import relax
 
-    return [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
-            relax.transform.CanonicalizeBindings()]
+    return [
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.CanonicalizeBindings(),
+    ]

@@ -99,7 +99,7 @@ def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -
 
     @relax.expr_functor.mutator
     class _Pad(relax.PyExprMutator):
-        def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM visitor naming
+        def visit_var_binding_(self, binding) -> None:
             kind = targets.get(binding.var)
             if kind is None:
                 super().visit_var_binding_(binding)
@@ -128,9 +128,16 @@ def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -
 
 
 def _conv_kwargs(attrs) -> dict:
-    return {"strides": attrs.strides, "padding": attrs.padding, "dilation": attrs.dilation, "groups": attrs.groups,
-            "data_layout": attrs.data_layout, "kernel_layout": attrs.kernel_layout, "out_layout": attrs.out_layout,
-            "out_dtype": None if str(attrs.out_dtype) in ("", "void") else attrs.out_dtype}
+    return {
+        "strides": attrs.strides,
+        "padding": attrs.padding,
+        "dilation": attrs.dilation,
+        "groups": attrs.groups,
+        "data_layout": attrs.data_layout,
+        "kernel_layout": attrs.kernel_layout,
+        "out_layout": attrs.out_layout,
+        "out_dtype": None if str(attrs.out_dtype) in ("", "void") else attrs.out_dtype,
+    }
 
 
 @tvm.transform.module_pass(opt_level=0, name="PadClassifier")
@@ -141,5 +148,5 @@ class PadClassifier:
         self.multiple = multiple
         self.block = block
 
-    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: ARG002
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(pad_classifier(mod, self.multiple, self.block))

@@ -28,9 +28,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,20 @@ from ..errors import TvmsqzError
 from .base import PEERS_EXTRA, WARMUP, PeerUnavailable, Session, Sources, not_installed, time_runs
 from .registry import RUNNERS, module
 
-__all__ = ["PEERS_EXTRA", "RUNNERS", "WARMUP", "Measurements", "PeerUnavailable", "Session", "Sources",
-           "latency_stats", "measure", "module", "not_installed", "time_runs"]
+__all__ = [
+    "PEERS_EXTRA",
+    "RUNNERS",
+    "WARMUP",
+    "Measurements",
+    "PeerUnavailable",
+    "Session",
+    "Sources",
+    "latency_stats",
+    "measure",
+    "module",
+    "not_installed",
+    "time_runs",
+]
 
 #: The fp32 peers `ratio_vs_fastest_peer` picks from (torch is eager PyTorch, not a deployment runtime).
 FP32_PEERS = ("onnxruntime", "openvino", "ncnn")
@@ -79,15 +92,31 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_worker(runtime: str, model: str, inputs: Path, threads: int, repeat: int, out: Path,
-               timeout: float = 900) -> dict[str, Any]:
+def run_worker(
+    runtime: str, model: str, inputs: Path, threads: int, repeat: int, out: Path, timeout: float = 900
+) -> dict[str, Any]:
     """Run `python -m tvmsqz.peers.worker` for one runtime; its JSON, with `outputs` loaded."""
     env = dict(os.environ, **module(runtime).environment(threads))
-    cmd = [sys.executable, "-m", "tvmsqz.peers.worker", runtime, model, str(inputs), str(threads), str(repeat),
-           str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tvmsqz.peers.worker",
+        runtime,
+        model,
+        str(inputs),
+        str(threads),
+        str(repeat),
+        str(out),
+    ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
     except subprocess.TimeoutExpired:
         raise PeerUnavailable(f"its worker ran past {timeout:.0f} s") from None
     if proc.returncode != 0:
@@ -97,8 +126,16 @@ def run_worker(runtime: str, model: str, inputs: Path, threads: int, repeat: int
     return result
 
 
-def measure(sources: Sources, inputs: Path, repeat: int, thread_counts: list[int], *, runtimes: list[str],
-            skipped: dict[str, str] | None = None, say: Callable[[str], None] | None = None) -> Measurements:
+def measure(
+    sources: Sources,
+    inputs: Path,
+    repeat: int,
+    thread_counts: list[int],
+    *,
+    runtimes: list[str],
+    skipped: dict[str, str] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Measurements:
     """Prepare every available runtime, then time them one after the other, each in a fresh
     process, once per thread count (reduced-precision references only at the first).
 
@@ -121,8 +158,10 @@ def measure(sources: Sources, inputs: Path, repeat: int, thread_counts: list[int
             if name in result.skipped or (i > 0 and name in REDUCED_PRECISION):
                 continue
             if say is not None:
-                say(f"timing {name} with {threads} thread(s) in a fresh process ({repeat} runs after {WARMUP} "
-                    "warm-up runs)")
+                say(
+                    f"timing {name} with {threads} thread(s) in a fresh process ({repeat} runs after {WARMUP} "
+                    "warm-up runs)"
+                )
             try:
                 got = run_worker(name, model, inputs, threads, repeat, sources.workdir / f"{name}-{threads}t.json")
             except PeerUnavailable as exc:

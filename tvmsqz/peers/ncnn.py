@@ -19,8 +19,13 @@ import numpy as np
 from .base import PeerUnavailable, Session, Sources, not_installed
 
 #: ncnn options that would make it compute or store in reduced precision where the CPU allows.
-REDUCED_PRECISION_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
-                             "use_bf16_packed")
+REDUCED_PRECISION_OPTIONS = (
+    "use_fp16_storage",
+    "use_fp16_packed",
+    "use_fp16_arithmetic",
+    "use_bf16_storage",
+    "use_bf16_packed",
+)
 
 
 def pnnx_executable() -> str | None:
@@ -60,8 +65,9 @@ def prepare(sources: Sources) -> str:
         raise PeerUnavailable(f"pnnx could not convert the model: {exc}") from None
     if proc.returncode != 0 or not param.is_file() or not param.with_suffix(".bin").is_file():
         lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        raise PeerUnavailable(f"pnnx could not convert the model (exit {proc.returncode}): "
-                              f"{lines[-1].strip() if lines else 'no output'}")
+        raise PeerUnavailable(
+            f"pnnx could not convert the model (exit {proc.returncode}): {lines[-1].strip() if lines else 'no output'}"
+        )
     return str(param)
 
 
@@ -119,8 +125,11 @@ def open(model: str, threads: int) -> Session:
 
         return run_once
 
-    return Session(run, timer, {"version": ncnn.__version__, "precision": "f32", "converter": "pnnx fp16=0",
-                                "pnnx": _pnnx_version()})
+    return Session(
+        run,
+        timer,
+        {"version": ncnn.__version__, "precision": "f32", "converter": "pnnx fp16=0", "pnnx": _pnnx_version()},
+    )
 
 
 def _pnnx_version() -> str | None:

@@ -49,5 +49,8 @@ def open(model: str, threads: int, precision: str | None = "f32") -> Session:
         return run_once
 
     used = compiled.get_property("INFERENCE_PRECISION_HINT")
-    return Session(run, timer, {"version": ov.get_version(), "precision": used.get_type_name(),
-                                "requested_precision": precision or "default"})
+    return Session(
+        run,
+        timer,
+        {"version": ov.get_version(), "precision": used.get_type_name(), "requested_precision": precision or "default"},
+    )

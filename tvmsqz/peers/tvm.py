@@ -65,5 +65,4 @@ def open(model: str, threads: int) -> Session:
     def run(x: np.ndarray) -> np.ndarray:
         return artifact.run(x)
 
-    return Session(run, artifact.timer, {"version": tvm.__version__, "precision": "f32",
-                                         "runtime_only": runtime_only})
+    return Session(run, artifact.timer, {"version": tvm.__version__, "precision": "f32", "runtime_only": runtime_only})

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 USAGE = "python -m tvmsqz.peers.worker RUNTIME MODEL INPUTS.npy THREADS REPEAT OUT.json"
 
 

@@ -15,8 +15,18 @@ backend, so the CPU int8 path can use the same pieces.
 
 from .bias import conv_mean_error, corrected_bias, mean_patch
 from .calibrate import calibration_inputs, default_calibration
-from .scales import (choose_exponent, choose_exponent_zp, dequantize_np, quantize_np, weight_exponents,
-                     zero_point)
+from .scales import choose_exponent, choose_exponent_zp, dequantize_np, quantize_np, weight_exponents, zero_point
 
-__all__ = ["calibration_inputs", "choose_exponent", "choose_exponent_zp", "conv_mean_error", "corrected_bias",
-           "default_calibration", "dequantize_np", "mean_patch", "quantize_np", "weight_exponents", "zero_point"]
+__all__ = [
+    "calibration_inputs",
+    "choose_exponent",
+    "choose_exponent_zp",
+    "conv_mean_error",
+    "corrected_bias",
+    "default_calibration",
+    "dequantize_np",
+    "mean_patch",
+    "quantize_np",
+    "weight_exponents",
+    "zero_point",
+]

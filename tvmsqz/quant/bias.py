@@ -26,17 +26,21 @@ def mean_patch(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
     out = np.empty((x.shape[0], k, k))
     for ky in range(k):
         for kx in range(k):
-            out[:, ky, kx] = xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride].mean(axis=(1, 2))
+            out[:, ky, kx] = xp[
+                :, ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride
+            ].mean(axis=(1, 2))
     return out
 
 
-def conv_mean_error(w_quant: np.ndarray, w_fp32: np.ndarray, x_quant: np.ndarray, x_fp32: np.ndarray,
-                    stride: int, pad: int) -> np.ndarray:
+def conv_mean_error(
+    w_quant: np.ndarray, w_fp32: np.ndarray, x_quant: np.ndarray, x_fp32: np.ndarray, stride: int, pad: int
+) -> np.ndarray:
     """(O,) float64: mean over output pixels of conv(x_quant, w_quant) - conv(x_fp32, w_fp32),
     bias excluded, for one (1, C, H, W) input; `w_quant`/`x_quant` are the dequantised values."""
     k = w_quant.shape[2]
-    return (np.einsum("oikl,ikl->o", w_quant, mean_patch(x_quant, k, stride, pad))
-            - np.einsum("oikl,ikl->o", w_fp32, mean_patch(x_fp32, k, stride, pad)))
+    return np.einsum("oikl,ikl->o", w_quant, mean_patch(x_quant, k, stride, pad)) - np.einsum(
+        "oikl,ikl->o", w_fp32, mean_patch(x_fp32, k, stride, pad)
+    )
 
 
 def corrected_bias(bias: np.ndarray, delta: np.ndarray, exponent) -> np.ndarray:

@@ -36,7 +36,22 @@ from .signals import TuningInterrupted
 from .tasks import extract, kernel_flops, worth_tuning
 
 __all__ = [
-    "DEFAULT_TRIALS", "SUMMARY_FILE", "Allocator", "TaskState", "TuningFolder", "TuningInterrupted", "count_lines",
-    "default_batch", "default_population", "estimated_model_ms", "extract", "kernel_flops", "parse_duration",
-    "repair_tail", "rpc_settings", "tune", "tune_model", "worth_tuning",
+    "DEFAULT_TRIALS",
+    "SUMMARY_FILE",
+    "Allocator",
+    "TaskState",
+    "TuningFolder",
+    "TuningInterrupted",
+    "count_lines",
+    "default_batch",
+    "default_population",
+    "estimated_model_ms",
+    "extract",
+    "kernel_flops",
+    "parse_duration",
+    "repair_tail",
+    "rpc_settings",
+    "tune",
+    "tune_model",
+    "worth_tuning",
 ]

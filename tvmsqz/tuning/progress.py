@@ -15,8 +15,9 @@ from .allocator import TaskState, estimated_model_ms
 class Progress:
     """Progress on a rich console: a live table on a terminal, one line per batch otherwise."""
 
-    def __init__(self, console, tasks: list[TaskState], budget: int | str, start: float, *,
-                 time_budget: float | None = None) -> None:
+    def __init__(
+        self, console, tasks: list[TaskState], budget: int | str, start: float, *, time_budget: float | None = None
+    ) -> None:
         """`console` None: silent; `budget` is the trial count the lines show progress against
         ("inf" for a run bounded by time alone); `time_budget` (s) is shown beside the elapsed time."""
         self.console = console
@@ -61,9 +62,11 @@ class Progress:
         best = f"{task.best_s * 1e6:9.1f} us" if task.best_s is not None else "   no valid"
         self.console.print(
             f"[{spent:>5}/{self.budget}] {task.name:<38.38} +{n:<2} ({n_valid} ok) best {best}"
-            f"  model est {'%.3f ms' % est if est is not None else '   --   '}"
+            f"  model est {f'{est:.3f} ms' if est is not None else '   --   '}"
             f"  {seconds:5.1f} s  {time.perf_counter() - self.start:6.0f} s",
-            highlight=False, soft_wrap=True)
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def stop(self) -> None:
         """Leave the final table on screen (also in a log, where no live table was drawn)."""
@@ -88,9 +91,15 @@ class Progress:
         est = estimated_model_ms(self.tasks)
         total = sum(t.model_s for t in self.tasks if t.covered) or 1.0
         table = Table(box=None, pad_edge=False, show_edge=False)
-        for col, justify in (("kernel", "left"), ("calls", "right"), ("MFLOP", "right"),
-                             ("trials", "right"), ("best us", "right"), ("GFLOP/s", "right"),
-                             ("time share", "right")):
+        for col, justify in (
+            ("kernel", "left"),
+            ("calls", "right"),
+            ("MFLOP", "right"),
+            ("trials", "right"),
+            ("best us", "right"),
+            ("GFLOP/s", "right"),
+            ("time share", "right"),
+        ):
             table.add_column(col, justify=justify, no_wrap=True)
         for task in self.tasks:
             if task.best_s is not None:
@@ -103,9 +112,11 @@ class Progress:
             table.add_row(task.name, str(task.calls), f"{task.flops / 1e6:.1f}", str(task.trials), best, speed, share)
         spent = sum(t.trials for t in self.tasks)
         elapsed = time.perf_counter() - self.start
-        line = (f"trials {spent}/{self.budget}  |  estimated model latency "
-                f"{'%.3f ms' % est if est is not None else '--'}  |  {elapsed:.0f} s"
-                + (f" of {self.time_budget:.0f} s" if self.time_budget is not None else ""))
+        line = (
+            f"trials {spent}/{self.budget}  |  estimated model latency "
+            f"{f'{est:.3f} ms' if est is not None else '--'}  |  {elapsed:.0f} s"
+            + (f" of {self.time_budget:.0f} s" if self.time_budget is not None else "")
+        )
         if self.status:
             line += f"  |  {self.status}"
         return Group(table, line)

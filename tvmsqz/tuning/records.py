@@ -209,7 +209,8 @@ class TuningFolder:
         if records and not resume:
             raise TvmsqzError(
                 f"{path} already holds a tuning database ({records} records); pass --resume to "
-                f"continue it, or choose another -o folder")
+                f"continue it, or choose another -o folder"
+            )
         folder.repairs = [r for r in (repair_tail(folder.workload_file), repair_tail(folder.record_file)) if r]
         if folder.record_file.is_file() and count_lines(folder.record_file):
             folder.records = check_database(path, spec)  # TvmsqzError: corrupt, or another target

@@ -36,8 +36,15 @@ from typing import Any
 from ..errors import TvmsqzError
 from ..fsutil import LOCK_NAME, folder_lock
 from ..spec import TargetSpec, host_cores
-from .allocator import (MIN_BATCH, Allocator, TaskState, default_batch, default_population, estimated_model_ms,
-                        median_run_s)
+from .allocator import (
+    MIN_BATCH,
+    Allocator,
+    TaskState,
+    default_batch,
+    default_population,
+    estimated_model_ms,
+    median_run_s,
+)
 from .budget import UNBOUNDED_TRIALS, format_duration, resolve_trials, sizing_trials
 from .progress import Progress
 from .records import TuningFolder, check_folder_path, trace_key
@@ -62,7 +69,8 @@ def rpc_settings(spec: TargetSpec, tracker: str | None, key: str | None) -> dict
         if rpc.get("required_for_tuning"):
             raise TvmsqzError(
                 f"tuning for {spec.name} needs a device: pass --rpc-tracker HOST:PORT --rpc-key KEY "
-                "(start emulated devices with `tvmsqz device emulate start`)")
+                "(start emulated devices with `tvmsqz device emulate start`)"
+            )
         if key is not None:
             raise TvmsqzError("--rpc-key needs --rpc-tracker HOST:PORT")
         return None
@@ -121,11 +129,24 @@ def _batch_from_env() -> int | None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def tune_model(mod, spec: TargetSpec, *, trials: int | None = None, work_dir: Path, resume: bool = False,
-               fuse: bool | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None,
-               log=None, batch: int | None = None, population: int | None = None,
-               seed: int | None = None, space: str | None = None, time_budget: float | None = None,
-               warm: bool = True) -> dict:
+def tune_model(
+    mod,
+    spec: TargetSpec,
+    *,
+    trials: int | None = None,
+    work_dir: Path,
+    resume: bool = False,
+    fuse: bool | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    log=None,
+    batch: int | None = None,
+    population: int | None = None,
+    seed: int | None = None,
+    space: str | None = None,
+    time_budget: float | None = None,
+    warm: bool = True,
+) -> dict:
     """Tune every worthwhile kernel of `mod` for `spec`; records go to `work_dir`.
 
     `trials` is the total number of measurements in `work_dir`, those of earlier sessions
@@ -164,9 +185,24 @@ def tune_model(mod, spec: TargetSpec, *, trials: int | None = None, work_dir: Pa
 
     created = not work_dir.exists()
     try:
-        return _tune_locked(mod, spec, work_dir, waiting, trials=trials, resume=resume, fuse=fuse, rpc=rpc, log=log,
-                            batch=batch, population=population, seed=seed, space=space, time_budget=time_budget,
-                            warm=warm, start=start)
+        return _tune_locked(
+            mod,
+            spec,
+            work_dir,
+            waiting,
+            trials=trials,
+            resume=resume,
+            fuse=fuse,
+            rpc=rpc,
+            log=log,
+            batch=batch,
+            population=population,
+            seed=seed,
+            space=space,
+            time_budget=time_budget,
+            warm=warm,
+            start=start,
+        )
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
             _remove_if_empty(work_dir)
@@ -183,8 +219,25 @@ def _remove_if_empty(folder: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _tune_locked(mod, spec: TargetSpec, work_dir: Path, waiting, *, trials, resume, fuse, rpc, log, batch, population,
-                 seed, space, time_budget, warm, start) -> dict:
+def _tune_locked(
+    mod,
+    spec: TargetSpec,
+    work_dir: Path,
+    waiting,
+    *,
+    trials,
+    resume,
+    fuse,
+    rpc,
+    log,
+    batch,
+    population,
+    seed,
+    space,
+    time_budget,
+    warm,
+    start,
+) -> dict:
     """The run itself, holding the folder lock (see `tune_model`)."""
     with folder_lock(work_dir, on_wait=waiting):
         # Everything that reads the folder happens under the lock: a run that waited sees the
@@ -198,8 +251,9 @@ def _tune_locked(mod, spec: TargetSpec, work_dir: Path, waiting, *, trials, resu
             state.say(f"[yellow]repaired database: {repair}[/yellow]")
         failed = True
         try:
-            state.setup(mod, fuse=fuse, rpc=rpc, trials=trials, batch=batch, population=population, seed=seed,
-                        space=space)
+            state.setup(
+                mod, fuse=fuse, rpc=rpc, trials=trials, batch=batch, population=population, seed=seed, space=space
+            )
             state.loop()
             failed = False
         except (Interrupted, KeyboardInterrupt):
@@ -218,7 +272,9 @@ def _tune_locked(mod, spec: TargetSpec, work_dir: Path, waiting, *, trials, resu
     if state.interrupted:
         raise TuningInterrupted(
             f"tuning interrupted after {summary['trials']} trials; the database in {work_dir} is valid "
-            f"({summary['records']} records): continue with the same command plus --resume", summary)
+            f"({summary['records']} records): continue with the same command plus --resume",
+            summary,
+        )
     return summary
 
 
@@ -281,8 +337,18 @@ class Session:
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def setup(self, mod, *, fuse: bool | None, rpc: dict | None, trials: int, batch: int | None,
-              population: int | None, seed: int | None, space: str | None = None) -> None:
+    def setup(
+        self,
+        mod,
+        *,
+        fuse: bool | None,
+        rpc: dict | None,
+        trials: int,
+        batch: int | None,
+        population: int | None,
+        seed: int | None,
+        space: str | None = None,
+    ) -> None:
         from ..builder import import_tensor_intrin
 
         self.stop.__enter__()
@@ -303,7 +369,8 @@ class Session:
         # runs. A batch of 4 builds in ~1 s on one worker; a second would only cost start-up CPU.
         workers = 1 if self.batch <= MIN_BATCH else host_threads
         self.builder, self.runner = self.backend.tuning_builder_runner(
-            self.spec, rpc, workers=workers, measure_threads=measure_threads)
+            self.spec, rpc, workers=workers, measure_threads=measure_threads
+        )
         self.device_type = self.backend.device_type(self.spec)
         self.database = ms.database.MemoryDatabase()
         self.cost_model = ms.cost_model.XGBModel(num_tuning_cores=host_threads)
@@ -311,12 +378,18 @@ class Session:
         for n, task in enumerate(extracted):
             task_mod = task.dispatched[0]
             self.tasks.append(TaskState(task.task_name, int(task.weight), kernel_flops(task_mod)))
-            self.contexts.append(ms.TuneContext(
-                mod=task_mod, target=self.spec.target,
-                space_generator=self.backend.space_generator(self.spec, task_mod, space),
-                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=self.population),
-                task_name=task.task_name, logger=logger,
-                rand_state=-1 if seed is None else seed + n, num_threads=host_threads))
+            self.contexts.append(
+                ms.TuneContext(
+                    mod=task_mod,
+                    target=self.spec.target,
+                    space_generator=self.backend.space_generator(self.spec, task_mod, space),
+                    search_strategy=ms.search_strategy.EvolutionarySearch(population_size=self.population),
+                    task_name=task.task_name,
+                    logger=logger,
+                    rand_state=-1 if seed is None else seed + n,
+                    num_threads=host_threads,
+                )
+            )
             workload = self.database.commit_workload(task_mod)
             self.workloads.append(workload)
             self.disk_index.append(self.folder.workload_index(workload))
@@ -326,20 +399,28 @@ class Session:
         self.allocator = Allocator(self.tasks, trials, self.batch)
         self.timings["setup"] = time.perf_counter() - self.start
         where = f"devices {rpc['key']} at {rpc['tracker']}" if rpc else f"this host, {measure_threads} threads"
-        self.say(f"tuning {len(self.tasks)} kernels for {self.spec.name} on {where}: {self._limits(trials)}, "
-                 f"{self.batch} per search round (population {self.population}), XGBoost cost model; "
-                 f"database {self.folder.path}")
+        self.say(
+            f"tuning {len(self.tasks)} kernels for {self.spec.name} on {where}: {self._limits(trials)}, "
+            f"{self.batch} per search round (population {self.population}), XGBoost cost model; "
+            f"database {self.folder.path}"
+        )
         if self.skipped:
             self.say(f"[dim]not tuned (no reduction, one possible schedule): {', '.join(self.skipped)}[/dim]")
         if spent:
-            self.say(f"resuming: {spent} trials already in the database, "
-                     f"{sum(t.covered for t in self.tasks)}/{len(self.tasks)} kernels have a record")
+            self.say(
+                f"resuming: {spent} trials already in the database, "
+                f"{sum(t.covered for t in self.tasks)}/{len(self.tasks)} kernels have a record"
+            )
             if spent >= trials and all(t.covered for t in self.tasks):
-                self.say(f"[yellow]nothing left to do: {spent} >= --trials {trials}; pass a larger --trials "
-                         f"to tune further[/yellow]")
+                self.say(
+                    f"[yellow]nothing left to do: {spent} >= --trials {trials}; pass a larger --trials "
+                    f"to tune further[/yellow]"
+                )
         if trials < len(self.tasks):
-            self.say(f"[yellow]--trials {trials} is below the {len(self.tasks)} kernels to tune: each still "
-                     f"gets one trial (an untuned kernel runs ~100x slower)[/yellow]")
+            self.say(
+                f"[yellow]--trials {trials} is below the {len(self.tasks)} kernels to tune: each still "
+                f"gets one trial (an untuned kernel runs ~100x slower)[/yellow]"
+            )
         shown = "inf" if trials >= UNBOUNDED_TRIALS else str(max(trials, len(self.tasks)))
         self.progress = Progress(self.log, self.tasks, shown, self.start, time_budget=self.time_budget)
 
@@ -347,8 +428,10 @@ class Session:
         """The run's limits in words: "64 trials", "until 30 min have passed", or both."""
         parts = [] if trials >= UNBOUNDED_TRIALS else [f"{trials} trials"]
         if self.time_budget is not None:
-            parts.append(f"{'or ' if parts else 'until '}{format_duration(self.time_budget)} (time budget, "
-                         f"{'whichever comes first' if parts else 'trials unbounded'})")
+            parts.append(
+                f"{'or ' if parts else 'until '}{format_duration(self.time_budget)} (time budget, "
+                f"{'whichever comes first' if parts else 'trials unbounded'})"
+            )
         return " ".join(parts)
 
     def _warm_start(self) -> None:
@@ -374,9 +457,15 @@ class Session:
                 if not rec.workload.same_as(known):
                     continue
                 self.tasks[i].account(median_run_s(_floats(rec.run_secs)))
-                self.database.commit_tuning_record(TuningRecord(
-                    trace=rec.trace, workload=workload, run_secs=rec.run_secs, target=rec.target,
-                    args_info=rec.args_info))
+                self.database.commit_tuning_record(
+                    TuningRecord(
+                        trace=rec.trace,
+                        workload=workload,
+                        run_secs=rec.run_secs,
+                        target=rec.target,
+                        args_info=rec.args_info,
+                    )
+                )
             top = self.database.get_top_k(workload, WARM_START_RECORDS)
             candidates, results = [], []
             for rec in top:
@@ -408,15 +497,17 @@ class Session:
                 self._batch(index, n)
             except (KeyboardInterrupt, TvmsqzError):
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed batch is counted, logged and retried
                 if self.stop.count >= 2:  # Ctrl-C inside a TVM callback surfaces as another error
                     raise KeyboardInterrupt from None
                 # One kernel whose search or build machinery breaks must not end the whole run.
                 task = self.tasks[index]
                 task.exhausted = True
                 lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-                self.say(f"[red]{task.name}: tuning failed ({type(exc).__name__}: "
-                         f"{lines[-1][:160] if lines else ''}); it keeps its best record so far[/red]")
+                self.say(
+                    f"[red]{task.name}: tuning failed ({type(exc).__name__}: "
+                    f"{lines[-1][:160] if lines else ''}); it keeps its best record so far[/red]"
+                )
             if self.stop.count:
                 raise Interrupted
 
@@ -430,10 +521,12 @@ class Session:
         if self.stopped is None:
             self.stopped = "time budget"
             untuned = [t.name for t in self.tasks if not t.covered and not t.exhausted]
-            self.say(f"[yellow]time budget of {format_duration(self.time_budget)} spent after "
-                     f"{sum(t.new_trials for t in self.tasks)} trials of this run: stopping at this batch boundary"
-                     + (f"; no record yet for {', '.join(untuned)} (tune longer with --resume)" if untuned else "")
-                     + "[/yellow]")
+            self.say(
+                f"[yellow]time budget of {format_duration(self.time_budget)} spent after "
+                f"{sum(t.new_trials for t in self.tasks)} trials of this run: stopping at this batch boundary"
+                + (f"; no record yet for {', '.join(untuned)} (tune longer with --resume)" if untuned else "")
+                + "[/yellow]"
+            )
         return True
 
     # -- warm start from the shipped database ---------------------------------------------------
@@ -452,23 +545,28 @@ class Session:
         source, notes = shipped_database(self.spec)
         for note in notes:
             self.say(f"[yellow]warm start: {note}[/yellow]")
-        self.warm_start = {"source": None if source is None else str(source), "records": 0, "tasks": 0,
-                           "per_task": []}
+        self.warm_start = {"source": None if source is None else str(source), "records": 0, "tasks": 0, "per_task": []}
         if source is not None and source.resolve() == self.folder.path.resolve():
             source = None
         why = None if source is None else database_problem(source, self.spec)
         if source is None or why is not None:
-            self.say(f"[dim]warm start: {'no shipped database for ' + self.spec.name if why is None else why}; "
-                     f"tuning cold[/dim]")
+            self.say(
+                f"[dim]warm start: {'no shipped database for ' + self.spec.name if why is None else why}; "
+                f"tuning cold[/dim]"
+            )
             return
         self.progress.phase(f"reading the best shipped records from {source}")
         found = best_records(source, self.workloads, self.spec, per_task(self.sizing, len(self.tasks)))
         if not any(found):
-            self.say(f"[dim]warm start: nothing to re-measure, {source} has no record for these "
-                     f"{len(self.tasks)} kernels; tuning cold[/dim]")
+            self.say(
+                f"[dim]warm start: nothing to re-measure, {source} has no record for these "
+                f"{len(self.tasks)} kernels; tuning cold[/dim]"
+            )
             return
-        self.say(f"warm start: re-measuring the best {sum(map(len, found))} shipped records of "
-                 f"{sum(1 for recs in found if recs)}/{len(self.tasks)} kernels from {source} on this host first")
+        self.say(
+            f"warm start: re-measuring the best {sum(map(len, found))} shipped records of "
+            f"{sum(1 for recs in found if recs)}/{len(self.tasks)} kernels from {source} on this host first"
+        )
         # Heaviest first (as coverage goes): a time budget that ends the warm start early has
         # spent it where the model's time is.
         for index in sorted(range(len(found)), key=lambda i: -self.tasks[i].prior_s):
@@ -482,8 +580,10 @@ class Session:
             except Exception as exc:  # noqa: BLE001 - the search can still tune this kernel
                 if self.stop.count >= 2:
                     raise KeyboardInterrupt from None
-                self.say(f"[yellow]warm start: {self.tasks[index].name}: re-measuring failed "
-                         f"({type(exc).__name__}); searching it cold[/yellow]")
+                self.say(
+                    f"[yellow]warm start: {self.tasks[index].name}: re-measuring failed "
+                    f"({type(exc).__name__}); searching it cold[/yellow]"
+                )
             if self.stop.count:
                 raise Interrupted
         self._report_warm_start(source, found)
@@ -491,21 +591,32 @@ class Session:
     def _report_warm_start(self, source: Path, found: list) -> None:
         """The warm start in the summary and on the log: per kernel and summed, here vs shipped."""
         # Re-measured kernels with a valid run here (those are the ones a comparison means something for).
-        compared = [(self.tasks[i], recs) for i, recs in enumerate(found)
-                    if recs and self.tasks[i].new_trials and self.tasks[i].best_s is not None]
+        compared = [
+            (self.tasks[i], recs)
+            for i, recs in enumerate(found)
+            if recs and self.tasks[i].new_trials and self.tasks[i].best_s is not None
+        ]
         here_ms = sum(t.best_s * t.calls for t, _ in compared) * 1e3
         shipped_ms = sum(min(r.shipped_s for r in recs) * t.calls for t, recs in compared) * 1e3
         records = sum(row["records"] for row in self.warm_start["per_task"])
-        self.warm_start.update(records=records, tasks=len(self.warm_start["per_task"]),
-                               shipped_ms=round(shipped_ms, 4), here_ms=round(here_ms, 4))
+        self.warm_start.update(
+            records=records,
+            tasks=len(self.warm_start["per_task"]),
+            shipped_ms=round(shipped_ms, 4),
+            here_ms=round(here_ms, 4),
+        )
         for row in self.warm_start["per_task"]:
             here = f"{row['here_us']:.1f} us here" if row["here_us"] is not None else "no valid run here"
-            self.say(f"[dim]  {row['name']}: {here}, {row['shipped_us']:.1f} us shipped "
-                     f"({row['valid']}/{row['records']} records ran)[/dim]")
-        self.say(f"warm start: re-measured {records} shipped records of {self.warm_start['tasks']}/"
-                 f"{len(self.tasks)} kernels from {source} on this host: best {here_ms:.3f} ms here vs "
-                 f"{shipped_ms:.3f} ms shipped (sum of best x calls over the {len(compared)} that ran)"
-                 + ("" if self.stopped else "; searching from them"))
+            self.say(
+                f"[dim]  {row['name']}: {here}, {row['shipped_us']:.1f} us shipped "
+                f"({row['valid']}/{row['records']} records ran)[/dim]"
+            )
+        self.say(
+            f"warm start: re-measured {records} shipped records of {self.warm_start['tasks']}/"
+            f"{len(self.tasks)} kernels from {source} on this host: best {here_ms:.3f} ms here vs "
+            f"{shipped_ms:.3f} ms shipped (sum of best x calls over the {len(compared)} that ran)"
+            + ("" if self.stopped else "; searching from them")
+        )
 
     def _remeasure(self, index: int, shipped: list) -> None:
         """Build, run and commit one task's shipped records (their traces, this host's times)."""
@@ -525,10 +636,15 @@ class Session:
             return
         run_s = self._measure_and_commit(index, candidates, traces=traces)
         valid = [s for s in run_s if s is not None]
-        self.warm_start["per_task"].append({
-            "name": task.name, "records": len(run_s), "valid": len(valid),
-            "shipped_us": round(min(times) * 1e6, 3),
-            "here_us": round(min(valid) * 1e6, 3) if valid else None})
+        self.warm_start["per_task"].append(
+            {
+                "name": task.name,
+                "records": len(run_s),
+                "valid": len(valid),
+                "shipped_us": round(min(times) * 1e6, 3),
+                "here_us": round(min(valid) * 1e6, 3) if valid else None,
+            }
+        )
         self._batch_done(index, len(candidates), len(valid), batch_start)
 
     # -- search -----------------------------------------------------------------------------------
@@ -541,8 +657,13 @@ class Session:
         ctx = self.contexts[index]
         with quiet_stderr():  # C++ warns 'Unknown schedule rule "meta_schedule.pool_max"' (harmless)
             spaces = ctx.generate_design_space()
-        ctx.pre_tuning(max_trials=1 << 30, num_trials_per_iter=self.batch, design_spaces=spaces,
-                       database=self.database, cost_model=self.cost_model)
+        ctx.pre_tuning(
+            max_trials=1 << 30,
+            num_trials_per_iter=self.batch,
+            design_spaces=spaces,
+            database=self.database,
+            cost_model=self.cost_model,
+        )
         self.pretuned.add(index)
 
     def _new_candidates(self, index: int, n: int) -> list | None:
@@ -582,11 +703,15 @@ class Session:
         self.timings["build"] += t_run - t_build
 
         self.progress.phase(f"measuring {len(candidates)} candidates of {name}")
-        to_run = [RunnerInput(b.artifact_path, self.device_type, c.args_info)
-                  for c, b in zip(candidates, built) if b.error_msg is None]
+        to_run = [
+            RunnerInput(b.artifact_path, self.device_type, c.args_info)
+            for c, b in zip(candidates, built)
+            if b.error_msg is None
+        ]
         futures = iter(self.runner.run(to_run) if to_run else [])
-        results = [RunnerResult(None, b.error_msg) if b.error_msg is not None else next(futures).result()
-                   for b in built]
+        results = [
+            RunnerResult(None, b.error_msg) if b.error_msg is not None else next(futures).result() for b in built
+        ]
         self.timings["run"] += time.perf_counter() - t_run
         return built, results
 
@@ -610,8 +735,9 @@ class Session:
         run_s = self._measure_and_commit(index, candidates, notify=True)
         self._batch_done(index, len(candidates), sum(s is not None for s in run_s), batch_start)
 
-    def _measure_and_commit(self, index: int, candidates: list, *, notify: bool = False,
-                            traces: list | None = None) -> list[float | None]:
+    def _measure_and_commit(
+        self, index: int, candidates: list, *, notify: bool = False, traces: list | None = None
+    ) -> list[float | None]:
         """Build and run one task's candidates, commit each record, learn; run time per record kept.
 
         `notify`: tell the task's search strategy (only for candidates it proposed). `traces`:
@@ -634,9 +760,12 @@ class Session:
             if stopping and run_s is None:
                 continue  # a failure after Ctrl-C may be the signal's doing: do not record it
             record = TuningRecord(
-                trace=cand.sch.trace if traces is None else traces[n], workload=self.workloads[index],
+                trace=cand.sch.trace if traces is None else traces[n],
+                workload=self.workloads[index],
                 run_secs=_floats(result.run_secs) if run_s is not None else [1e10],  # 1e10: failed
-                target=self.spec.target, args_info=cand.args_info)
+                target=self.spec.target,
+                args_info=cand.args_info,
+            )
             # On disk first (TvmsqzError when it cannot be written): only then does it count.
             self.folder.commit_record(self.disk_index[index], record)
             self.database.commit_tuning_record(record)
@@ -665,8 +794,10 @@ class Session:
             if task.failed_batches >= MAX_FAILED_BATCHES:
                 task.exhausted = True
                 reason = next((r.error_msg for r in results if r.error_msg), "no run time")
-                self.say(f"[red]{task.name}: {MAX_FAILED_BATCHES} batches without one valid measurement; "
-                         f"it stays untuned ({str(reason).strip().splitlines()[0][:120]})[/red]")
+                self.say(
+                    f"[red]{task.name}: {MAX_FAILED_BATCHES} batches without one valid measurement; "
+                    f"it stays untuned ({str(reason).strip().splitlines()[0][:120]})[/red]"
+                )
         else:
             task.failed_batches = 0
         ran = [r for b, r in zip(built, results) if b.error_msg is None]
@@ -707,11 +838,18 @@ class Session:
         """What `tune_model` returns and `tuning_summary.json` holds; `records` are those on disk."""
         new_trials = sum(t.new_trials for t in self.tasks)
         seconds = time.perf_counter() - self.start
-        per_task = [{
-            "name": t.name, "calls": t.calls, "flops": t.flops, "trials": t.trials, "valid": t.valid,
-            "best_us": None if t.best_s is None else round(t.best_s * 1e6, 3),
-            "gflops": None if t.best_s is None or not t.flops else round(t.flops / t.best_s / 1e9, 2),
-        } for t in self.tasks]
+        per_task = [
+            {
+                "name": t.name,
+                "calls": t.calls,
+                "flops": t.flops,
+                "trials": t.trials,
+                "valid": t.valid,
+                "best_us": None if t.best_s is None else round(t.best_s * 1e6, 3),
+                "gflops": None if t.best_s is None or not t.flops else round(t.flops / t.best_s / 1e9, 2),
+            }
+            for t in self.tasks
+        ]
         return {
             "target": self.spec.name,
             "work_dir": str(self.folder.path),

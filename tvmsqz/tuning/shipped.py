@@ -85,7 +85,7 @@ def best_records(folder: Path, workloads: list, spec, limit: int) -> list[list[S
     try:
         with open(path) as handle:
             for line in handle:
-                head = line[1:line.find(",")].strip()  # "[<workload line>, [...]]": peek, parse on a match
+                head = line[1 : line.find(",")].strip()  # "[<workload line>, [...]]": peek, parse on a match
                 if not head.isdigit() or int(head) not in matches:
                     continue
                 number, rec = json.loads(line)
@@ -116,4 +116,3 @@ def best_records(folder: Path, workloads: list, spec, limit: int) -> list[list[S
                 break
         chosen.append(picked)
     return chosen
-

@@ -51,7 +51,7 @@ def inplace_tasks(prepared, spec: TargetSpec) -> list:
 
     @relax.expr_functor.visitor
     class _Calls(relax.PyExprVisitor):
-        def visit_call_(self, call) -> None:  # noqa: N802 - TVM visitor naming
+        def visit_call_(self, call) -> None:
             if call.op.same_as(inplace):
                 calls[call.args[0].name_hint] = calls.get(call.args[0].name_hint, 0) + 1
             super().visit_call_(call)

@@ -25,5 +25,4 @@ No FPGA board has run any of this: the device is the simulator.
 from .artifact import VTAModel, bench_vta, compile_vta, load_vta, sidecar_path, tune_vta
 from .config import VTAConfig, load_config
 
-__all__ = ["compile_vta", "load_vta", "bench_vta", "tune_vta", "VTAModel", "VTAConfig", "load_config",
-           "sidecar_path"]
+__all__ = ["compile_vta", "load_vta", "bench_vta", "tune_vta", "VTAModel", "VTAConfig", "load_config", "sidecar_path"]

@@ -24,12 +24,21 @@ from tvmsqz.quant.calibrate import calibration_inputs, default_calibration
 
 from .config import VTAConfig, load_config
 from .graph import Graph, VTAUnit, from_onnx, host_reason, partition, prepare
-from .lower import VTAProgram, Tiling, TilingError
+from .lower import Tiling, TilingError, VTAProgram
 from .quant import HostSegment, QuantNet, quantize_graph, unit_layer
 from .tune import default_tiling_db, load_db, lookup, tune_layers
 
-__all__ = ["FORMAT", "VTAModel", "bench_vta", "compile_vta", "default_calibration", "load_vta", "placement",
-           "sidecar_path", "tune_vta"]
+__all__ = [
+    "FORMAT",
+    "VTAModel",
+    "bench_vta",
+    "compile_vta",
+    "default_calibration",
+    "load_vta",
+    "placement",
+    "sidecar_path",
+    "tune_vta",
+]
 
 FORMAT = "tvmsqz-vta-artifact/1"
 
@@ -40,6 +49,7 @@ def sidecar_path(artifact: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- model loading
+
 
 def _load_model(source):
     """-> (onnx.ModelProto, ModelInfo | None, model name | None)."""
@@ -83,6 +93,7 @@ def choose_tilings(layers: list, cfg: VTAConfig, tiling_db: Path | None | bool) 
 
 # ---------------------------------------------------------------------------- compile
 
+
 def placement(qn: QuantNet, pools: bool = True) -> list:
     """Where every graph op runs: the VTA layer (by index) or host segment, and for the host why."""
     rows = []
@@ -90,25 +101,57 @@ def placement(qn: QuantNet, pools: bool = True) -> list:
     for st in qn.stages:
         if isinstance(st, HostSegment):
             for op in st.ops:
-                rows.append({"op": op.name or op.output, "kind": op.kind, "where": "host", "segment": f"seg{st.index}",
-                             "why": host_reason(op, pools=pools)})
+                rows.append(
+                    {
+                        "op": op.name or op.output,
+                        "kind": op.kind,
+                        "where": "host",
+                        "segment": f"seg{st.index}",
+                        "why": host_reason(op, pools=pools),
+                    }
+                )
             if not st.ops:
-                rows.append({"op": f"quantize {st.inputs[0][0]}", "kind": "quantize", "where": "host",
-                             "segment": f"seg{st.index}", "why": "the fp32 model input becomes int8 blocks"})
+                rows.append(
+                    {
+                        "op": f"quantize {st.inputs[0][0]}",
+                        "kind": "quantize",
+                        "where": "host",
+                        "segment": f"seg{st.index}",
+                        "why": "the fp32 model input becomes int8 blocks",
+                    }
+                )
         else:
             L = qn.layers[st.output]
-            for op in (st.convs or [st.pool]):
-                rows.append({"op": op.name or op.output, "kind": op.kind, "where": "vta", "layer": vi,
-                             "vta_layer": st.name, **({"im2col_of": op.attrs["im2col_of"]}
-                                                      if "im2col_of" in op.attrs else {})})
+            for op in st.convs or [st.pool]:
+                rows.append(
+                    {
+                        "op": op.name or op.output,
+                        "kind": op.kind,
+                        "where": "vta",
+                        "layer": vi,
+                        "vta_layer": st.name,
+                        **({"im2col_of": op.attrs["im2col_of"]} if "im2col_of" in op.attrs else {}),
+                    }
+                )
             rows[-1]["layer_macs"] = L.macs
             vi += 1
     return rows
 
 
-def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, config=None,
-                tiling_db: Path | None | bool = None, host_target=None, first_conv: str = "im2col",
-                pools: bool = True, name: str | None = None, info=None, embed_fp32: bool | None = None) -> dict:
+def compile_vta(
+    onnx_model_or_name,
+    output: Path,
+    *,
+    calibration_images=None,
+    config=None,
+    tiling_db: Path | None | bool = None,
+    host_target=None,
+    first_conv: str = "im2col",
+    pools: bool = True,
+    name: str | None = None,
+    info=None,
+    embed_fp32: bool | None = None,
+) -> dict:
     """Quantise, partition and lower a model for VTA; write the `.so` and its `.vta.npz` sidecar;
     return a summary (the sidecar's own manifest is inside the sidecar).
 
@@ -122,7 +165,8 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     on the host, a 1x1 GEMM on VTA) or "pad" (its 3 channels zero-padded to a block on VTA: 49
     GEMM blocks per pixel instead of 10 at BLOCK 16). `pools=False` keeps the max-pools on the
     host (both for comparison)."""
-    from .host import compile_host, host_target as resolve_host_target
+    from .host import compile_host
+    from .host import host_target as resolve_host_target
 
     t0 = time.time()
     output = Path(output)
@@ -143,8 +187,11 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
         except TilingError:
             programs.append(L.lower(L.default_tiling(cfg), cfg))
     t_lower = time.time()
-    target = host_target if host_target is not None and not isinstance(host_target, (str, dict)) \
+    target = (
+        host_target
+        if host_target is not None and not isinstance(host_target, (str, dict))
         else resolve_host_target(host_target)
+    )
     lib = compile_host(qn, target)
     t_host = time.time()
 
@@ -152,8 +199,15 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     vi = 0
     for st in qn.stages:
         if isinstance(st, HostSegment):
-            stage_list.append({"kind": "host", "function": f"seg{st.index}", "index": st.index,
-                               "inputs": [list(x) for x in st.inputs], "outputs": [list(x) for x in st.outputs]})
+            stage_list.append(
+                {
+                    "kind": "host",
+                    "function": f"seg{st.index}",
+                    "index": st.index,
+                    "inputs": [list(x) for x in st.inputs],
+                    "outputs": [list(x) for x in st.outputs],
+                }
+            )
         else:
             stage_list.append({"kind": "vta", "layer": vi, "input": st.input, "output": st.output})
             vi += 1
@@ -161,15 +215,31 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     layer_meta = []
     for i, (u, L, p, src) in enumerate(zip(units, layers, programs, sources)):
         meta = {
-            "index": i, "name": L.name, "kind": L.kind, "input": u.input, "output": u.output,
-            "convs": [op.name for op in u.convs], "in_channels": L.in_channels, "out_channels": L.out_channels,
-            "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "inp_offset": p.inp_offset,
-            "out_offset": p.out_offset, "dram_size": p.dram_size, "macs": p.macs, "tiling": p.tiling.to_json(),
-            "tiling_source": src, "instructions": int(len(p.insns)), "uops": p.meta["uops"],
+            "index": i,
+            "name": L.name,
+            "kind": L.kind,
+            "input": u.input,
+            "output": u.output,
+            "convs": [op.name for op in u.convs],
+            "in_channels": L.in_channels,
+            "out_channels": L.out_channels,
+            "in_shape": list(p.in_shape),
+            "out_shape": list(p.out_shape),
+            "inp_offset": p.inp_offset,
+            "out_offset": p.out_offset,
+            "dram_size": p.dram_size,
+            "macs": p.macs,
+            "tiling": p.tiling.to_json(),
+            "tiling_source": src,
+            "instructions": int(len(p.insns)),
+            "uops": p.meta["uops"],
         }
         if L.kind == "conv":
-            meta.update(shift=L.shifts.tolist() if L.uniform_shift is None else L.uniform_shift, relu=L.relu,
-                        weight_exponent=qn.wexp[u.output])
+            meta.update(
+                shift=L.shifts.tolist() if L.uniform_shift is None else L.uniform_shift,
+                relu=L.relu,
+                weight_exponent=qn.wexp[u.output],
+            )
         layer_meta.append(meta)
     manifest = {
         "format": FORMAT,
@@ -180,12 +250,20 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
         "host_target": str(target),
         "stages": stage_list,
         "layers": layer_meta,
-        "tensors": {t: {"shape": list(graph.shapes[t]), "exponent": qn.qexp.get(t),
-                        **({"zero_point": [int(v) for v in qn.zero[t]]} if t in qn.zero else {})}
-                    for t in graph.shapes},
-        "quantization": {"scheme": "int8, power-of-two scales: activations per tensor (zero points where they fold "
-                                   "exactly), weights per output channel", "calibration_images": qn.calibration["images"],
-                         "bias_correction": "bias_correction" in qn.calibration},
+        "tensors": {
+            t: {
+                "shape": list(graph.shapes[t]),
+                "exponent": qn.qexp.get(t),
+                **({"zero_point": [int(v) for v in qn.zero[t]]} if t in qn.zero else {}),
+            }
+            for t in graph.shapes
+        },
+        "quantization": {
+            "scheme": "int8, power-of-two scales: activations per tensor (zero points where they fold "
+            "exactly), weights per output channel",
+            "calibration_images": qn.calibration["images"],
+            "bias_correction": "bias_correction" in qn.calibration,
+        },
         "macs_offloaded": int(macs_off),
         "macs_total": int(macs_total),
         "mac_offload_share": macs_off / macs_total if macs_total else 0.0,
@@ -209,17 +287,24 @@ def compile_vta(onnx_model_or_name, output: Path, *, calibration_images=None, co
     return {
         **{k: manifest[k] for k in ("format", "model", "macs_offloaded", "macs_total", "mac_offload_share", "note")},
         "input": {"name": graph.input_name, "shape": list(graph.input_shape), "dtype": "float32"},
-        "artifact": str(output), "sidecar": str(sidecar_path(output)),
-        "config": cfg.to_json(), "host_target": str(target),
-        "vta_layers": len(programs), "host_segments": len(qn.host_segments()),
+        "artifact": str(output),
+        "sidecar": str(sidecar_path(output)),
+        "config": cfg.to_json(),
+        "host_target": str(target),
+        "vta_layers": len(programs),
+        "host_segments": len(qn.host_segments()),
         "instructions": int(sum(len(p.insns) for p in programs)),
         "tilings": {L.name: {"tiling": t.to_json(), "source": s} for L, t, s in zip(layers, tilings, sources)},
-        "seconds": {"quantize_and_lower": round(t_lower - t0, 2), "host_compile": round(t_host - t_lower, 2),
-                    "total": round(t_end - t0, 2)},
+        "seconds": {
+            "quantize_and_lower": round(t_lower - t0, 2),
+            "host_compile": round(t_host - t_lower, 2),
+            "total": round(t_end - t0, 2),
+        },
     }
 
 
 # ---------------------------------------------------------------------------- load / run
+
 
 class VTAModel(ArtifactBase):
     """A loaded VTA artifact (the `tvmsqz.artifact.Artifact` protocol): host library + VTA
@@ -230,14 +315,27 @@ class VTAModel(ArtifactBase):
     `vta_manifest`. An artifact written by `compile_vta` alone has no `.so.json`: `manifest` is
     then the input description taken from the sidecar."""
 
-    def __init__(self, vta_manifest: dict, programs: list, host, fp32_onnx: bytes | None = None, *,
-                 path: Path | None = None, manifest: dict | None = None):
+    def __init__(
+        self,
+        vta_manifest: dict,
+        programs: list,
+        host,
+        fp32_onnx: bytes | None = None,
+        *,
+        path: Path | None = None,
+        manifest: dict | None = None,
+    ):
         self.vta_manifest = vta_manifest
         self.path = Path(path) if path is not None else Path("model.so")
         inp = vta_manifest["input"]
-        self.manifest = manifest if manifest is not None else {
-            "model": vta_manifest.get("model"),
-            "input": {"name": inp["name"], "shape": list(inp["shape"]), "dtype": "float32"}}
+        self.manifest = (
+            manifest
+            if manifest is not None
+            else {
+                "model": vta_manifest.get("model"),
+                "input": {"name": inp["name"], "shape": list(inp["shape"]), "dtype": "float32"},
+            }
+        )
         self.cfg = VTAConfig.from_json(vta_manifest["config"])
         self.programs = programs
         self.host = host
@@ -265,8 +363,10 @@ class VTAModel(ArtifactBase):
         for _ in range(repeat):
             self.run(x)
             for st in self.last_stats["stages"]:
-                row = rows.setdefault(st["name"], {"name": st["name"], "time_us": 0.0, "calls": 0,
-                                                   "where": st["where"], "kind": st["kind"]})
+                row = rows.setdefault(
+                    st["name"],
+                    {"name": st["name"], "time_us": 0.0, "calls": 0, "where": st["where"], "kind": st["kind"]},
+                )
                 if st["where"] == "vta":
                     row["time_us"] += st["cycles"] / clock
                     row["cycles"] = st["cycles"]
@@ -303,9 +403,16 @@ class VTAModel(ArtifactBase):
                 dt = time.time() - t0
                 host_s += dt
                 rows = ops_of.get(st["function"], [])
-                per_layer.append({"name": st["function"], "where": "host", "kind": "+".join(r["kind"] for r in rows),
-                                  "ops": [r["op"] for r in rows], "why": sorted({r["why"] for r in rows}),
-                                  "host_ms": round(1e3 * dt, 2)})
+                per_layer.append(
+                    {
+                        "name": st["function"],
+                        "where": "host",
+                        "kind": "+".join(r["kind"] for r in rows),
+                        "ops": [r["op"] for r in rows],
+                        "why": sorted({r["why"] for r in rows}),
+                        "host_ms": round(1e3 * dt, 2),
+                    }
+                )
             else:
                 i = st["layer"]
                 p = self.programs[i]
@@ -317,15 +424,26 @@ class VTAModel(ArtifactBase):
                 sim_s += dt
                 s = stats.as_dict()
                 issued = s["gemm_uop_iters"] * peak
-                per_layer.append({"name": p.name, "where": "vta", "kind": m["layers"][i].get("kind", "conv"),
-                                  "cycles": s["cycles"], "dram_bytes": s["dram_bytes"],
-                                  "macs": p.macs, "macs_per_cycle": round(p.macs / max(1, s["cycles"]), 2),
-                                  "peak_macs_per_cycle": peak,
-                                  "peak_share": round(p.macs / max(1, s["cycles"]) / peak, 4),
-                                  "gemm_lane_use": round(p.macs / issued, 4) if issued else None,
-                                  "instructions": s["instructions"], "gemm_uop_iters": s["gemm_uop_iters"],
-                                  "alu_uop_iters": s["alu_uop_iters"], "tiling": p.tiling.to_json(),
-                                  "queue_busy_cycles": s["queue_busy_cycles"], "sim_seconds": round(dt, 4)})
+                per_layer.append(
+                    {
+                        "name": p.name,
+                        "where": "vta",
+                        "kind": m["layers"][i].get("kind", "conv"),
+                        "cycles": s["cycles"],
+                        "dram_bytes": s["dram_bytes"],
+                        "macs": p.macs,
+                        "macs_per_cycle": round(p.macs / max(1, s["cycles"]), 2),
+                        "peak_macs_per_cycle": peak,
+                        "peak_share": round(p.macs / max(1, s["cycles"]) / peak, 4),
+                        "gemm_lane_use": round(p.macs / issued, 4) if issued else None,
+                        "instructions": s["instructions"],
+                        "gemm_uop_iters": s["gemm_uop_iters"],
+                        "alu_uop_iters": s["alu_uop_iters"],
+                        "tiling": p.tiling.to_json(),
+                        "queue_busy_cycles": s["queue_busy_cycles"],
+                        "sim_seconds": round(dt, 4),
+                    }
+                )
         vta_rows = [L for L in per_layer if L["where"] == "vta"]
         cycles = sum(L["cycles"] for L in vta_rows)
         self.last_stats = {
@@ -382,10 +500,20 @@ def load_vta(artifact: Path, manifest: dict | None = None) -> VTAModel:
         programs = []
         for L in vta_manifest["layers"]:
             i = L["index"]
-            programs.append(VTAProgram(
-                name=L["name"], insns=z[f"insns_{i}"], dram_const=z[f"dram_{i}"], inp_offset=L["inp_offset"],
-                out_offset=L["out_offset"], dram_size=L["dram_size"], in_shape=tuple(L["in_shape"]),
-                out_shape=tuple(L["out_shape"]), macs=L["macs"], tiling=Tiling.from_json(L["tiling"])))
+            programs.append(
+                VTAProgram(
+                    name=L["name"],
+                    insns=z[f"insns_{i}"],
+                    dram_const=z[f"dram_{i}"],
+                    inp_offset=L["inp_offset"],
+                    out_offset=L["out_offset"],
+                    dram_size=L["dram_size"],
+                    in_shape=tuple(L["in_shape"]),
+                    out_shape=tuple(L["out_shape"]),
+                    macs=L["macs"],
+                    tiling=Tiling.from_json(L["tiling"]),
+                )
+            )
         fp32 = bytes(z["fp32_onnx"]) if "fp32_onnx" in z.files else None
     with quiet_stderr():
         lib = tvm.runtime.load_module(str(artifact))
@@ -393,6 +521,7 @@ def load_vta(artifact: Path, manifest: dict | None = None) -> VTAModel:
 
 
 # ---------------------------------------------------------------------------- bench
+
 
 def _fp32_session(model: VTAModel, fp32_model=None):
     import onnxruntime as ort
@@ -446,7 +575,7 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
     in_name = sess.get_inputs()[0].name
     try:
         names = class_names()
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 # pragma: no cover - names are decoration
         names = None
     rows, agree, overlap = [], 0, 0.0
     stats = None
@@ -460,14 +589,23 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
         r5, y5 = list(np.argsort(-ref)[:5]), list(np.argsort(-y)[:5])
         agree += int(r5[0] == y5[0])
         overlap += len(set(r5) & set(y5)) / 5
-        rows.append({"image": name, "fp32_top1": int(r5[0]), "vta_top1": int(y5[0]),
-                     "fp32_label": names[r5[0]] if names and len(names) == len(ref) else None,
-                     "vta_label": names[y5[0]] if names and len(names) == len(y) else None,
-                     "top1_agrees": bool(r5[0] == y5[0]), "top5_overlap": len(set(r5) & set(y5)) / 5,
-                     "max_abs_diff": float(np.abs(ref - y).max()), "kl_vs_fp32": _kl(ref, y),
-                     "simulated_cycles": stats["cycles"], "simulated_ms": round(stats["simulated_ms"], 3),
-                     "host_ms": round(1e3 * stats["host_seconds"], 2),
-                     "simulator_wall_s": round(stats["sim_seconds"], 3)})
+        rows.append(
+            {
+                "image": name,
+                "fp32_top1": int(r5[0]),
+                "vta_top1": int(y5[0]),
+                "fp32_label": names[r5[0]] if names and len(names) == len(ref) else None,
+                "vta_label": names[y5[0]] if names and len(names) == len(y) else None,
+                "top1_agrees": bool(r5[0] == y5[0]),
+                "top5_overlap": len(set(r5) & set(y5)) / 5,
+                "max_abs_diff": float(np.abs(ref - y).max()),
+                "kl_vs_fp32": _kl(ref, y),
+                "simulated_cycles": stats["cycles"],
+                "simulated_ms": round(stats["simulated_ms"], 3),
+                "host_ms": round(1e3 * stats["host_seconds"], 2),
+                "simulator_wall_s": round(stats["sim_seconds"], 3),
+            }
+        )
     n = len(named)
     host_rows = [r for r in m.get("placement", []) if r["where"] == "host"]
     return {
@@ -484,22 +622,38 @@ def bench_vta(artifact, images=None, *, fp32_model=None) -> dict:
         "macs_total": m["macs_total"],
         "top1_agreement_vs_fp32": agree / n,
         "top5_overlap_vs_fp32": overlap / n,
-        "mean_kl_vs_fp32": (round(float(np.mean([r["kl_vs_fp32"] for r in rows])), 5)
-                            if all(r["kl_vs_fp32"] is not None for r in rows) else None),
+        "mean_kl_vs_fp32": (
+            round(float(np.mean([r["kl_vs_fp32"] for r in rows])), 5)
+            if all(r["kl_vs_fp32"] is not None for r in rows)
+            else None
+        ),
         "per_image": rows,
         "per_layer": stats["stages"],
         "on_host": [{k: r[k] for k in ("op", "kind", "segment", "why")} for r in host_rows],
         "host_ms_per_image": round(float(np.mean([r["host_ms"] for r in rows])), 2),
         "host_note": "host ms: TVM-compiled host segments on this machine's CPU, not a board's ARM cores",
-        "wall_seconds_per_image": {"mean": round(float(np.mean(wall)), 3), "host": stats["host_seconds"],
-                                   "simulator": stats["sim_seconds"]},
+        "wall_seconds_per_image": {
+            "mean": round(float(np.mean(wall)), 3),
+            "host": stats["host_seconds"],
+            "simulator": stats["sim_seconds"],
+        },
     }
 
 
 # ---------------------------------------------------------------------------- tune
 
-def tune_vta(model, trials: int, output_db: Path, *, config=None, progress=None, seed: int = 0,
-             first_conv: str = "im2col", pools: bool = True) -> dict:
+
+def tune_vta(
+    model,
+    trials: int,
+    output_db: Path,
+    *,
+    config=None,
+    progress=None,
+    seed: int = 0,
+    first_conv: str = "im2col",
+    pools: bool = True,
+) -> dict:
     """Search tilings of every VTA layer of `model` (convolutions and max-pools; simulated
     cycles), saving to `output_db` (resumable: records already there seed the search and are
     kept). `first_conv`/`pools` as for `compile_vta`, so that the layers searched are the ones

@@ -16,14 +16,30 @@ from typing import Any
 
 from tvmsqz.errors import TvmsqzError
 
-_REQUIRED = ("LOG_INP_WIDTH", "LOG_WGT_WIDTH", "LOG_ACC_WIDTH", "LOG_BATCH", "LOG_BLOCK",
-             "LOG_UOP_BUFF_SIZE", "LOG_INP_BUFF_SIZE", "LOG_WGT_BUFF_SIZE", "LOG_ACC_BUFF_SIZE")
+_REQUIRED = (
+    "LOG_INP_WIDTH",
+    "LOG_WGT_WIDTH",
+    "LOG_ACC_WIDTH",
+    "LOG_BATCH",
+    "LOG_BLOCK",
+    "LOG_UOP_BUFF_SIZE",
+    "LOG_INP_BUFF_SIZE",
+    "LOG_WGT_BUFF_SIZE",
+    "LOG_ACC_BUFF_SIZE",
+)
 
 # Defaults of apache/tvm-vta config/vta_config.json (the "sim" target, 64-bit AXI bus).
 DEFAULT_HW = {
-    "LOG_INP_WIDTH": 3, "LOG_WGT_WIDTH": 3, "LOG_ACC_WIDTH": 5, "LOG_BATCH": 0, "LOG_BLOCK": 4,
-    "LOG_UOP_BUFF_SIZE": 15, "LOG_INP_BUFF_SIZE": 15, "LOG_WGT_BUFF_SIZE": 18,
-    "LOG_ACC_BUFF_SIZE": 17, "LOG_BUS_WIDTH": 6,
+    "LOG_INP_WIDTH": 3,
+    "LOG_WGT_WIDTH": 3,
+    "LOG_ACC_WIDTH": 5,
+    "LOG_BATCH": 0,
+    "LOG_BLOCK": 4,
+    "LOG_UOP_BUFF_SIZE": 15,
+    "LOG_INP_BUFF_SIZE": 15,
+    "LOG_WGT_BUFF_SIZE": 18,
+    "LOG_ACC_BUFF_SIZE": 17,
+    "LOG_BUS_WIDTH": 6,
 }
 
 DEFAULT_CYCLES = {"clock_mhz": 100, "insn_overhead": 4, "dram_latency": 32, "gemm_ii": 1, "alu_ii": 2}
@@ -141,7 +157,7 @@ class VTAConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> "VTAConfig":
+    def from_json(cls, d: dict[str, Any] | None) -> VTAConfig:
         d = dict(d or {})
         cyc = d.pop("cycles", None)
         hw = {k: int(v) for k, v in d.items() if k.startswith("LOG_")}
@@ -149,8 +165,9 @@ class VTAConfig:
         if unknown:
             raise TvmsqzError(f"unknown VTA parameters: {', '.join(unknown)}")
         merged = {**DEFAULT_HW, **hw}
-        cm = CycleModel(**{k: v for k, v in {**DEFAULT_CYCLES, **(cyc or {})}.items()
-                           if k in CycleModel.__dataclass_fields__})
+        cm = CycleModel(
+            **{k: v for k, v in {**DEFAULT_CYCLES, **(cyc or {})}.items() if k in CycleModel.__dataclass_fields__}
+        )
         return cls(**merged, cycles=cm)
 
 
@@ -160,7 +177,7 @@ def config_from_target(data: dict[str, Any]) -> VTAConfig:
     its "cycle_model" (the `note` and other non-parameters ignored). Missing ones default."""
     hw = data.get("vta", data)
     if not isinstance(hw, dict):
-        raise TvmsqzError("a VTA target's \"vta\" field must be an object of LOG_* parameters")
+        raise TvmsqzError('a VTA target\'s "vta" field must be an object of LOG_* parameters')
     hw = {k: v for k, v in hw.items() if k.startswith("LOG_")}
     return VTAConfig.from_json({**hw, "cycles": data.get("cycle_model")})
 

@@ -113,9 +113,21 @@ def from_onnx(model: onnx.ModelProto) -> Graph:
             strides = list(a.get("strides", [1, 1]))
             if strides[0] != strides[1] or w.shape[2] != w.shape[3]:
                 raise TvmsqzError(f"Conv {n.name}: only square kernels and equal strides are supported")
-            ops.append(Op("conv", [ins[0]], out, {"weight": w.astype(np.float32), "bias": b.astype(np.float32),
-                                                   "stride": int(strides[0]), "pad": int(pads[0]), "relu": False},
-                          n.name))
+            ops.append(
+                Op(
+                    "conv",
+                    [ins[0]],
+                    out,
+                    {
+                        "weight": w.astype(np.float32),
+                        "bias": b.astype(np.float32),
+                        "stride": int(strides[0]),
+                        "pad": int(pads[0]),
+                        "relu": False,
+                    },
+                    n.name,
+                )
+            )
         elif t == "Relu":
             ops.append(Op("relu", ins, out, name=n.name))
         elif t in ("MaxPool", "AveragePool"):
@@ -124,9 +136,20 @@ def from_onnx(model: onnx.ModelProto) -> Graph:
                 raise TvmsqzError(f"{t} {n.name}: padding is not supported")
             ks = list(a["kernel_shape"])
             st = list(a.get("strides", [1, 1]))
-            ops.append(Op("maxpool" if t == "MaxPool" else "avgpool", ins, out,
-                          {"kernel": int(ks[0]), "stride": int(st[0]), "pads": [int(p) for p in pads],
-                           "ceil": int(a.get("ceil_mode", 0))}, n.name))
+            ops.append(
+                Op(
+                    "maxpool" if t == "MaxPool" else "avgpool",
+                    ins,
+                    out,
+                    {
+                        "kernel": int(ks[0]),
+                        "stride": int(st[0]),
+                        "pads": [int(p) for p in pads],
+                        "ceil": int(a.get("ceil_mode", 0)),
+                    },
+                    n.name,
+                )
+            )
         elif t == "GlobalAveragePool":
             ops.append(Op("gap", ins, out, name=n.name))
         elif t == "Concat":
@@ -174,8 +197,12 @@ def infer_shapes(graph: Graph) -> None:
             sh[op.output] = (1, o, (x[2] + 2 * p - k) // s + 1, (x[3] + 2 * p - k) // s + 1)
         elif op.kind in ("maxpool", "avgpool"):
             k, s, p = op.attrs["kernel"], op.attrs["stride"], op.attrs["pads"]
-            sh[op.output] = (1, x[1], pool_out(x[2], k, s, p[0], p[2], op.attrs["ceil"]),
-                             pool_out(x[3], k, s, p[1], p[3], op.attrs["ceil"]))
+            sh[op.output] = (
+                1,
+                x[1],
+                pool_out(x[2], k, s, p[0], p[2], op.attrs["ceil"]),
+                pool_out(x[3], k, s, p[1], p[3], op.attrs["ceil"]),
+            )
         elif op.kind == "gap":
             sh[op.output] = (1, x[1], 1, 1)
         elif op.kind == "im2col":
@@ -192,14 +219,18 @@ def infer_shapes(graph: Graph) -> None:
 
 # ---------------------------------------------------------------------------- numpy fp32
 
+
 def im2col_nchw(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
     """(1, C, H, W) -> (1, k*k*C, Ho, Wo): channel (ky*k + kx)*C + c holds x[c] at tap (ky, kx) of
     each output pixel's window (tap-major, so a tap's C values are adjacent lanes)."""
     xp = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
     ho = (xp.shape[1] - k) // stride + 1
     wo = (xp.shape[2] - k) // stride + 1
-    taps = [xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
-            for ky in range(k) for kx in range(k)]
+    taps = [
+        xp[:, ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride]
+        for ky in range(k)
+        for kx in range(k)
+    ]
     return np.concatenate(taps)[None]
 
 
@@ -213,7 +244,7 @@ def conv2d_nchw(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int,
     cols = np.empty((c, k, k, ho, wo), dtype=np.float32)
     for ky in range(k):
         for kx in range(k):
-            cols[:, ky, kx] = xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
+            cols[:, ky, kx] = xp[:, ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride]
     y = w.reshape(o, -1).astype(np.float32) @ cols.reshape(c * k * k, -1)
     if b is not None:
         y += b[:, None]
@@ -231,7 +262,7 @@ def pool2d(x: np.ndarray, kind: str, k: int, s: int, pads, ceil: int) -> np.ndar
     out = None
     for ky in range(k):
         for kx in range(k):
-            v = xp[:, :, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+            v = xp[:, :, ky : ky + s * (ho - 1) + 1 : s, kx : kx + s * (wo - 1) + 1 : s]
             if out is None:
                 out = v.copy()
             elif kind == "maxpool":
@@ -306,11 +337,25 @@ def prepare(graph: Graph, first_conv: str = "im2col", block: int = 16) -> Graph:
             o, c, k, _ = op.attrs["weight"].shape
             if k > 1 and c % block and -(-c * k * k // block) < k * k * -(-c // block):
                 cols = f"{op.output}/im2col"
-                ops.append(Op("im2col", list(op.inputs), cols,
-                              {"kernel": k, "stride": op.attrs["stride"], "pad": op.attrs["pad"]}, f"{op.name}/im2col"))
+                ops.append(
+                    Op(
+                        "im2col",
+                        list(op.inputs),
+                        cols,
+                        {"kernel": k, "stride": op.attrs["stride"], "pad": op.attrs["pad"]},
+                        f"{op.name}/im2col",
+                    )
+                )
                 w = op.attrs["weight"].transpose(0, 2, 3, 1).reshape(o, k * k * c, 1, 1)
-                ops.append(Op("conv", [cols], op.output, {**op.attrs, "weight": np.ascontiguousarray(w),
-                                                          "stride": 1, "pad": 0, "im2col_of": [c, k]}, op.name))
+                ops.append(
+                    Op(
+                        "conv",
+                        [cols],
+                        op.output,
+                        {**op.attrs, "weight": np.ascontiguousarray(w), "stride": 1, "pad": 0, "im2col_of": [c, k]},
+                        op.name,
+                    )
+                )
                 continue
         ops.append(op)
     g = Graph(ops, graph.input_name, graph.input_shape, graph.output_name)
@@ -319,6 +364,7 @@ def prepare(graph: Graph, first_conv: str = "im2col", block: int = 16) -> Graph:
 
 
 # ---------------------------------------------------------------------------- partition
+
 
 @dataclass
 class VTAUnit:
@@ -346,8 +392,17 @@ def conv_fits(op: Op, graph: Graph, cfg=None) -> bool:
     cfg = cfg or load_config()
     _, c, h, w = graph.shapes[op.inputs[0]]
     wz = np.zeros(op.attrs["weight"].shape, np.int8)
-    layer = ConvLayer(op.name, c, h, w, [Branch(wz, op.attrs["pad"])], np.zeros(wz.shape[0], np.int32), 8,
-                      op.attrs["relu"], op.attrs["stride"])
+    layer = ConvLayer(
+        op.name,
+        c,
+        h,
+        w,
+        [Branch(wz, op.attrs["pad"])],
+        np.zeros(wz.shape[0], np.int32),
+        8,
+        op.attrs["relu"],
+        op.attrs["stride"],
+    )
     try:
         default_tiling(layer, cfg)
         return True
@@ -367,8 +422,17 @@ def pool_layer(op: Op, graph: Graph, nonneg: bool):
     from .pool import PoolLayer
 
     _, c, h, w = graph.shapes[op.inputs[0]]
-    return PoolLayer(op.name or op.output, c, h, w, op.attrs["kernel"], op.attrs["stride"],
-                     tuple(op.attrs["pads"]), op.attrs["ceil"], nonneg)
+    return PoolLayer(
+        op.name or op.output,
+        c,
+        h,
+        w,
+        op.attrs["kernel"],
+        op.attrs["stride"],
+        tuple(op.attrs["pads"]),
+        op.attrs["ceil"],
+        nonneg,
+    )
 
 
 def pool_on_vta(op: Op, graph: Graph, nonneg: bool, cfg=None) -> bool:
@@ -404,10 +468,18 @@ def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
         if op.kind != "concat":
             continue
         srcs = [prod.get(i) for i in op.inputs]
-        if all(s is not None and eligible.get(s.output) and len(cons.get(s.output, [])) == 1
-               and s.attrs["weight"].shape[0] % block == 0 for s in srcs) \
-                and len({s.inputs[0] for s in srcs}) == 1 \
-                and len({graph.shapes[s.output][2:] for s in srcs}) == 1 and len({s.attrs["stride"] for s in srcs}) == 1:
+        if (
+            all(
+                s is not None
+                and eligible.get(s.output)
+                and len(cons.get(s.output, [])) == 1
+                and s.attrs["weight"].shape[0] % block == 0
+                for s in srcs
+            )
+            and len({s.inputs[0] for s in srcs}) == 1
+            and len({graph.shapes[s.output][2:] for s in srcs}) == 1
+            and len({s.attrs["stride"] for s in srcs}) == 1
+        ):
             name = op.name or op.output
             units[op.output] = VTAUnit(name, srcs, srcs[0].inputs[0], op.output)
             for s in srcs:
@@ -422,10 +494,14 @@ def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
         unit = units.get(op.output)
         if unit is None and op.kind == "conv" and eligible[op.output]:
             unit = VTAUnit(op.name or op.output, [op], op.inputs[0], op.output)
-        if unit is None and pools and op.kind == "maxpool" and op.inputs[0] in on_vta \
-                and pool_on_vta(op, graph, op.inputs[0] in nonneg, cfg):
-            unit = VTAUnit(op.name or op.output, [], op.inputs[0], op.output, pool=op,
-                           nonneg=op.inputs[0] in nonneg)
+        if (
+            unit is None
+            and pools
+            and op.kind == "maxpool"
+            and op.inputs[0] in on_vta
+            and pool_on_vta(op, graph, op.inputs[0] in nonneg, cfg)
+        ):
+            unit = VTAUnit(op.name or op.output, [], op.inputs[0], op.output, pool=op, nonneg=op.inputs[0] in nonneg)
         if unit is not None:
             if host or (unit.input == graph.input_name and not stages):
                 stages.append(host)  # may be empty: a segment that only quantises the model input
@@ -443,7 +519,7 @@ def partition(graph: Graph, *, cfg=None, pools: bool = True) -> list:
 
 _HOST_REASONS = {
     "im2col": "layout step: gathers each conv window into channels so the conv runs as a 1x1 GEMM "
-              "(VTA's loads move whole channel blocks and cannot gather bytes)",
+    "(VTA's loads move whole channel blocks and cannot gather bytes)",
     "gap": "global average: a division by H*W (not a power of two) and the classifier's final scale; few ops",
     "softmax": "needs exp and a division; the ALU has min/max/add/shift/mul only",
     "flatten": "a reshape of the host's own tensor: no data movement",

@@ -50,9 +50,15 @@ def resolve_host(name: str = "x86") -> dict:
         raise TvmsqzError(f"the VTA target's host {name!r} is not a CPU target (family {raw.get('family')!r})")
     if "alias_of" in raw:
         flags = host_cpu_flags()
-        native = [c for c in map(read, sorted(TARGETS_DIR.glob("*.json")))
-                  if c.get("family") == "cpu" and c.get("tvm") and "requires_cpu_flags" in c
-                  and not (c.get("export") or {}).get("cc") and set(c["requires_cpu_flags"]) <= flags]
+        native = [
+            c
+            for c in map(read, sorted(TARGETS_DIR.glob("*.json")))
+            if c.get("family") == "cpu"
+            and c.get("tvm")
+            and "requires_cpu_flags" in c
+            and not (c.get("export") or {}).get("cc")
+            and set(c["requires_cpu_flags"]) <= flags
+        ]
         if not native:
             raise TvmsqzError(f"this host's CPU fits no target that {name!r} stands for; name the VTA host explicitly")
         raw = max(native, key=lambda c: len(c["requires_cpu_flags"]))
@@ -61,8 +67,12 @@ def resolve_host(name: str = "x86") -> dict:
         raise TvmsqzError(f"the VTA target's host {name!r} has no TVM target")
     if tvm_config.get("num-cores") == "host":
         tvm_config["num-cores"] = host_cores()
-    return {"name": raw["name"], "tvm": tvm_config, "requires_cpu_flags": list(raw.get("requires_cpu_flags") or []),
-            "cc": (raw.get("export") or {}).get("cc")}
+    return {
+        "name": raw["name"],
+        "tvm": tvm_config,
+        "requires_cpu_flags": list(raw.get("requires_cpu_flags") or []),
+        "cc": (raw.get("export") or {}).get("cc"),
+    }
 
 
 def host_target(host: str | dict | None = None):
@@ -162,8 +172,13 @@ def _relax_op(op, args, const, shapes: dict):
     if k in ("maxpool", "avgpool"):
         p = op.attrs["pads"]
         fn = R.nn.max_pool2d if k == "maxpool" else R.nn.avg_pool2d
-        return fn(x, pool_size=op.attrs["kernel"], strides=op.attrs["stride"], padding=[p[0], p[1], p[2], p[3]],
-                  ceil_mode=bool(op.attrs["ceil"]))
+        return fn(
+            x,
+            pool_size=op.attrs["kernel"],
+            strides=op.attrs["stride"],
+            padding=[p[0], p[1], p[2], p[3]],
+            ceil_mode=bool(op.attrs["ceil"]),
+        )
     if k == "gap":
         return R.mean(x, axis=[2, 3], keepdims=True)
     if k == "im2col":
@@ -191,8 +206,13 @@ def _im2col(x, shape: tuple, k: int, s: int, p: int):
     if p:
         x = R.nn.pad(x, [0, 0, 0, 0, p, p, p, p])
     ho, wo = (h - k) // s + 1, (w - k) // s + 1
-    taps = [R.strided_slice(x, axes=[2, 3], begin=[ky, kx], end=[ky + s * (ho - 1) + 1, kx + s * (wo - 1) + 1],
-                            strides=[s, s]) for ky in range(k) for kx in range(k)]
+    taps = [
+        R.strided_slice(
+            x, axes=[2, 3], begin=[ky, kx], end=[ky + s * (ho - 1) + 1, kx + s * (wo - 1) + 1], strides=[s, s]
+        )
+        for ky in range(k)
+        for kx in range(k)
+    ]
     return R.concat(relax.Tuple(taps), axis=1)
 
 
@@ -200,8 +220,11 @@ def _quantised_gathers(qn: QuantNet, seg) -> dict:
     """im2col ops of `seg` whose output leaves for VTA and is read by nothing else in the
     segment: built int8-first by `_im2col_blocks` (tensor -> op)."""
     readers = {i for op in seg.ops for i in op.inputs}
-    return {op.output: op for op in seg.ops if op.kind == "im2col" and (op.output, "q") in seg.outputs
-            and op.output not in readers}
+    return {
+        op.output: op
+        for op in seg.ops
+        if op.kind == "im2col" and (op.output, "q") in seg.outputs and op.output not in readers
+    }
 
 
 def _im2col_blocks(bb, qn: QuantNet, op, x, const):

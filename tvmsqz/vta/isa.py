@@ -15,7 +15,7 @@ fields are zero. `encode` returns an int (< 2**128) and `encode_program` a littl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -26,8 +26,7 @@ LOAD, STORE, GEMM, FINISH, ALU = 0, 1, 2, 3, 4
 OPCODE_NAMES = {LOAD: "LOAD", STORE: "STORE", GEMM: "GEMM", FINISH: "FINISH", ALU: "ALU"}
 # Memory ids
 MEM_UOP, MEM_WGT, MEM_INP, MEM_ACC, MEM_OUT, MEM_ACC_8BIT = 0, 1, 2, 3, 4, 5
-MEM_NAMES = {MEM_UOP: "UOP", MEM_WGT: "WGT", MEM_INP: "INP", MEM_ACC: "ACC", MEM_OUT: "OUT",
-             MEM_ACC_8BIT: "ACC_8BIT"}
+MEM_NAMES = {MEM_UOP: "UOP", MEM_WGT: "WGT", MEM_INP: "INP", MEM_ACC: "ACC", MEM_OUT: "OUT", MEM_ACC_8BIT: "ACC_8BIT"}
 # ALU opcodes
 ALU_MIN, ALU_MAX, ALU_ADD, ALU_SHR, ALU_MUL = 0, 1, 2, 3, 4
 ALU_NAMES = {ALU_MIN: "MIN", ALU_MAX: "MAX", ALU_ADD: "ADD", ALU_SHR: "SHR", ALU_MUL: "MUL"}
@@ -98,7 +97,7 @@ def _head() -> list[tuple[str, int, bool]]:
     return [("opcode", OPCODE_BIT_WIDTH, False)] + [(d, 1, False) for d in DEP_FIELDS]
 
 
-@lru_cache(maxsize=None)
+@cache
 def layouts(cfg: VTAConfig) -> dict[str, Layout]:
     """The bit layouts of every instruction kind and of the micro-op for `cfg`."""
     acc, inp, wgt, uop = cfg.acc_depth_log, cfg.inp_depth_log, cfg.wgt_depth_log, cfg.uop_depth_log
@@ -123,19 +122,27 @@ def layouts(cfg: VTAConfig) -> dict[str, Layout]:
         ("dst_factor_out", acc, False),
         ("dst_factor_in", acc, False),
     ]
-    gemm = _head() + loop + [
-        ("src_factor_out", inp, False),
-        ("src_factor_in", inp, False),
-        ("wgt_factor_out", wgt, False),
-        ("wgt_factor_in", wgt, False),
-    ]
-    alu = _head() + loop + [
-        ("src_factor_out", acc, False),
-        ("src_factor_in", acc, False),
-        ("alu_opcode", ALU_OPCODE_BIT_WIDTH, False),
-        ("use_imm", 1, False),
-        ("imm", ALUOP_IMM_BIT_WIDTH, True),
-    ]
+    gemm = (
+        _head()
+        + loop
+        + [
+            ("src_factor_out", inp, False),
+            ("src_factor_in", inp, False),
+            ("wgt_factor_out", wgt, False),
+            ("wgt_factor_in", wgt, False),
+        ]
+    )
+    alu = (
+        _head()
+        + loop
+        + [
+            ("src_factor_out", acc, False),
+            ("src_factor_in", acc, False),
+            ("alu_opcode", ALU_OPCODE_BIT_WIDTH, False),
+            ("use_imm", 1, False),
+            ("imm", ALUOP_IMM_BIT_WIDTH, True),
+        ]
+    )
     uop_decl = [("dst_idx", acc, False), ("src_idx", max(acc, inp), False), ("wgt_idx", wgt, False)]
     return {
         "mem": pack_bitfields("VTAMemInsn", mem, 64, 128),
@@ -256,6 +263,7 @@ def program_bytes(program: np.ndarray) -> bytes:
 
 # ---- convenience constructors (used by the lowering and the tests) ----
 
+
 def _deps(deps: dict | None) -> dict:
     d = dict(deps or {})
     bad = [k for k in d if k not in DEP_FIELDS]
@@ -264,32 +272,98 @@ def _deps(deps: dict | None) -> dict:
     return d
 
 
-def mem_insn(opcode: int, memory_type: int, sram_base: int, dram_base: int, y_size: int, x_size: int,
-             x_stride: int, y_pad_0: int = 0, y_pad_1: int = 0, x_pad_0: int = 0, x_pad_1: int = 0,
-             **deps) -> dict:
-    return {"opcode": opcode, "memory_type": memory_type, "sram_base": sram_base, "dram_base": dram_base,
-            "y_size": y_size, "x_size": x_size, "x_stride": x_stride, "y_pad_0": y_pad_0,
-            "y_pad_1": y_pad_1, "x_pad_0": x_pad_0, "x_pad_1": x_pad_1, **_deps(deps)}
+def mem_insn(
+    opcode: int,
+    memory_type: int,
+    sram_base: int,
+    dram_base: int,
+    y_size: int,
+    x_size: int,
+    x_stride: int,
+    y_pad_0: int = 0,
+    y_pad_1: int = 0,
+    x_pad_0: int = 0,
+    x_pad_1: int = 0,
+    **deps,
+) -> dict:
+    return {
+        "opcode": opcode,
+        "memory_type": memory_type,
+        "sram_base": sram_base,
+        "dram_base": dram_base,
+        "y_size": y_size,
+        "x_size": x_size,
+        "x_stride": x_stride,
+        "y_pad_0": y_pad_0,
+        "y_pad_1": y_pad_1,
+        "x_pad_0": x_pad_0,
+        "x_pad_1": x_pad_1,
+        **_deps(deps),
+    }
 
 
-def gemm_insn(uop_bgn: int, uop_end: int, iter_out: int = 1, iter_in: int = 1, dst_factor_out: int = 0,
-              dst_factor_in: int = 0, src_factor_out: int = 0, src_factor_in: int = 0,
-              wgt_factor_out: int = 0, wgt_factor_in: int = 0, reset_reg: int = 0, **deps) -> dict:
-    return {"opcode": GEMM, "reset_reg": reset_reg, "uop_bgn": uop_bgn, "uop_end": uop_end,
-            "iter_out": iter_out, "iter_in": iter_in, "dst_factor_out": dst_factor_out,
-            "dst_factor_in": dst_factor_in, "src_factor_out": src_factor_out,
-            "src_factor_in": src_factor_in, "wgt_factor_out": wgt_factor_out,
-            "wgt_factor_in": wgt_factor_in, **_deps(deps)}
+def gemm_insn(
+    uop_bgn: int,
+    uop_end: int,
+    iter_out: int = 1,
+    iter_in: int = 1,
+    dst_factor_out: int = 0,
+    dst_factor_in: int = 0,
+    src_factor_out: int = 0,
+    src_factor_in: int = 0,
+    wgt_factor_out: int = 0,
+    wgt_factor_in: int = 0,
+    reset_reg: int = 0,
+    **deps,
+) -> dict:
+    return {
+        "opcode": GEMM,
+        "reset_reg": reset_reg,
+        "uop_bgn": uop_bgn,
+        "uop_end": uop_end,
+        "iter_out": iter_out,
+        "iter_in": iter_in,
+        "dst_factor_out": dst_factor_out,
+        "dst_factor_in": dst_factor_in,
+        "src_factor_out": src_factor_out,
+        "src_factor_in": src_factor_in,
+        "wgt_factor_out": wgt_factor_out,
+        "wgt_factor_in": wgt_factor_in,
+        **_deps(deps),
+    }
 
 
-def alu_insn(alu_opcode: int, uop_bgn: int, uop_end: int, iter_out: int = 1, iter_in: int = 1,
-             dst_factor_out: int = 0, dst_factor_in: int = 0, src_factor_out: int = 0,
-             src_factor_in: int = 0, use_imm: int = 0, imm: int = 0, reset_reg: int = 0, **deps) -> dict:
-    return {"opcode": ALU, "reset_reg": reset_reg, "uop_bgn": uop_bgn, "uop_end": uop_end,
-            "iter_out": iter_out, "iter_in": iter_in, "dst_factor_out": dst_factor_out,
-            "dst_factor_in": dst_factor_in, "src_factor_out": src_factor_out,
-            "src_factor_in": src_factor_in, "alu_opcode": alu_opcode, "use_imm": use_imm, "imm": imm,
-            **_deps(deps)}
+def alu_insn(
+    alu_opcode: int,
+    uop_bgn: int,
+    uop_end: int,
+    iter_out: int = 1,
+    iter_in: int = 1,
+    dst_factor_out: int = 0,
+    dst_factor_in: int = 0,
+    src_factor_out: int = 0,
+    src_factor_in: int = 0,
+    use_imm: int = 0,
+    imm: int = 0,
+    reset_reg: int = 0,
+    **deps,
+) -> dict:
+    return {
+        "opcode": ALU,
+        "reset_reg": reset_reg,
+        "uop_bgn": uop_bgn,
+        "uop_end": uop_end,
+        "iter_out": iter_out,
+        "iter_in": iter_in,
+        "dst_factor_out": dst_factor_out,
+        "dst_factor_in": dst_factor_in,
+        "src_factor_out": src_factor_out,
+        "src_factor_in": src_factor_in,
+        "alu_opcode": alu_opcode,
+        "use_imm": use_imm,
+        "imm": imm,
+        **_deps(deps),
+    }
 
 
 def finish_insn(**deps) -> dict:
@@ -302,14 +376,20 @@ def describe(insn: dict) -> str:
     deps = "".join(c if insn.get(f) else "-" for c, f in zip("ppPP", DEP_FIELDS))
     name = OPCODE_NAMES.get(op, str(op))
     if op in (LOAD, STORE):
-        return (f"{name:6s} {deps} {MEM_NAMES.get(insn['memory_type'], '?')} sram={insn['sram_base']} "
-                f"dram={insn['dram_base']} y={insn['y_size']} x={insn['x_size']} stride={insn['x_stride']} "
-                f"pad=({insn['y_pad_0']},{insn['y_pad_1']},{insn['x_pad_0']},{insn['x_pad_1']})")
+        return (
+            f"{name:6s} {deps} {MEM_NAMES.get(insn['memory_type'], '?')} sram={insn['sram_base']} "
+            f"dram={insn['dram_base']} y={insn['y_size']} x={insn['x_size']} stride={insn['x_stride']} "
+            f"pad=({insn['y_pad_0']},{insn['y_pad_1']},{insn['x_pad_0']},{insn['x_pad_1']})"
+        )
     if op in (GEMM, ALU):
-        s = (f"{name:6s} {deps} {'reset ' if insn.get('reset_reg') else ''}uop=[{insn['uop_bgn']},"
-             f"{insn['uop_end']}) it=({insn['iter_out']},{insn['iter_in']}) dst=({insn['dst_factor_out']},"
-             f"{insn['dst_factor_in']}) src=({insn['src_factor_out']},{insn['src_factor_in']})")
+        s = (
+            f"{name:6s} {deps} {'reset ' if insn.get('reset_reg') else ''}uop=[{insn['uop_bgn']},"
+            f"{insn['uop_end']}) it=({insn['iter_out']},{insn['iter_in']}) dst=({insn['dst_factor_out']},"
+            f"{insn['dst_factor_in']}) src=({insn['src_factor_out']},{insn['src_factor_in']})"
+        )
         if op == GEMM:
             return s + f" wgt=({insn['wgt_factor_out']},{insn['wgt_factor_in']})"
-        return s + f" {ALU_NAMES.get(insn['alu_opcode'], '?')} {'imm=' + str(insn['imm']) if insn['use_imm'] else 'src'}"
+        return (
+            s + f" {ALU_NAMES.get(insn['alu_opcode'], '?')} {'imm=' + str(insn['imm']) if insn['use_imm'] else 'src'}"
+        )
     return f"{name:6s} {deps}"

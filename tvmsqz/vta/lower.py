@@ -22,8 +22,9 @@ channel tiles are the outer loop (what stays resident between tiles). Per tile:
 
 Rounding is folded into the bias (bias + 2**(shift-1)), so requantisation is exactly the ALU's
 arithmetic shift and clip; with per-channel shifts the SHR reads them lane-wise from a vector
-in the accumulator (like the bias ADD) instead of an immediate, at the same cost. GEMM micro-ops loop over (output block, input block, kernel tap);
-the instruction's two loops walk output rows and columns.
+in the accumulator (like the bias ADD) instead of an immediate, at the same cost. GEMM micro-ops
+loop over (output block, input block, kernel tap); the instruction's two loops walk output rows and
+columns.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class ConvLayer:
     @property
     def macs(self) -> int:
         ho, wo = self.out_hw
-        return int(sum(b.weight.shape[0] * b.weight.shape[1] * b.kernel[0] * b.kernel[1] for b in self.branches) * ho * wo)
+        return int(
+            sum(b.weight.shape[0] * b.weight.shape[1] * b.kernel[0] * b.kernel[1] for b in self.branches) * ho * wo
+        )
 
     def shape_key(self) -> str:
         """What the program's shape depends on (tiling database key): sizes, and whether the
@@ -124,19 +127,26 @@ class ConvLayer:
         return f"c{self.in_channels}h{self.height}w{self.width}s{self.stride}_{br}{extra}"
 
     def shape_dict(self) -> dict:
-        return {"in_channels": self.in_channels, "height": self.height, "width": self.width, "stride": self.stride,
-                "branches": [{"out": int(b.weight.shape[0]), "kernel": list(b.kernel), "pad": b.pad} for b in self.branches],
-                "per_channel_shift": self.uniform_shift is None}
+        return {
+            "in_channels": self.in_channels,
+            "height": self.height,
+            "width": self.width,
+            "stride": self.stride,
+            "branches": [
+                {"out": int(b.weight.shape[0]), "kernel": list(b.kernel), "pad": b.pad} for b in self.branches
+            ],
+            "per_channel_shift": self.uniform_shift is None,
+        }
 
     # The layer interface shared with `pool.PoolLayer`: what the tiling search, the compiler and
     # the quantised reference call, so that they need not know which kind of layer they hold.
-    def lower(self, tiling: "Tiling", cfg: VTAConfig) -> "VTAProgram":
+    def lower(self, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
         return lower_conv(self, tiling, cfg)
 
-    def check_tiling(self, tiling: "Tiling", cfg: VTAConfig) -> dict:
+    def check_tiling(self, tiling: Tiling, cfg: VTAConfig) -> dict:
         return check_tiling(self, tiling, cfg)
 
-    def default_tiling(self, cfg: VTAConfig) -> "Tiling":
+    def default_tiling(self, cfg: VTAConfig) -> Tiling:
         return default_tiling(self, cfg)
 
     def tiling_space(self, cfg: VTAConfig) -> dict:
@@ -160,7 +170,7 @@ class Tiling:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Tiling":
+    def from_json(cls, d: dict) -> Tiling:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -173,6 +183,7 @@ def align(n: int, a: int = ALIGN) -> int:
 
 
 # ---------------------------------------------------------------------------- packing
+
 
 def pack_activation(x: np.ndarray, block: int = 16) -> np.ndarray:
     """(1, C, H, W) or (C, H, W) int8 -> (ceil(C/block), H, W, block), zero-padded channels."""
@@ -219,7 +230,7 @@ def pack_weights(layer: ConvLayer, block: int = 16) -> tuple[np.ndarray, list[in
     ib, obs = layer_geometry(layer, block)
     elems, offsets, pos = [], [], 0
     for bi, kh, kw, _pad, o in obs:
-        w = layer.branches[bi].weight[o * block:(o + 1) * block]  # (<=16, I, kh, kw)
+        w = layer.branches[bi].weight[o * block : (o + 1) * block]  # (<=16, I, kh, kw)
         wp = np.zeros((block, ib * block, kh, kw), dtype=np.int8)
         wp[: w.shape[0], : w.shape[1]] = w
         # -> (ib, kh, kw, 16 out, 16 in)
@@ -243,7 +254,7 @@ def reference_conv(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
         w = b.weight.astype(np.int64)
         for ky in range(kh):
             for kx in range(kw):
-                patch = xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]  # (I, ho, wo)
+                patch = xp[:, ky : ky + s * (ho - 1) + 1 : s, kx : kx + s * (wo - 1) + 1 : s]  # (I, ho, wo)
                 acc += np.einsum("oi,ihw->ohw", w[:, :, ky, kx], patch)
         outs.append(acc)
     acc = np.concatenate(outs) + requant_bias(layer)[:, None, None]
@@ -268,6 +279,7 @@ def requant_bias(layer: ConvLayer) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- program
+
 
 @dataclass
 class VTAProgram:
@@ -305,11 +317,11 @@ class VTAProgram:
             x = np.ascontiguousarray(x_packed, dtype=np.int8)
             if x.shape != tuple(self.in_shape):
                 raise ValueError(f"{self.name}: input shape {x.shape} != {self.in_shape}")
-            dram[self.inp_offset:self.inp_offset + x.nbytes] = x.reshape(-1).view(np.uint8)
+            dram[self.inp_offset : self.inp_offset + x.nbytes] = x.reshape(-1).view(np.uint8)
         sim = Simulator(cfg, dram, timing_only=timing_only)
         stats = sim.run(self.insns)
         n = int(np.prod(self.out_shape))
-        out = dram[self.out_offset:self.out_offset + n].view(np.int8).reshape(self.out_shape).copy()
+        out = dram[self.out_offset : self.out_offset + n].view(np.int8).reshape(self.out_shape).copy()
         return out, stats
 
     def relocations(self, cfg: VTAConfig) -> list[int]:
@@ -430,13 +442,29 @@ class UopKernels:
 
 def _elem_bytes(memory_type: int, cfg: VTAConfig) -> int:
     """Bytes per DRAM address unit of a memory type (ACC_8BIT loads int8 data: 16 bytes)."""
-    return {isa.MEM_UOP: cfg.uop_elem_bytes, isa.MEM_WGT: cfg.wgt_elem_bytes, isa.MEM_INP: cfg.inp_elem_bytes,
-            isa.MEM_ACC: cfg.acc_elem_bytes, isa.MEM_ACC_8BIT: cfg.inp_elem_bytes,
-            isa.MEM_OUT: cfg.out_elem_bytes}[memory_type]
+    return {
+        isa.MEM_UOP: cfg.uop_elem_bytes,
+        isa.MEM_WGT: cfg.wgt_elem_bytes,
+        isa.MEM_INP: cfg.inp_elem_bytes,
+        isa.MEM_ACC: cfg.acc_elem_bytes,
+        isa.MEM_ACC_8BIT: cfg.inp_elem_bytes,
+        isa.MEM_OUT: cfg.out_elem_bytes,
+    }[memory_type]
 
 
-def assemble(name: str, pb: ProgramBuilder, uops: UopKernels, consts: list, in_shape: tuple, out_shape: tuple,
-             cfg: VTAConfig, *, macs: int, tiling: "Tiling", meta: dict) -> VTAProgram:
+def assemble(
+    name: str,
+    pb: ProgramBuilder,
+    uops: UopKernels,
+    consts: list,
+    in_shape: tuple,
+    out_shape: tuple,
+    cfg: VTAConfig,
+    *,
+    macs: int,
+    tiling: Tiling,
+    meta: dict,
+) -> VTAProgram:
     """Lay out the layer's DRAM segment (micro-ops, the `consts` sections in order, input,
     output; each aligned to 256 bytes or a whole element), resolve every LOAD/STORE's `_rel` = (section, element
     offset) into its `dram_base`, and encode the instruction stream.
@@ -444,7 +472,10 @@ def assemble(name: str, pb: ProgramBuilder, uops: UopKernels, consts: list, in_s
     Addresses are resolved only here because the micro-op section's size is known only after
     the whole program has been emitted."""
     sections = [("uop", uops.blob())] + [(n, np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for n, a in consts]
-    sections += [("inp", np.zeros(int(np.prod(in_shape)), np.uint8)), ("out", np.zeros(int(np.prod(out_shape)), np.uint8))]
+    sections += [
+        ("inp", np.zeros(int(np.prod(in_shape)), np.uint8)),
+        ("out", np.zeros(int(np.prod(out_shape)), np.uint8)),
+    ]
     # every section starts at a whole element of any memory type (DRAM addresses count elements;
     # 256 bytes, one 16x16 weight block, in the default configuration)
     unit = max(ALIGN, cfg.wgt_elem_bytes, cfg.acc_elem_bytes, cfg.inp_elem_bytes, cfg.out_elem_bytes)
@@ -454,7 +485,7 @@ def assemble(name: str, pb: ProgramBuilder, uops: UopKernels, consts: list, in_s
         pos = align(pos + data.nbytes, unit)
     const = np.zeros(offsets["inp"], dtype=np.uint8)
     for sec, data in sections[:-2]:
-        const[offsets[sec]:offsets[sec] + data.nbytes] = data
+        const[offsets[sec] : offsets[sec] + data.nbytes] = data
     insns = pb.finalize()
     for ins in insns:
         rel = ins.pop("_rel", None)
@@ -466,8 +497,16 @@ def assemble(name: str, pb: ProgramBuilder, uops: UopKernels, consts: list, in_s
     except isa.EncodingError as exc:
         raise TilingError(f"{name}: {exc}") from None
     return VTAProgram(
-        name=name, insns=words, dram_const=const, inp_offset=offsets["inp"], out_offset=offsets["out"],
-        dram_size=pos, in_shape=tuple(in_shape), out_shape=tuple(out_shape), macs=macs, tiling=tiling,
+        name=name,
+        insns=words,
+        dram_const=const,
+        inp_offset=offsets["inp"],
+        out_offset=offsets["out"],
+        dram_size=pos,
+        in_shape=tuple(in_shape),
+        out_shape=tuple(out_shape),
+        macs=macs,
+        tiling=tiling,
         meta={"instructions": len(insns), "uops": uops.total, **meta},
     )
 
@@ -516,9 +555,9 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
             for il in range(t.ic):
                 for ky in range(kh):
                     for kx in range(kw):
-                        rows.append((aslot + ol * th * tw,
-                                     islot + il * hin * win + (ky + off) * win + (kx + off),
-                                     wslot + wpos))
+                        rows.append(
+                            (aslot + ol * th * tw, islot + il * hin * win + (ky + off) * win + (kx + off), wslot + wpos)
+                        )
                         wpos += 1
         return rows
 
@@ -555,8 +594,10 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
         # reset accumulators (waits for the STOREs that drained this slot)
         rkey = uops.kernel(("alu", abase, 0), lambda: [(abase, 0, 0)])
         ub = uops.ensure(rkey)
-        pb.emit(isa.gemm_insn(ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
-                              reset_reg=1), after=(acc_last_reader[aslot],))
+        pb.emit(
+            isa.gemm_insn(ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1, reset_reg=1),
+            after=(acc_last_reader[aslot],),
+        )
         # input window of this spatial tile
         y0 = r0 * s - pmax
         y1 = (r0 + th - 1) * s - pmax + khm
@@ -573,8 +614,19 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
             if not ihit:
                 last = None
                 for il in range(t.ic):
-                    ins = isa.mem_insn(isa.LOAD, isa.MEM_INP, ibase + il * hin * win, 0, ry1 - ry0, rx1 - rx0, w,
-                                       ypad0, ypad1, xpad0, xpad1)
+                    ins = isa.mem_insn(
+                        isa.LOAD,
+                        isa.MEM_INP,
+                        ibase + il * hin * win,
+                        0,
+                        ry1 - ry0,
+                        rx1 - rx0,
+                        w,
+                        ypad0,
+                        ypad1,
+                        xpad0,
+                        xpad1,
+                    )
                     ins["_rel"] = ("inp", (i0 + il) * h * w + ry0 * w + rx0)
                     last = pb.emit(ins, after=(icache.last_reader[islot],) if il == 0 else ())
                 icache.filled_by[islot] = last
@@ -593,45 +645,114 @@ def lower_conv(layer: ConvLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
                     first = False
                     pos += t.ic * kk
                 wcache.filled_by[wslot] = last
-            gkey = uops.kernel(("gemm", th, tw, o0, ibase, wbase, abase),
-                               lambda: gemm_uops(th, tw, o0, ibase, wbase, abase))
+            gkey = uops.kernel(
+                ("gemm", th, tw, o0, ibase, wbase, abase), lambda: gemm_uops(th, tw, o0, ibase, wbase, abase)
+            )
             ub = uops.ensure(gkey)
             nu = uops.size(gkey)
-            g = pb.emit(isa.gemm_insn(ub, ub + nu, iter_out=th, iter_in=tw, dst_factor_out=tw, dst_factor_in=1,
-                                      src_factor_out=s * win, src_factor_in=s),
-                        after=(icache.filled_by[islot], wcache.filled_by[wslot]))
+            g = pb.emit(
+                isa.gemm_insn(
+                    ub,
+                    ub + nu,
+                    iter_out=th,
+                    iter_in=tw,
+                    dst_factor_out=tw,
+                    dst_factor_in=1,
+                    src_factor_out=s * win,
+                    src_factor_in=s,
+                ),
+                after=(icache.filled_by[islot], wcache.filled_by[wslot]),
+            )
             icache.last_reader[islot] = g
             wcache.last_reader[wslot] = g
             n_gemm_steps += 1
         # requantise: + bias (incl. rounding), >> shift, clip
         bkey = uops.kernel(("alu", abase, bias_base + o0), lambda: [(abase, bias_base + o0, 0)])
         ub = uops.ensure(bkey)
-        pb.emit(isa.alu_insn(isa.ALU_ADD, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
-                             src_factor_out=1, src_factor_in=0))
+        pb.emit(
+            isa.alu_insn(
+                isa.ALU_ADD,
+                ub,
+                ub + 1,
+                iter_out=t.oc,
+                iter_in=p,
+                dst_factor_out=p,
+                dst_factor_in=1,
+                src_factor_out=1,
+                src_factor_in=0,
+            )
+        )
         if shift is None:
             skey = uops.kernel(("alu", abase, shift_base + o0), lambda: [(abase, shift_base + o0, 0)])
             ub = uops.ensure(skey)
-            pb.emit(isa.alu_insn(isa.ALU_SHR, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p,
-                                 dst_factor_in=1, src_factor_out=1, src_factor_in=0))
+            pb.emit(
+                isa.alu_insn(
+                    isa.ALU_SHR,
+                    ub,
+                    ub + 1,
+                    iter_out=t.oc,
+                    iter_in=p,
+                    dst_factor_out=p,
+                    dst_factor_in=1,
+                    src_factor_out=1,
+                    src_factor_in=0,
+                )
+            )
             ub = uops.ensure(rkey)
         else:
             ub = uops.ensure(rkey)
-            pb.emit(isa.alu_insn(isa.ALU_SHR, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p,
-                                 dst_factor_in=1, use_imm=1, imm=shift))
+            pb.emit(
+                isa.alu_insn(
+                    isa.ALU_SHR,
+                    ub,
+                    ub + 1,
+                    iter_out=t.oc,
+                    iter_in=p,
+                    dst_factor_out=p,
+                    dst_factor_in=1,
+                    use_imm=1,
+                    imm=shift,
+                )
+            )
         lo, hi = layer.out_range
-        pb.emit(isa.alu_insn(isa.ALU_MAX, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
-                             use_imm=1, imm=lo))
-        last_alu = pb.emit(isa.alu_insn(isa.ALU_MIN, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p,
-                                        dst_factor_in=1, use_imm=1, imm=hi))
+        pb.emit(
+            isa.alu_insn(
+                isa.ALU_MAX, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1, use_imm=1, imm=lo
+            )
+        )
+        last_alu = pb.emit(
+            isa.alu_insn(
+                isa.ALU_MIN, ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1, use_imm=1, imm=hi
+            )
+        )
         last_store = emit_stores(pb, abase, t.oc, th, tw, o0 * ho * wo + r0 * wo + c0, ho * wo, wo, last_alu)
         acc_last_reader[aslot] = last_store
     pb.emit(isa.finish_insn(), after=(last_store,))
-    return assemble(layer.name, pb, uops, consts, in_shape, out_shape, cfg,
-                    macs=layer.macs, tiling=tiling, meta={"gemm_steps": n_gemm_steps, **geo})
+    return assemble(
+        layer.name,
+        pb,
+        uops,
+        consts,
+        in_shape,
+        out_shape,
+        cfg,
+        macs=layer.macs,
+        tiling=tiling,
+        meta={"gemm_steps": n_gemm_steps, **geo},
+    )
 
 
-def emit_stores(pb: ProgramBuilder, abase: int, nblocks: int, th: int, tw: int, out_elem: int, block_stride: int,
-                row_stride: int, after: int) -> int:
+def emit_stores(
+    pb: ProgramBuilder,
+    abase: int,
+    nblocks: int,
+    th: int,
+    tw: int,
+    out_elem: int,
+    block_stride: int,
+    row_stride: int,
+    after: int,
+) -> int:
     """STORE a tile of `nblocks` channel blocks (th x tw pixels each, consecutive in the
     accumulator from `abase`) to the output at element `out_elem`; the first STORE waits for
     `after` (the last ALU op of the tile). Returns the last STORE's index."""
@@ -645,6 +766,7 @@ def emit_stores(pb: ProgramBuilder, abase: int, nblocks: int, th: int, tw: int, 
 
 # ---------------------------------------------------------------------------- tiling space
 
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -653,8 +775,15 @@ def tiling_space(layer: ConvLayer, cfg: VTAConfig) -> dict[str, list]:
     ib, obs = layer_geometry(layer, cfg.block)
     ho, wo = layer.out_hw
     widths = sorted(set(divisors(wo)) | set(range(ceil_div(wo, 4), wo + 1)))
-    return {"h": list(range(1, ho + 1)), "w": widths,
-            "oc": divisors(len(obs)), "ic": divisors(ib), "nbuf": [1, 2], "nacc": [1, 2], "order": ["spatial", "oc"]}
+    return {
+        "h": list(range(1, ho + 1)),
+        "w": widths,
+        "oc": divisors(len(obs)),
+        "ic": divisors(ib),
+        "nbuf": [1, 2],
+        "nacc": [1, 2],
+        "order": ["spatial", "oc"],
+    }
 
 
 def is_valid(layer, t: Tiling, cfg: VTAConfig) -> bool:

@@ -37,8 +37,7 @@ import numpy as np
 
 from . import isa
 from .config import VTAConfig
-from .lower import (Tiling, TilingError, UopKernels, VTAProgram, _tiles, assemble, ceil_div, divisors,
-                    emit_stores)
+from .lower import Tiling, TilingError, UopKernels, VTAProgram, _tiles, assemble, ceil_div, divisors, emit_stores
 from .program import ProgramBuilder
 
 
@@ -98,13 +97,23 @@ class PoolLayer:
 
     def shape_key(self) -> str:
         p = "x".join(map(str, self.pads))
-        return (f"maxpool_c{self.channels}h{self.height}w{self.width}k{self.kernel}s{self.stride}p{p}"
-                f"{'c' if self.ceil else ''}{'n' if self.nonneg else ''}")
+        return (
+            f"maxpool_c{self.channels}h{self.height}w{self.width}k{self.kernel}s{self.stride}p{p}"
+            f"{'c' if self.ceil else ''}{'n' if self.nonneg else ''}"
+        )
 
     def shape_dict(self) -> dict:
-        return {"kind": "maxpool", "channels": self.channels, "height": self.height, "width": self.width,
-                "kernel": self.kernel, "stride": self.stride, "pads": list(self.pads), "ceil": int(self.ceil),
-                "nonneg": bool(self.nonneg)}
+        return {
+            "kind": "maxpool",
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "pads": list(self.pads),
+            "ceil": int(self.ceil),
+            "nonneg": bool(self.nonneg),
+        }
 
     # the layer interface (see `lower.ConvLayer`)
     def lower(self, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
@@ -134,7 +143,7 @@ def reference_pool(layer: PoolLayer, x: np.ndarray) -> np.ndarray:
     out = np.full((x.shape[0], ho, wo), -129, np.int16)
     for ky in range(k):
         for kx in range(k):
-            np.maximum(out, xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s], out=out)
+            np.maximum(out, xp[:, ky : ky + s * (ho - 1) + 1 : s, kx : kx + s * (wo - 1) + 1 : s], out=out)
     return out.astype(np.int8)[None]
 
 
@@ -184,7 +193,7 @@ def lower_pool(layer: PoolLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
     acc_last_reader = [None] * t.nacc
     last_store = None
     n_tiles = 0
-    for (r0, th, c0, tw) in [(r0, rh, c0, cw) for r0, rh in _tiles(ho, t.h) for c0, cw in _tiles(wo, t.w)]:
+    for r0, th, c0, tw in [(r0, rh, c0, cw) for r0, rh in _tiles(ho, t.h) for c0, cw in _tiles(wo, t.w)]:
         hin, win = (th - 1) * s + k, (tw - 1) * s + k
         y0, x0 = r0 * s - top, c0 * s - left
         ry0, ry1, rx0, rx1 = max(0, y0), min(h, y0 + hin), max(0, x0), min(w, x0 + win)
@@ -195,29 +204,53 @@ def lower_pool(layer: PoolLayer, tiling: Tiling, cfg: VTAConfig) -> VTAProgram:
             obase = out_base[aslot]
             n_tiles += 1
             for cl in range(t.oc):
-                ins = isa.mem_insn(isa.LOAD, isa.MEM_ACC_8BIT, wbase + cl * hin * win, 0, ry1 - ry0, rx1 - rx0, w,
-                                   *pads)
+                ins = isa.mem_insn(
+                    isa.LOAD, isa.MEM_ACC_8BIT, wbase + cl * hin * win, 0, ry1 - ry0, rx1 - rx0, w, *pads
+                )
                 ins["_rel"] = ("inp", (o0 + cl) * h * w + ry0 * w + rx0)
                 pb.emit(ins)
             rkey = uops.kernel(("reset", obase), lambda: [(obase, 0, 0)])
             ub = uops.ensure(rkey)
-            pb.emit(isa.gemm_insn(ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1,
-                                  reset_reg=1), after=(acc_last_reader[aslot],))
+            pb.emit(
+                isa.gemm_insn(ub, ub + 1, iter_out=t.oc, iter_in=p, dst_factor_out=p, dst_factor_in=1, reset_reg=1),
+                after=(acc_last_reader[aslot],),
+            )
             last_alu = None
             for tap in range(k * k):
                 ky, kx = divmod(tap, k)
-                key = uops.kernel(("tap", obase, p, hin, win, tap),
-                                  lambda: [(obase + cl * p, wbase + cl * hin * win + ky * win + kx, 0)
-                                           for cl in range(t.oc)])
+                key = uops.kernel(
+                    ("tap", obase, p, hin, win, tap),
+                    lambda: [(obase + cl * p, wbase + cl * hin * win + ky * win + kx, 0) for cl in range(t.oc)],
+                )
                 ub = uops.ensure(key)
-                last_alu = pb.emit(isa.alu_insn(isa.ALU_ADD if tap == 0 else isa.ALU_MAX, ub, ub + t.oc,
-                                                iter_out=th, iter_in=tw, dst_factor_out=tw, dst_factor_in=1,
-                                                src_factor_out=s * win, src_factor_in=s))
+                last_alu = pb.emit(
+                    isa.alu_insn(
+                        isa.ALU_ADD if tap == 0 else isa.ALU_MAX,
+                        ub,
+                        ub + t.oc,
+                        iter_out=th,
+                        iter_in=tw,
+                        dst_factor_out=tw,
+                        dst_factor_in=1,
+                        src_factor_out=s * win,
+                        src_factor_in=s,
+                    )
+                )
             last_store = emit_stores(pb, obase, t.oc, th, tw, o0 * ho * wo + r0 * wo + c0, ho * wo, wo, last_alu)
             acc_last_reader[aslot] = last_store
     pb.emit(isa.finish_insn(), after=(last_store,))
-    return assemble(layer.name, pb, uops, [], (cb, h, w, blk), (cb, ho, wo, blk), cfg, macs=0, tiling=t,
-                    meta={"tiles": n_tiles, "compares": layer.compares, **geo})
+    return assemble(
+        layer.name,
+        pb,
+        uops,
+        [],
+        (cb, h, w, blk),
+        (cb, ho, wo, blk),
+        cfg,
+        macs=0,
+        tiling=t,
+        meta={"tiles": n_tiles, "compares": layer.compares, **geo},
+    )
 
 
 def pool_tiling_space(layer: PoolLayer, cfg: VTAConfig) -> dict[str, list]:
@@ -225,8 +258,15 @@ def pool_tiling_space(layer: PoolLayer, cfg: VTAConfig) -> dict[str, list]:
     input/weight slots mean nothing for a pool (fixed at 1), nor does the loop order."""
     ho, wo = layer.out_hw
     widths = sorted(set(divisors(wo)) | set(range(ceil_div(wo, 4), wo + 1)))
-    return {"h": list(range(1, ho + 1)), "w": widths, "oc": divisors(ceil_div(layer.channels, cfg.block)),
-            "ic": [1], "nbuf": [1], "nacc": [1, 2], "order": ["spatial"]}
+    return {
+        "h": list(range(1, ho + 1)),
+        "w": widths,
+        "oc": divisors(ceil_div(layer.channels, cfg.block)),
+        "ic": [1],
+        "nbuf": [1],
+        "nacc": [1, 2],
+        "order": ["spatial"],
+    }
 
 
 def default_pool_tiling(layer: PoolLayer, cfg: VTAConfig) -> Tiling:
@@ -250,5 +290,12 @@ def default_pool_tiling(layer: PoolLayer, cfg: VTAConfig) -> Tiling:
     raise TilingError(f"{layer.name}: no tiling fits the VTA accumulator")  # pragma: no cover
 
 
-__all__ = ["PoolLayer", "pool_out", "reference_pool", "check_pool_tiling", "lower_pool", "pool_tiling_space",
-           "default_pool_tiling"]
+__all__ = [
+    "PoolLayer",
+    "pool_out",
+    "reference_pool",
+    "check_pool_tiling",
+    "lower_pool",
+    "pool_tiling_space",
+    "default_pool_tiling",
+]

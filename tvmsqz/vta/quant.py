@@ -35,8 +35,14 @@ import numpy as np
 
 from tvmsqz.errors import TvmsqzError
 from tvmsqz.quant.bias import conv_mean_error, corrected_bias
-from tvmsqz.quant.scales import (choose_exponent, choose_exponent_zp, dequantize_np, quantize_np, weight_exponents,
-                                 zero_point)
+from tvmsqz.quant.scales import (
+    choose_exponent,
+    choose_exponent_zp,
+    dequantize_np,
+    quantize_np,
+    weight_exponents,
+    zero_point,
+)
 
 from .graph import Graph, VTAUnit, eval_op, partition, pool_layer, run_fp32
 from .lower import Branch, ConvLayer, pack_activation, unpack_activation
@@ -94,8 +100,9 @@ class QuantNet:
         outs = []
         for t, rep in seg.outputs:
             v = env[t]
-            outs.append(pack_activation(quantize_np(v, self.qexp[t], self.zero.get(t)), self.block) if rep == "q"
-                        else v)
+            outs.append(
+                pack_activation(quantize_np(v, self.qexp[t], self.zero.get(t)), self.block) if rep == "q" else v
+            )
         return outs
 
     def run(self, x: np.ndarray, host=None, vta=None, record: dict | None = None) -> np.ndarray:
@@ -118,7 +125,7 @@ class QuantNet:
                     y = vta(st, layer, xin)
                 env[st.output] = y
             if record is not None:
-                for t in ([o for o, _ in st.outputs] if isinstance(st, HostSegment) else [st.output]):
+                for t in [o for o, _ in st.outputs] if isinstance(st, HostSegment) else [st.output]:
                     record[t] = env[t]
         return env[self.graph.output_name]
 
@@ -147,8 +154,9 @@ def _boundaries(graph: Graph, stages: list) -> tuple[list, set]:
             continue
         if not st:  # the VTA layer after it reads the model input: quantise and pack it, nothing else
             t = stages[si + 1].input
-            out_stages.append(HostSegment(len([s for s in out_stages if isinstance(s, HostSegment)]), [],
-                                          [(t, "f")], [(t, "q")]))
+            out_stages.append(
+                HostSegment(len([s for s in out_stages if isinstance(s, HostSegment)]), [], [(t, "f")], [(t, "q")])
+            )
             continue
         produced = {op.output for op in st}
         inputs = []
@@ -161,13 +169,20 @@ def _boundaries(graph: Graph, stages: list) -> tuple[list, set]:
             t = op.output
             if t == graph.output_name or any(s > si for s in later_use.get(t, [])):
                 outputs.append((t, rep(t)))
-        out_stages.append(HostSegment(len([s for s in out_stages if isinstance(s, HostSegment)]), list(st),
-                                      inputs, outputs))
+        out_stages.append(
+            HostSegment(len([s for s in out_stages if isinstance(s, HostSegment)]), list(st), inputs, outputs)
+        )
     return out_stages, q_tensors
 
 
-def conv_layer(unit: VTAUnit, graph: Graph, branches: list | None = None, bias: np.ndarray | None = None,
-               shift=8, relu: bool | None = None) -> ConvLayer:
+def conv_layer(
+    unit: VTAUnit,
+    graph: Graph,
+    branches: list | None = None,
+    bias: np.ndarray | None = None,
+    shift=8,
+    relu: bool | None = None,
+) -> ConvLayer:
     """The `ConvLayer` of a conv unit; without `branches` a shape-only one (zero weights), which
     is all the tiling search needs. `relu=None`: the graph's ReLU (clip at 0)."""
     if branches is None:
@@ -177,8 +192,17 @@ def conv_layer(unit: VTAUnit, graph: Graph, branches: list | None = None, bias: 
     if len(relus) != 1:
         raise TvmsqzError(f"{unit.name}: fused convolutions must all have (or all lack) a ReLU")
     _, c, h, w = graph.shapes[unit.input]
-    return ConvLayer(unit.name, c, h, w, branches, bias, shift, relu=relus.pop() if relu is None else relu,
-                     stride=unit.convs[0].attrs["stride"])
+    return ConvLayer(
+        unit.name,
+        c,
+        h,
+        w,
+        branches,
+        bias,
+        shift,
+        relu=relus.pop() if relu is None else relu,
+        stride=unit.convs[0].attrs["stride"],
+    )
 
 
 def unit_layer(unit: VTAUnit, graph: Graph, *, per_channel: bool = True):
@@ -210,7 +234,7 @@ def zero_point_tensors(graph: Graph, stages: list) -> dict:
     sum(w * z)) only where VTA's zero padding never enters: hence the no-padding conditions."""
     readers: dict = {}
     for st in stages:
-        for t in ([st.input] if isinstance(st, VTAUnit) else [t for t, _ in st.inputs]):
+        for t in [st.input] if isinstance(st, VTAUnit) else [t for t, _ in st.inputs]:
             readers.setdefault(t, []).append(st)
     units = {st.output: st for st in stages if isinstance(st, VTAUnit)}
 
@@ -273,24 +297,42 @@ def correct_biases(qn: QuantNet, calibration: list) -> dict:
                 parts, o = [], 0
                 for op, br in zip(st.convs, layer.branches):
                     n = br.weight.shape[0]
-                    wq = br.weight.astype(np.float64) * 2.0 ** -we[o:o + n].reshape(-1, 1, 1, 1)
-                    parts.append(conv_mean_error(wq, op.attrs["weight"].astype(np.float64), xq, fp[st.input],
-                                                 op.attrs["stride"], op.attrs["pad"]))
+                    wq = br.weight.astype(np.float64) * 2.0 ** -we[o : o + n].reshape(-1, 1, 1, 1)
+                    parts.append(
+                        conv_mean_error(
+                            wq,
+                            op.attrs["weight"].astype(np.float64),
+                            xq,
+                            fp[st.input],
+                            op.attrs["stride"],
+                            op.attrs["pad"],
+                        )
+                    )
                     o += n
                 delta += np.concatenate(parts) / len(envs)
             bias = corrected_bias(layer.bias, delta, a_in + we)
-            if np.abs(bias).max() >= 2 ** 31 - 2 ** 16:
+            if np.abs(bias).max() >= 2**31 - 2**16:
                 raise TvmsqzError(f"{layer.name}: corrected bias overflows int32")
             layer.bias = bias.astype(np.int32)
             report[st.output] = float(np.sqrt(np.mean((delta * 2.0 ** qn.qexp[st.output]) ** 2)))
         for env in envs:
-            env[st.output] = pack_activation(layer.reference(unpack_activation(env[st.input], layer.in_channels)),
-                                             qn.block)
+            env[st.output] = pack_activation(
+                layer.reference(unpack_activation(env[st.input], layer.in_channels)), qn.block
+            )
     return report
 
 
-def quantize_graph(graph: Graph, calibration: list, *, progress=None, cfg=None, pools: bool = True,
-                   per_channel: bool = True, zero_points: bool = True, bias_correction: bool = True) -> QuantNet:
+def quantize_graph(
+    graph: Graph,
+    calibration: list,
+    *,
+    progress=None,
+    cfg=None,
+    pools: bool = True,
+    per_channel: bool = True,
+    zero_points: bool = True,
+    bias_correction: bool = True,
+) -> QuantNet:
     """Calibrate on `calibration` (list of preprocessed (1,3,H,W) float32 inputs) and build the
     quantised network (`cfg`, `pools`: see `graph.partition`; `per_channel`: one weight
     exponent per output channel, see `weight_exponents`; `zero_points`: see
@@ -358,15 +400,16 @@ def quantize_graph(graph: Graph, calibration: list, *, progress=None, cfg=None, 
             layers[u.output] = pool_layer(u.pool, graph, u.nonneg)
             continue
         a_in, a_out = qexp[u.input], qexp[u.output]
-        wmax = np.concatenate([np.abs(op.attrs["weight"]).reshape(op.attrs["weight"].shape[0], -1).max(axis=1)
-                               for op in u.convs])
+        wmax = np.concatenate(
+            [np.abs(op.attrs["weight"]).reshape(op.attrs["weight"].shape[0], -1).max(axis=1) for op in u.convs]
+        )
         b = np.concatenate([op.attrs["bias"] for op in u.convs]).astype(np.float64)
         we = weight_exponents(wmax, b, a_in, per_channel)
         branches, o = [], 0
         for op in u.convs:
             n = op.attrs["weight"].shape[0]
-            e = we[o:o + n].reshape(-1, 1, 1, 1)
-            wq = np.clip(np.round(op.attrs["weight"] * 2.0 ** e), -127, 127).astype(np.int8)
+            e = we[o : o + n].reshape(-1, 1, 1, 1)
+            wq = np.clip(np.round(op.attrs["weight"] * 2.0**e), -127, 127).astype(np.int8)
             branches.append(Branch(wq, op.attrs["pad"]))
             o += n
         bias = np.round(b * 2.0 ** (a_in + we))
@@ -378,16 +421,24 @@ def quantize_graph(graph: Graph, calibration: list, *, progress=None, cfg=None, 
         if zkind.get(u.output) == "offset":  # + OFFSET after the shift, folded into the bias
             if shift.min() < -7:
                 raise TvmsqzError(f"{u.name}: left shift too large to fold the output zero point")
-            bias += OFFSET * 2.0 ** shift
+            bias += OFFSET * 2.0**shift
             relu = False  # the ReLU clip at 0 is now the int8 clip at -128
-        if np.abs(bias).max() >= 2 ** 31 - 2 ** 16:
+        if np.abs(bias).max() >= 2**31 - 2**16:
             raise TvmsqzError(f"{u.name}: quantised bias overflows int32")
-        layers[u.output] = conv_layer(u, graph, branches, bias.astype(np.int32),
-                                      shift if per_channel else int(shift[0]), relu)
+        layers[u.output] = conv_layer(
+            u, graph, branches, bias.astype(np.int32), shift if per_channel else int(shift[0]), relu
+        )
         wexp[u.output] = [int(v) for v in we] if per_channel else int(we[0])
-    qn = QuantNet(graph, stages, qexp, layers, wexp,
-                  calibration={"images": len(calibration), "amax": {k: float(v) for k, v in amax.items()}},
-                  zero=zero, block=cfg.block if cfg is not None else 16)
+    qn = QuantNet(
+        graph,
+        stages,
+        qexp,
+        layers,
+        wexp,
+        calibration={"images": len(calibration), "amax": {k: float(v) for k, v in amax.items()}},
+        zero=zero,
+        block=cfg.block if cfg is not None else 16,
+    )
     if bias_correction:
         qn.calibration["bias_correction"] = correct_biases(qn, calibration)
     return qn

@@ -85,16 +85,22 @@ class SimStats:
     @property
     def dram_bytes(self) -> int:
         """Loads + stores (what the reference profiler counts); instruction fetch not included."""
-        return (self.inp_load_bytes + self.wgt_load_bytes + self.acc_load_bytes + self.uop_load_bytes
-                + self.out_store_bytes)
+        return (
+            self.inp_load_bytes + self.wgt_load_bytes + self.acc_load_bytes + self.uop_load_bytes + self.out_store_bytes
+        )
 
     def as_dict(self) -> dict:
         return {
-            "cycles": int(self.cycles), "dram_bytes": int(self.dram_bytes),
-            "inp_load_bytes": int(self.inp_load_bytes), "wgt_load_bytes": int(self.wgt_load_bytes),
-            "acc_load_bytes": int(self.acc_load_bytes), "uop_load_bytes": int(self.uop_load_bytes),
-            "out_store_bytes": int(self.out_store_bytes), "insn_fetch_bytes": int(self.insn_fetch_bytes),
-            "gemm_uop_iters": int(self.gemm_counter), "alu_uop_iters": int(self.alu_counter),
+            "cycles": int(self.cycles),
+            "dram_bytes": int(self.dram_bytes),
+            "inp_load_bytes": int(self.inp_load_bytes),
+            "wgt_load_bytes": int(self.wgt_load_bytes),
+            "acc_load_bytes": int(self.acc_load_bytes),
+            "uop_load_bytes": int(self.uop_load_bytes),
+            "out_store_bytes": int(self.out_store_bytes),
+            "insn_fetch_bytes": int(self.insn_fetch_bytes),
+            "gemm_uop_iters": int(self.gemm_counter),
+            "alu_uop_iters": int(self.alu_counter),
             "instructions": int(self.insn_count),
             "queue_busy_cycles": {n: int(b) for n, b in zip(QUEUE_NAMES, self.queue_busy)},
         }
@@ -177,7 +183,8 @@ class Simulator:
                         if flag and tq is None:
                             raise VTASimError(
                                 f"instruction {idx} ({isa.describe(insn)}) on the {QUEUE_NAMES[q]} queue "
-                                f"sets {fname}, but that queue has no such neighbour")
+                                f"sets {fname}, but that queue has no such neighbour"
+                            )
                     if (flags[0] and not pop_prev) or (flags[1] and not pop_next):
                         break  # blocked on a token
                     start = clock[q]
@@ -204,21 +211,34 @@ class Simulator:
                 if finished:
                     break
             if not finished and not progress:
-                pending = {QUEUE_NAMES[q]: (queues[q][0][0], isa.describe(queues[q][0][1]))
-                           for q in range(3) if queues[q]}
+                pending = {
+                    QUEUE_NAMES[q]: (queues[q][0][0], isa.describe(queues[q][0][1])) for q in range(3) if queues[q]
+                }
                 if not pending:
-                    raise DeadlockError("every queue drained without a FINISH instruction: the device "
-                                        "would never signal completion")
-                tokens = {"load->compute": len(l2g), "compute->load": len(g2l),
-                          "store->compute": len(s2g), "compute->store": len(g2s)}
-                raise DeadlockError(f"deadlock: no queue can make progress; heads {pending}; "
-                                    f"tokens available {tokens}")
+                    raise DeadlockError(
+                        "every queue drained without a FINISH instruction: the device would never signal completion"
+                    )
+                tokens = {
+                    "load->compute": len(l2g),
+                    "compute->load": len(g2l),
+                    "store->compute": len(s2g),
+                    "compute->store": len(g2s),
+                }
+                raise DeadlockError(f"deadlock: no queue can make progress; heads {pending}; tokens available {tokens}")
         if strict:
             left = {QUEUE_NAMES[q]: len(queues[q]) for q in range(3) if queues[q]}
             if left:
                 raise VTASimError(f"FINISH executed with instructions still queued: {left}")
-            dangling = {n: len(t) for n, t in (("load->compute", l2g), ("compute->load", g2l),
-                                               ("store->compute", s2g), ("compute->store", g2s)) if t}
+            dangling = {
+                n: len(t)
+                for n, t in (
+                    ("load->compute", l2g),
+                    ("compute->load", g2l),
+                    ("store->compute", s2g),
+                    ("compute->store", g2s),
+                )
+                if t
+            }
             if dangling:
                 raise VTASimError(f"dependency tokens left unpopped at FINISH: {dangling}")
         self.stats.cycles += max(clock)
@@ -271,15 +291,21 @@ class Simulator:
         else:
             raise VTASimError(f"LOAD of memory type {isa.MEM_NAMES.get(mt, mt)} is not supported")
         nbytes = insn["x_size"] * insn["y_size"] * eb
-        counter = {isa.MEM_INP: "inp_load_bytes", isa.MEM_WGT: "wgt_load_bytes", isa.MEM_ACC: "acc_load_bytes",
-                   isa.MEM_ACC_8BIT: "acc_load_bytes", isa.MEM_UOP: "uop_load_bytes"}[mt]
+        counter = {
+            isa.MEM_INP: "inp_load_bytes",
+            isa.MEM_WGT: "wgt_load_bytes",
+            isa.MEM_ACC: "acc_load_bytes",
+            isa.MEM_ACC_8BIT: "acc_load_bytes",
+            isa.MEM_UOP: "uop_load_bytes",
+        }[mt]
         setattr(self.stats, counter, getattr(self.stats, counter) + nbytes)
         ytot = insn["y_pad_0"] + insn["y_size"] + insn["y_pad_1"]
         xtot = insn["x_pad_0"] + insn["x_size"] + insn["x_pad_1"]
         end = insn["sram_base"] + ytot * xtot
         if end > len(sram):
-            raise SRAMBoundsError(f"LOAD {isa.MEM_NAMES[mt]} writes SRAM [{insn['sram_base']}, {end}) beyond "
-                                  f"depth {len(sram)}")
+            raise SRAMBoundsError(
+                f"LOAD {isa.MEM_NAMES[mt]} writes SRAM [{insn['sram_base']}, {end}) beyond depth {len(sram)}"
+            )
         if self.timing_only and mt != isa.MEM_UOP:
             return self._transfer_cycles(nbytes)
         dview = self._view(eb, view[0], view[1])
@@ -290,8 +316,10 @@ class Simulator:
         elif mt == isa.MEM_ACC_8BIT:
             data = data.astype(np.int32)
         tile = np.zeros((ytot, xtot) + sram.shape[1:], dtype=sram.dtype)
-        tile[insn["y_pad_0"]:insn["y_pad_0"] + insn["y_size"], insn["x_pad_0"]:insn["x_pad_0"] + insn["x_size"]] = data
-        sram[insn["sram_base"]:end] = tile.reshape((-1,) + sram.shape[1:])
+        tile[insn["y_pad_0"] : insn["y_pad_0"] + insn["y_size"], insn["x_pad_0"] : insn["x_pad_0"] + insn["x_size"]] = (
+            data
+        )
+        sram[insn["sram_base"] : end] = tile.reshape((-1,) + sram.shape[1:])
         return self._transfer_cycles(nbytes)
 
     def _store(self, insn: dict) -> int:
@@ -311,7 +339,7 @@ class Simulator:
         if not self.timing_only:
             dview = self._view(cfg.out_elem_bytes, np.int8, (cfg.batch * cfg.block,))
             idx = self._dram_rows(insn, len(dview))
-            src = self.acc[insn["sram_base"]:end].reshape(insn["y_size"], insn["x_size"], -1)
+            src = self.acc[insn["sram_base"] : end].reshape(insn["y_size"], insn["x_size"], -1)
             dview[idx] = src.astype(np.int8)  # astype truncates to the low 8 bits (wraps)
         return self._transfer_cycles(nbytes)
 
@@ -355,7 +383,7 @@ class Simulator:
             for d in np.unique(u[:, 0]):
                 group = u[u[:, 0] == d]
                 for g in range(0, len(group), 64):  # bound the im2col matrix size
-                    sel = group[g:g + 64]
+                    sel = group[g : g + 64]
                     x = inp[sel[:, 1][:, None] + s_oi[None, :]]  # (n, OI, 16)
                     x = x.transpose(1, 0, 2).reshape(len(s_oi), -1)  # (OI, n*16), k fastest
                     w = wgt[sel[:, 2]].transpose(0, 2, 1).reshape(-1, wgt.shape[1])  # (n*16 k, 16 j)
@@ -382,8 +410,14 @@ class Simulator:
             right = x >> np.clip(y, 0, 63)
             left = x << np.clip(-y, 0, 63)
             return np.where(y >= 0, right, left)
-        fns = {isa.ALU_MIN: np.minimum, isa.ALU_MAX: np.maximum, isa.ALU_ADD: np.add, isa.ALU_SHR: shr,
-               isa.ALU_MUL: np.multiply}
+
+        fns = {
+            isa.ALU_MIN: np.minimum,
+            isa.ALU_MAX: np.maximum,
+            isa.ALU_ADD: np.add,
+            isa.ALU_SHR: shr,
+            isa.ALU_MUL: np.multiply,
+        }
         if opcode not in fns:
             raise VTASimError(f"unknown ALU opcode {opcode}")
         return fns[opcode]

@@ -135,8 +135,7 @@ def _mutate(t: Tiling, other: Tiling | None, space: dict, rng: random.Random) ->
     return Tiling(**d)
 
 
-def search_layer(layer, cfg: VTAConfig, trials: int, record: dict | None = None,
-                 seed: int = 0) -> dict:
+def search_layer(layer, cfg: VTAConfig, trials: int, record: dict | None = None, seed: int = 0) -> dict:
     """Run `trials` new measurements for one layer; returns the updated record."""
     rng = random.Random(f"{seed}/{layer.shape_key()}/{len((record or {}).get('measured', []))}")
     space = layer.tiling_space(cfg)
@@ -170,13 +169,15 @@ def search_layer(layer, cfg: VTAConfig, trials: int, record: dict | None = None,
         if c is not None:
             results.append((cand, c))
     best = min(results, key=lambda r: r[1])
-    record.update({
-        "shape": layer.shape_dict(),
-        "best": best[0].to_json(),
-        "cycles": best[1],
-        "trials": record.get("trials", 0) + done,
-        "measured": [[json.loads(k), c] for k, c in measured.items()],
-    })
+    record.update(
+        {
+            "shape": layer.shape_dict(),
+            "best": best[0].to_json(),
+            "cycles": best[1],
+            "trials": record.get("trials", 0) + done,
+            "measured": [[json.loads(k), c] for k, c in measured.items()],
+        }
+    )
     return record
 
 
@@ -195,11 +196,24 @@ def tune_layers(layers: list, cfg: VTAConfig, trials: int, db_path: Path, *, pro
         rec = search_layer(L, cfg, per, db["records"].get(key), seed=seed)
         db["records"][key] = rec
         save_db(db, db_path)
-        summary.append({"layer": L.name, "key": key, "default_cycles": rec["default_cycles"],
-                        "best_cycles": rec["cycles"], "best": rec["best"], "trials": rec["trials"]})
+        summary.append(
+            {
+                "layer": L.name,
+                "key": key,
+                "default_cycles": rec["default_cycles"],
+                "best_cycles": rec["cycles"],
+                "best": rec["best"],
+                "trials": rec["trials"],
+            }
+        )
         if progress:
             progress(n + 1, len(unique), summary[-1])
-    return {"database": str(db_path), "shapes": len(unique), "trials_per_shape": per,
-            "seconds": round(time.time() - t0, 2), "layers": summary,
-            "default_cycles": sum(s["default_cycles"] for s in summary),
-            "best_cycles": sum(s["best_cycles"] for s in summary)}
+    return {
+        "database": str(db_path),
+        "shapes": len(unique),
+        "trials_per_shape": per,
+        "seconds": round(time.time() - t0, 2),
+        "layers": summary,
+        "default_cycles": sum(s["default_cycles"] for s in summary),
+        "best_cycles": sum(s["best_cycles"] for s in summary),
+    }

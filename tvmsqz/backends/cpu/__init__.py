@@ -18,7 +18,8 @@ from ...spec import TargetSpec, host_cpu_flags
 DEVICE_TYPE = "cpu"
 
 
-#: Whether this family's artifacts load through the TVM runtime library alone: CPU artifacts need nothing but `libtvm_runtime.so` (`TVM_USE_RUNTIME_LIB=1`).
+#: Whether this family's artifacts load through the TVM runtime library alone: CPU artifacts need
+#: nothing but `libtvm_runtime.so` (`TVM_USE_RUNTIME_LIB=1`).
 RUNTIME_ONLY = True
 
 
@@ -90,8 +91,12 @@ def layout_passes(spec: TargetSpec) -> list:
         return nhwc_layout_passes()
     if layout.get("conv2d") != "NCHWc":
         return []
-    return blocked_layout_passes(int(layout["block"]), int(layout.get("winograd", 0)),
-                                 int(layout.get("classifier_pad", 0)), int(layout.get("winograd_min_size", 0)))
+    return blocked_layout_passes(
+        int(layout["block"]),
+        int(layout.get("winograd", 0)),
+        int(layout.get("classifier_pad", 0)),
+        int(layout.get("winograd_min_size", 0)),
+    )
 
 
 def default_schedule(mod, spec: TargetSpec):
@@ -106,7 +111,8 @@ def space_generator(spec: TargetSpec, task_mod, space: str | None = None):
     """MetaSchedule's design space for one task: the blocked direct-conv space for blocked
     convolutions (`kernels/direct_space.py`), MetaSchedule's generic space for everything else and
     when `space` (or the target data's `space`) is "generic"."""
-    from .kernels.direct_space import is_blocked_conv, space_generator as conv_space
+    from .kernels.direct_space import is_blocked_conv
+    from .kernels.direct_space import space_generator as conv_space
 
     choice = space or spec.data.get("space", "blocked")
     if choice == "blocked" and is_blocked_conv(task_mod["main"]):

@@ -33,18 +33,38 @@ import functools
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...spec import TargetSpec
 from .blob import artifact_device_code, pack_imports_for
 from .detect import DEFAULT_ARCH, KNOWN_ARCHS, arch_number, check_arch, detect_gpu_arch, gpu_runs_arch, spec_arch
 from .nvcc import check_toolchain, find_nvcc, nvcc_version, prefer_nvcc
 
-__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "artifact_device_code", "candidate_export", "check_arch",
-           "check_toolchain", "default_schedule", "detect_gpu_arch", "device", "device_type",
-           "export", "find_nvcc", "load_artifact", "nvcc_version", "pass_config", "pipeline", "post_database_passes",
-           "pre_tuning_passes", "resolve_target_data", "runs_on_host", "tuning_builder_runner"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "KNOWN_ARCHS",
+    "artifact_device_code",
+    "candidate_export",
+    "check_arch",
+    "check_toolchain",
+    "default_schedule",
+    "detect_gpu_arch",
+    "device",
+    "device_type",
+    "export",
+    "find_nvcc",
+    "load_artifact",
+    "nvcc_version",
+    "pass_config",
+    "pipeline",
+    "post_database_passes",
+    "pre_tuning_passes",
+    "resolve_target_data",
+    "runs_on_host",
+    "tuning_builder_runner",
+]
 
 #: The shared TVM pipeline (`tvmsqz.flow`) compiles, benches and tunes this family.
 pipeline = None
@@ -58,7 +78,8 @@ log = logging.getLogger("tvmsqz")
 # ----------------------------------------------------------------------------------------------
 
 
-#: Whether this family's artifacts load through the TVM runtime library alone: runtime-only TVM skips the hooks that load `libtvm_runtime_cuda.so`: CUDA artifacts keep the full library.
+#: Whether this family's artifacts load through the TVM runtime library alone: runtime-only TVM
+#: skips the hooks that load `libtvm_runtime_cuda.so`: CUDA artifacts keep the full library.
 RUNTIME_ONLY = False
 
 
@@ -89,8 +110,11 @@ def resolve_target_data(raw: dict) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _note_default_arch() -> None:
-    log.warning("note: no GPU found (nvidia-smi); target cuda compiles for %s (pick cuda-sm80, cuda-sm86, "
-                "cuda-sm89 or cuda-sm90 to choose)", DEFAULT_ARCH)
+    log.warning(
+        "note: no GPU found (nvidia-smi); target cuda compiles for %s (pick cuda-sm80, cuda-sm86, "
+        "cuda-sm89 or cuda-sm90 to choose)",
+        DEFAULT_ARCH,
+    )
 
 
 def runs_on_host(spec: TargetSpec) -> bool:
@@ -100,7 +124,7 @@ def runs_on_host(spec: TargetSpec) -> bool:
 
 
 def device_type(spec: TargetSpec | None = None) -> str:
-    """"cuda": the device name `tvm.device`, the runtime and MetaSchedule's runner take."""
+    """ "cuda": the device name `tvm.device`, the runtime and MetaSchedule's runner take."""
     return DEVICE_TYPE
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ...errors import TvmsqzError
 from ...spec import TargetSpec
@@ -36,7 +36,7 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     (n,) = struct.unpack_from("<Q", data, pos)
     if pos + 8 + n > len(data):
         raise ValueError("truncated module blob")
-    return data[pos + 8: pos + 8 + n], pos + 8 + n
+    return data[pos + 8 : pos + 8 + n], pos + 8 + n
 
 
 def pack_bytes(data: bytes) -> bytes:
@@ -83,8 +83,8 @@ def split_cuda_payload(payload: bytes, source: bytes | None = None) -> tuple[str
         return fmt, payload[pos:code_at], source
     for at in range(pos, len(payload) - 8):
         (n,) = struct.unpack_from("<Q", payload, at)
-        if n == len(payload) - at - 8 and n >= 4 and is_device_code(payload[at + 8:]):
-            return fmt, payload[pos:at], payload[at + 8:]
+        if n == len(payload) - at - 8 and n >= 4 and is_device_code(payload[at + 8 :]):
+            return fmt, payload[pos:at], payload[at + 8 :]
     raise ValueError(f"cannot locate the code of a CUDA module (format {fmt!r})")
 
 
@@ -94,7 +94,7 @@ def artifact_blob(path: str | Path) -> bytes:
     if blob is None:
         raise ValueError(f"{path} has no embedded TVM module blob")
     (total,) = struct.unpack_from("<Q", blob, 0)
-    return blob[:8 + total]
+    return blob[: 8 + total]
 
 
 def artifact_device_code(path: str | Path) -> list[dict]:
@@ -129,8 +129,9 @@ def compile_blob(blob: bytes, sources: list[bytes], spec: TargetSpec) -> tuple[b
     tree, modules = parse_blob(blob)
     cuda_payloads = [i for i, (kind, _) in enumerate(modules) if kind == "cuda"]
     if len(cuda_payloads) != len(sources):
-        raise TvmsqzError(f"export for {spec.name}: found {len(cuda_payloads)} CUDA modules but "
-                          f"{len(sources)} kernel sources")
+        raise TvmsqzError(
+            f"export for {spec.name}: found {len(cuda_payloads)} CUDA modules but {len(sources)} kernel sources"
+        )
     compiled: dict[bytes, bytes] = {}
     infos = []
     for index, source in zip(cuda_payloads, sources):
@@ -145,8 +146,9 @@ def compile_blob(blob: bytes, sources: list[bytes], spec: TargetSpec) -> tuple[b
         info = device_code_info(code, "fatbin")
         base = base_arch(arch)  # the fatbin header names sm_90 for sm_90a code
         if info["sass"] != [base] or info["ptx"] != [base]:
-            raise TvmsqzError(f"export for {spec.name}: nvcc produced {info['sass']} SASS / {info['ptx']} PTX, "
-                              f"not {arch}")
+            raise TvmsqzError(
+                f"export for {spec.name}: nvcc produced {info['sass']} SASS / {info['ptx']} PTX, not {arch}"
+            )
         modules[index] = (kind, pack_bytes(b"fatbin") + fmap + pack_bytes(code))
         infos.append(info)
     return build_blob(tree, modules), infos

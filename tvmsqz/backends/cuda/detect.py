@@ -14,8 +14,23 @@ from ...errors import TvmsqzError
 from ...spec import TargetSpec
 
 #: Real NVIDIA SM architectures (Turing and newer: what CUDA 12 and 13 compile for).
-KNOWN_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_88", "sm_89", "sm_90", "sm_90a",
-               "sm_100", "sm_100a", "sm_101", "sm_103", "sm_110", "sm_120", "sm_121")
+KNOWN_ARCHS = (
+    "sm_75",
+    "sm_80",
+    "sm_86",
+    "sm_87",
+    "sm_88",
+    "sm_89",
+    "sm_90",
+    "sm_90a",
+    "sm_100",
+    "sm_100a",
+    "sm_101",
+    "sm_103",
+    "sm_110",
+    "sm_120",
+    "sm_121",
+)
 #: What `"arch": "auto"` means on a machine without a GPU (H100/H200, the GPUs tuned for).
 DEFAULT_ARCH = "sm_90"
 
@@ -31,8 +46,9 @@ def detect_gpu_arch() -> str | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.match(r"\s*(\d+)\.(\d+)", out.stdout) if out.returncode == 0 else None
@@ -46,11 +62,14 @@ def check_arch(arch: object, target_name: str = "cuda") -> str:
     into a build and does not name the target file that is wrong.
     """
     if arch == "auto":
-        raise TvmsqzError(f"target {target_name!r}: CUDA architecture 'auto' was not resolved "
-                          "(tvmsqz.targets must call tvmsqz.backends.cuda.resolve_target_data)")
+        raise TvmsqzError(
+            f"target {target_name!r}: CUDA architecture 'auto' was not resolved "
+            "(tvmsqz.targets must call tvmsqz.backends.cuda.resolve_target_data)"
+        )
     if not isinstance(arch, str) or arch not in KNOWN_ARCHS:
-        raise TvmsqzError(f"target {target_name!r}: unknown CUDA architecture {arch!r} "
-                          f"(known: {', '.join(KNOWN_ARCHS)})")
+        raise TvmsqzError(
+            f"target {target_name!r}: unknown CUDA architecture {arch!r} (known: {', '.join(KNOWN_ARCHS)})"
+        )
     return arch
 
 
@@ -67,7 +86,7 @@ def base_arch(arch: str) -> str:
 def compute_capability(arch: str) -> tuple[int, int, str]:
     """`sm_86` -> (8, 6, ""), `sm_90a` -> (9, 0, "a"), `sm_121` -> (12, 1, "")."""
     digits = base_arch(arch_number(arch))
-    return int(digits[:-1]), int(digits[-1]), arch_number(arch)[len(digits):]
+    return int(digits[:-1]), int(digits[-1]), arch_number(arch)[len(digits) :]
 
 
 def gpu_runs_arch(gpu_arch: str, arch: str) -> bool:

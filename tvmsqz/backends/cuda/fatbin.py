@@ -69,7 +69,7 @@ def fatbin_entries(data: bytes, offset: int = 0) -> list[dict]:
     while pos + 32 <= end:
         kind, _flags, entry_header, payload = struct.unpack_from("<HHIQ", data, pos)
         arch_num = struct.unpack_from("<I", data, pos + 28)[0]
-        body = data[pos + entry_header: pos + entry_header + payload]
+        body = data[pos + entry_header : pos + entry_header + payload]
         entry = {"kind": {1: "ptx", 2: "elf"}.get(kind, str(kind)), "arch": f"sm_{arch_num}", "bytes": payload}
         if kind == 1:
             match = _PTX_TARGET.search(body)
@@ -92,9 +92,12 @@ def device_code_info(code: bytes, fmt: str) -> dict:
     """What a CUDA module's code is: format and the architectures it holds SASS and PTX for."""
     if code[:4] == FATBIN_HEADER:
         entries = fatbin_entries(code)
-        return {"format": "fatbin", "entries": entries,
-                "sass": sorted({e["arch"] for e in entries if e["kind"] == "elf"}),
-                "ptx": sorted({e["arch"] for e in entries if e["kind"] == "ptx"})}
+        return {
+            "format": "fatbin",
+            "entries": entries,
+            "sass": sorted({e["arch"] for e in entries if e["kind"] == "elf"}),
+            "ptx": sorted({e["arch"] for e in entries if e["kind"] == "ptx"}),
+        }
     arch = cubin_arch(code)
     if arch is not None:
         return {"format": "cubin", "sass": [arch], "ptx": []}

@@ -33,10 +33,12 @@ from .detect import arch_number, base_arch, spec_arch
 #: pip distributions that ship an nvcc (CUDA 13 names it without a suffix, CUDA 12 with `-cu12`).
 PIP_NVCC_DISTRIBUTIONS = ("nvidia-cuda-nvcc", "nvidia-cuda-nvcc-cu12")
 
-_NOT_FOUND = ("nvcc (the CUDA toolkit compiler) was not found on PATH, in the nvidia-cuda-nvcc pip package, "
-              "or under CUDA_HOME / CUDA_PATH; CUDA targets need it to compile device code (no GPU needed): "
-              "pip install nvidia-cuda-nvcc (what scripts/setup_cuda.sh does) or add a CUDA 12/13 toolkit's "
-              "bin/ to PATH")
+_NOT_FOUND = (
+    "nvcc (the CUDA toolkit compiler) was not found on PATH, in the nvidia-cuda-nvcc pip package, "
+    "or under CUDA_HOME / CUDA_PATH; CUDA targets need it to compile device code (no GPU needed): "
+    "pip install nvidia-cuda-nvcc (what scripts/setup_cuda.sh does) or add a CUDA 12/13 toolkit's "
+    "bin/ to PATH"
+)
 
 
 def _executable(path: Path | str) -> str | None:
@@ -120,8 +122,10 @@ def check_toolchain(spec: TargetSpec) -> str:
     nvcc = use_nvcc(find_nvcc())
     supported = nvcc_archs(nvcc)
     if supported is not None and base_arch(arch) not in supported:
-        raise TvmsqzError(f"nvcc {nvcc_version(nvcc)} at {nvcc} cannot compile for {arch} "
-                          f"(it supports {', '.join(supported)}); use a newer CUDA toolkit or another target")
+        raise TvmsqzError(
+            f"nvcc {nvcc_version(nvcc)} at {nvcc} cannot compile for {arch} "
+            f"(it supports {', '.join(supported)}); use a newer CUDA toolkit or another target"
+        )
     prefer_nvcc()
     return nvcc
 
@@ -142,8 +146,14 @@ def compile_cuda_source(code: str, arch: str, nvcc: str | None = None) -> bytes:
     # TVM reads the compute version off the current target even when -gencode is given.
     with tvm.target.Target({"kind": "cuda", "arch": arch}):
         try:
-            return bytes(compile_cuda(code, target_format="fatbin", compiler="nvcc",
-                                      arch=["-gencode", f"arch=compute_{num},code=[sm_{num},compute_{num}]"],
-                                      options=["-Xfatbin=-compress=false"]))
+            return bytes(
+                compile_cuda(
+                    code,
+                    target_format="fatbin",
+                    compiler="nvcc",
+                    arch=["-gencode", f"arch=compute_{num},code=[sm_{num},compute_{num}]"],
+                    options=["-Xfatbin=-compress=false"],
+                )
+            )
         except (OSError, RuntimeError) as exc:
             raise TvmsqzError(f"nvcc could not compile the kernels for {arch}: {_first_error(str(exc))}") from None

@@ -33,7 +33,7 @@ class FusedConv(GPUScheduleRule):
     def __init__(self, threads_x: int = 32, threads_y: int = 4, c_tile: int = 4, unroll: int = 64):
         self.threads_x, self.threads_y, self.c_tile, self.unroll = threads_x, threads_y, c_tile, unroll
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:  # noqa: C901
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
@@ -84,10 +84,15 @@ class FusedConv(GPUScheduleRule):
         ivs = sch.get(block).iter_vars
         kinds = [iv.iter_type for iv in ivs]
         n_spatial = sum(k == tirx.IterVar.DataPar for k in kinds)
-        return (len(sch.get_loops(block)) == len(ivs) and n_spatial == 4
-                and kinds[:4] == [tirx.IterVar.DataPar] * 4
-                and all(k == tirx.IterVar.CommReduce for k in kinds[4:]) and len(kinds) > 4
-                and len(sch.get(block).writes) == 1 and len(sch.get(block).writes[0].region) == 4)
+        return (
+            len(sch.get_loops(block)) == len(ivs)
+            and n_spatial == 4
+            and kinds[:4] == [tirx.IterVar.DataPar] * 4
+            and all(k == tirx.IterVar.CommReduce for k in kinds[4:])
+            and len(kinds) > 4
+            and len(sch.get(block).writes) == 1
+            and len(sch.get(block).writes[0].region) == 4
+        )
 
     def _schedule_conv(self, sch: s_tir.Schedule, block: SBlockRV) -> set[str]:
         """Schedule one conv block; returns the names of the blocks it placed."""
@@ -133,5 +138,11 @@ def default_rules() -> tuple:
 
     Order matters: the first rule that accepts a kernel schedules it, and Fallback accepts all.
     """
-    return (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-            FusedConv(), dl.gpu.Fallback())
+    return (
+        dl.gpu.Matmul(),
+        dl.gpu.GEMV(),
+        dl.gpu.Reduction(),
+        dl.gpu.GeneralReduction(),
+        FusedConv(),
+        dl.gpu.Fallback(),
+    )

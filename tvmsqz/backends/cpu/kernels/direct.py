@@ -16,7 +16,8 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation):
     Where the output width has no usable divisor (`padded_width`), the conv runs over a padded
     width (zeros read past the right edge) and a crop, which the epilogue absorbs, returns the
     real width."""
-    from tvm import te, tirx as tir
+    from tvm import te
+    from tvm import tirx as tir
 
     n, c_chunks, h, w, ib = (int(d) for d in data.shape)
     k_chunks, _, r, s, _, ob = (int(d) for d in kernel.shape)
@@ -32,9 +33,10 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation):
         padded = te.compute(
             (n, c_chunks, h + pad_t + pad_b, w + pad_l + pad_r, ib),
             lambda b, c, y, x, i: tir.if_then_else(
-                tir.all(y >= pad_t, y < h + pad_t, x >= pad_l, x < w + pad_l),
-                data[b, c, y - pad_t, x - pad_l, i], zero),
-            name="data_pad")
+                tir.all(y >= pad_t, y < h + pad_t, x >= pad_l, x < w + pad_l), data[b, c, y - pad_t, x - pad_l, i], zero
+            ),
+            name="data_pad",
+        )
     else:
         padded = data
     ic = te.reduce_axis((0, c_chunks * ib), "ic")
@@ -44,8 +46,11 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation):
         (n, k_chunks, out_h, wide, ob),
         lambda b, oc, y, x, o: te.sum(
             padded[b, ic // ib, y * stride_h + kh * dil_h, x * stride_w + kw * dil_w, ic % ib]
-            * kernel[oc, ic // ib, kh, kw, ic % ib, o], axis=[ic, kh, kw]),
-        name=CONV_BLOCK)
+            * kernel[oc, ic // ib, kh, kw, ic % ib, o],
+            axis=[ic, kh, kw],
+        ),
+        name=CONV_BLOCK,
+    )
     if wide == out_w:
         return conv
     return te.compute((n, k_chunks, out_h, out_w, ob), lambda *i: conv(*i), name="conv2d_nchwc_crop")

@@ -32,9 +32,16 @@ def winograd_applies(call, tile: int, min_size: int = 0) -> bool:
     kernel = [int(d) for d in call.args[1].ty.shape]
     shape = call.args[0].ty.shape
     size = min(int(shape[2]), int(shape[3]))
-    return (tile > 0 and size >= min_size and len(kernel) == 6 and kernel[2:4] == [3, 3] and kernel[4] > 1
-            and all(int(v) == 1 for v in attrs.strides) and all(int(v) == 1 for v in attrs.dilation)
-            and all(int(v) <= 1 for v in attrs.padding))
+    return (
+        tile > 0
+        and size >= min_size
+        and len(kernel) == 6
+        and kernel[2:4] == [3, 3]
+        and kernel[4] > 1
+        and all(int(v) == 1 for v in attrs.strides)
+        and all(int(v) == 1 for v in attrs.dilation)
+        and all(int(v) <= 1 for v in attrs.padding)
+    )
 
 
 def _legalizer(winograd: int, min_size: int = 0):
@@ -42,6 +49,7 @@ def _legalizer(winograd: int, min_size: int = 0):
     target asks for it (the weight transform is its own call on the constant weights, which
     FoldConstant evaluates at compile time), other blocked convs -> `conv2d_nchwc`, every other
     conv2d -> TVM's own legalization."""
+
     def legalize(bb, call):
         from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
 
@@ -53,10 +61,23 @@ def _legalizer(winograd: int, min_size: int = 0):
             return _nn_conv2d(bb, call)
         if winograd_applies(call, winograd, min_size):
             packed = bb.emit_te(weight_transform, call.args[1], winograd, primfunc_name_hint="winograd_weight")
-            return bb.call_te(conv2d_nchwc_winograd, call.args[0], packed, attrs.padding, winograd,
-                              primfunc_name_hint="conv2d_nchwc_winograd")
-        return bb.call_te(conv2d_nchwc, call.args[0], call.args[1], attrs.strides, attrs.padding, attrs.dilation,
-                          primfunc_name_hint="conv2d_nchwc")
+            return bb.call_te(
+                conv2d_nchwc_winograd,
+                call.args[0],
+                packed,
+                attrs.padding,
+                winograd,
+                primfunc_name_hint="conv2d_nchwc_winograd",
+            )
+        return bb.call_te(
+            conv2d_nchwc,
+            call.args[0],
+            call.args[1],
+            attrs.strides,
+            attrs.padding,
+            attrs.dilation,
+            primfunc_name_hint="conv2d_nchwc",
+        )
 
     return legalize
 
@@ -76,5 +97,7 @@ def blocked_layout_passes(block: int, winograd: int = 0, classifier_pad: int = 0
         *([PadClassifier(classifier_pad, block)] if classifier_pad else []),
         relax.transform.ConvertLayout({}, layout_cb=blocked_layout_of(block)),
         relax.transform.CanonicalizeBindings(),
-        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": _legalizer(winograd, winograd_min_size)}),
+        relax.transform.LegalizeOps(
+            customize_legalize_map={"relax.nn.conv2d": _legalizer(winograd, winograd_min_size)}
+        ),
     ]

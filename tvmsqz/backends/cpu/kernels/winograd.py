@@ -20,18 +20,25 @@ accuracy-optimal choice for F(4,3): about 3e-7 relative error in fp32).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
-from .constants import (GEMM_BLOCK, INPUT_BLOCK, INPUT_ROWS, OUTPUT_BLOCK, OUTPUT_ROWS, WINOGRAD_ACCUMULATORS,
-                        largest_divisor)
+from .constants import (
+    GEMM_BLOCK,
+    INPUT_BLOCK,
+    INPUT_ROWS,
+    OUTPUT_BLOCK,
+    OUTPUT_ROWS,
+    WINOGRAD_ACCUMULATORS,
+    largest_divisor,
+)
 from .sched import block_named, epilogue_at, sample_unroll
 
 _POINTS = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 0.5, -2.0)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A^T, G, B^T) of F(m, r), from Cook-Toom interpolation at `_POINTS[m]` plus infinity.
 
@@ -40,6 +47,7 @@ def matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     points = np.array(_POINTS[m], dtype=np.float64)
     alpha = m + r - 1
     n = alpha - 1  # finite points
+
     # Vandermonde-style evaluation matrices at the finite points, with the point at infinity last.
     def vander(cols: int) -> np.ndarray:
         v = np.zeros((alpha, cols))
@@ -65,7 +73,8 @@ def matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _const(matrix: np.ndarray, name: str):
     """A small constant matrix as a TE compute (Select chain: folds to constants once unrolled)."""
-    from tvm import te, tirx as tir
+    from tvm import te
+    from tvm import tirx as tir
 
     rows, cols = matrix.shape
 
@@ -93,12 +102,14 @@ def weight_transform(kernel, tile: int):
     return te.compute(
         (alpha, alpha, k_chunks, c_chunks, ib, ob),
         lambda e, n, kb, cb, i, o: te.sum(gm[e, kh] * kernel[kb, cb, kh, kw, i, o] * gm[n, kw], axis=[kh, kw]),
-        name="wino_weight")
+        name="wino_weight",
+    )
 
 
 def conv2d_nchwc_winograd(data, packed, padding, tile: int):
     """TE Winograd conv: data (N, C/ib, H, W, ib), packed weights from `weight_transform`."""
-    from tvm import te, tirx as tir
+    from tvm import te
+    from tvm import tirx as tir
 
     n_, c_chunks, h, w, ib = (int(d) for d in data.shape)
     alpha, _, k_chunks, _, _, ob = (int(d) for d in packed.shape)
@@ -114,37 +125,42 @@ def conv2d_nchwc_winograd(data, packed, padding, tile: int):
     padded = te.compute(
         (n_, c_chunks, tiles_h * m + 2, tiles_w * m + 2, ib),
         lambda b, c, y, x, i: tir.if_then_else(
-            tir.all(y >= pad_t, y < h + pad_t, x >= pad_l, x < w + pad_l), data[b, c, y - pad_t, x - pad_l, i], zero),
-        name="data_pad")
+            tir.all(y >= pad_t, y < h + pad_t, x >= pad_l, x < w + pad_l), data[b, c, y - pad_t, x - pad_l, i], zero
+        ),
+        name="data_pad",
+    )
     ra = te.reduce_axis((0, alpha), "ra")
     rows = te.compute(  # B^T d: along the tile's rows
         (n_, alpha, alpha, c_chunks, tiles, ib),
         lambda b, e, x, c, t, i: te.sum(
-            bt[e, ra] * padded[b, c, (t // tiles_w) * m + ra, (t % tiles_w) * m + x, i], axis=ra),
-        name=INPUT_ROWS)
+            bt[e, ra] * padded[b, c, (t // tiles_w) * m + ra, (t % tiles_w) * m + x, i], axis=ra
+        ),
+        name=INPUT_ROWS,
+    )
     rb = te.reduce_axis((0, alpha), "rb")
     v = te.compute(  # (B^T d) B: along the columns
         (alpha, alpha, c_chunks, tiles, ib),
         lambda e, nu, c, t, i: te.sum(rows[0, e, rb, c, t, i] * bt[nu, rb], axis=rb),
-        name=INPUT_BLOCK)
+        name=INPUT_BLOCK,
+    )
     ic = te.reduce_axis((0, c_chunks * ib), "ic")
     gemm = te.compute(
         (alpha, alpha, k_chunks, tiles, ob),
         lambda e, nu, k, t, o: te.sum(v[e, nu, ic // ib, t, ic % ib] * packed[e, nu, k, ic // ib, ic % ib, o], axis=ic),
-        name=GEMM_BLOCK)
+        name=GEMM_BLOCK,
+    )
     rc = te.reduce_axis((0, alpha), "rc")
     out_rows = te.compute(  # A^T M: rows of each tile
         (k_chunks, tiles, m, alpha, ob),
         lambda k, t, y, nu, o: te.sum(at[y, rc] * gemm[rc, nu, k, t, o], axis=rc),
-        name=OUTPUT_ROWS)
+        name=OUTPUT_ROWS,
+    )
     rd = te.reduce_axis((0, alpha), "rd")
     return te.compute(
         (n_, k_chunks, out_h, out_w, ob),
-        lambda b, k, y, x, o: te.sum(
-            out_rows[k, (y // m) * tiles_w + x // m, y % m, rd, o] * at[x % m, rd], axis=rd),
-        name=OUTPUT_BLOCK)
-
-
+        lambda b, k, y, x, o: te.sum(out_rows[k, (y // m) * tiles_w + x // m, y % m, rd, o] * at[x % m, rd], axis=rd),
+        name=OUTPUT_BLOCK,
+    )
 
 
 def is_winograd(sch) -> bool:
