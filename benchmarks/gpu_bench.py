@@ -44,6 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bundle_bench import latency_stats, time_calls  # one timing rule for both GPU benches
+
 HERE = Path(__file__).resolve().parent
 MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass", "squeezenet1_0_dc"]
 RUNTIMES = ("tvm", "eager", "compile")
@@ -52,39 +55,6 @@ RUNTIMES = ("tvm", "eager", "compile")
 # ----------------------------------------------------------------------------------------------
 # small utilities (used by the parent and the workers)
 # ----------------------------------------------------------------------------------------------
-
-
-def latency_stats(samples_s: list[float]) -> dict:
-    ms = np.asarray(samples_s) * 1e3
-    return {
-        "median": float(np.median(ms)),
-        "p90": float(np.percentile(ms, 90)),
-        "min": float(ms.min()),
-        "mean": float(ms.mean()),
-        "runs": int(ms.size),
-    }
-
-
-def time_calls(run, sync, warmup: int, repeat: int, stream: int, batch: int) -> dict:
-    """Latency (one call + sync each) and throughput (`stream` calls queued, one sync)."""
-    for _ in range(warmup):
-        run()
-    sync()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        sync()
-        samples.append(time.perf_counter() - start)
-    best = float("inf")
-    for _ in range(5):
-        sync()
-        start = time.perf_counter()
-        for _ in range(stream):
-            run()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return {"latency_ms": latency_stats(samples), "throughput_ips": batch * stream / best, "stream": stream}
 
 
 def gpu_query(fields: str) -> list[list[str]]:
