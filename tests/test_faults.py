@@ -422,3 +422,224 @@ def test_sigterm_during_tune_leaves_a_valid_database_and_no_build_folder(tmp_pat
     assert err.strip().splitlines()[-1] == "error: terminated"
     assert check_database(db, get_target("x86")) == len(record_file.read_text().splitlines()) > 0
     assert not list(tmp_path.glob("tvmsqz-build-*"))
+
+
+# ------------------------------------------------- issue 26: hostile input outside the catalogue
+
+
+def _constant_of_shape_model(path: Path, elements: int) -> None:
+    shape = onnx.numpy_helper.from_array(np.array([elements], dtype=np.int64), "shp")
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shp"], ["big"], value=value),
+        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+        helper.make_node("GlobalAveragePool", ["data"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Add", ["f", "s"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_constant_of_shape_of_36g_elements_is_refused_at_import(tmp_path):
+    model = tmp_path / "cos.onnx"
+    _constant_of_shape_model(model, 36_000_000_000)
+    proc = cli("compile", str(model), "--no-tuning", "-o", str(tmp_path / "o.so"))
+    assert_one_line_error(proc, "ConstantOfShape", "too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cos.onnx"]
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda t: t["tvm"].__setitem__("num-cores", 10**30), "num-cores"),
+        (lambda t: t["tvm"].__setitem__("host", {"kind": "bogus"}), "tvm.host.kind"),
+    ],
+)
+def test_hostile_target_files_are_one_line(tmp_path, edit, needle):
+    target = json.loads((REPO / "targets" / "x86-avx2.json").read_text())
+    target["name"] = "hostile"
+    edit(target)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(target))
+    proc = cli("compile", "squeezenet1_1", "--target", str(path), "--no-tuning", "-o", str(tmp_path / "o.so"))
+    assert_one_line_error(proc, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]
+
+
+@pytest.mark.parametrize("batch", ["99999999999999999999", "100000", "0"])
+def test_absurd_batch_is_one_line(tmp_path, batch):
+    proc = cli("compile", "squeezenet1_1", "--batch", batch, "-o", str(tmp_path / "o.so"))
+    assert_one_line_error(proc, "--batch")
+    assert not list(tmp_path.iterdir())
+
+
+GOOD_PROTOTXT = 'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 227\ninput_dim: 227\n'
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (
+            'layer { name: "c" type: "Convolution" bottom: "data" convolution_param { num_output: 8 kernel_size: 3 } }',
+            "exactly one top",
+        ),
+        (
+            'layer { name: "c" type: "Convolution" top: "c" convolution_param { num_output: 8 kernel_size: 3 } }',
+            "exactly one top",
+        ),
+        ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX } }', "kernel_size"),
+        (
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+            "convolution_param { num_output: 8 kernel_size: 200000 } }",
+            "kernel_size 200000",
+        ),
+        ("a { " * 5000 + "}" * 5000, "nested deeper"),
+    ],
+)
+def test_hostile_prototxt_beside_a_net_is_one_line(tmp_path, body, needle):
+    (tmp_path / "m.net").write_bytes(b"\0" * 64)
+    (tmp_path / "SqueezeNet_deploy.prototxt").write_text(GOOD_PROTOTXT + body)
+    proc = cli("compile", str(tmp_path / "m.net"), "--no-tuning", "-o", str(tmp_path / "o.so"))
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "o.so").exists()
+
+
+def test_prototxt_input_dim_that_is_a_word_is_one_line(tmp_path):
+    (tmp_path / "m.net").write_bytes(b"\0" * 64)
+    (tmp_path / "SqueezeNet_deploy.prototxt").write_text(GOOD_PROTOTXT.replace("input_dim: 3", "input_dim: foo"))
+    assert_one_line_error(cli("compile", str(tmp_path / "m.net"), "-o", str(tmp_path / "o.so")), "'foo'")
+
+
+def test_corrupt_user_database_is_passed_over_not_fatal(artifact, tmp_path):
+    """Random bytes in the user's own tuning output: compile still works, saying it passed it over."""
+    data = tmp_path / "data"
+    user = data / "schedules" / "x86-avx512"
+    for name in ("x86-avx512", "x86-avx2"):
+        folder = data / "schedules" / name
+        folder.mkdir(parents=True)
+        (folder / "database_workload.json").write_bytes(b"\xff\xfe random \x00 bytes")
+        (folder / "database_tuning_record.json").write_bytes(b"\xff\xfe random")
+    proc = cli("compile", "squeezenet1_1", "-o", str(tmp_path / "o.so"), env={"TVMSQZ_DATA": str(data)})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "passed over your tuning output" in proc.stderr
+    assert "not UTF-8" in proc.stderr
+    assert user.is_dir()
+    bad = cli("compile", "squeezenet1_1", "--database", str(user), "-o", str(tmp_path / "p.so"))
+    assert_one_line_error(bad, "corrupt")
+
+
+def test_full_tmpdir_during_compile_is_harmless(tmp_path):
+    """A full system temp folder: TVM's export works in a private folder beside the output, so the
+    compile succeeds (or fails in one line) and leaves nothing in either place."""
+    with small_disk(tmp_path, 64) as (tmpdir, preexec):
+        (tmpdir / "filler").write_bytes(b"\0" * 60 * 1024) if os.geteuid() == 0 else None
+        out = tmp_path / "out"
+        out.mkdir()
+        proc = cli("compile", "squeezenet1_1", "--no-tuning", "-o", str(out / "m.so"), env={"TMPDIR": str(tmpdir)})
+        if proc.returncode != 0:
+            assert_one_line_error(proc)
+        assert leftovers(out) == []
+        assert sorted(p.name for p in tmpdir.iterdir()) in ([], ["filler"])
+
+
+def test_sigterm_during_export_prints_its_line_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmsqz", "compile", "squeezenet1_1", "--no-tuning", "-o", str(out / "m.so")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(out.glob(".tvmsqz-work-*")):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert list(out.glob(".tvmsqz-work-*")), "the export never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "error: terminated", err
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert not list(tmp_path.glob("tmp*"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "uint8"])
+def test_run_random_input_uses_the_models_dtype(dtype):
+    """`run` without --input builds its seeded input in the manifest's dtype (no --cast needed)."""
+    from tvmsqz.cli import _random_input
+
+    x = _random_input([1, 3, 8, 8], dtype)
+    assert x.dtype == np.dtype(dtype) and x.shape == (1, 3, 8, 8) and np.unique(x).size > 2
+
+
+def test_error_line_is_one_line_without_markup(tmp_path):
+    name = tmp_path / "a[bold red]b\nc.so"
+    proc = cli("run", str(name))
+    assert_one_line_error(proc, "[bold red]", "\\n")
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"tracker": 5}',
+        "[1, 2]",
+        '{"tracker": {"role": "tracker", "pid": 1, "pgid": 1, "host": "h", "port": 1, "log": "l"}, "servers": []}',
+        "\xff not json",
+    ],
+)
+def test_emulator_state_with_unexpected_json_is_one_line(tmp_path, state):
+    (tmp_path / "state.json").write_text(state, errors="surrogateescape")
+    for action in ("status", "stop"):
+        (tmp_path / "state.json").write_text(state)
+        proc = cli("device", "emulate", action, env={"TVMSQZ_EMU_STATE": str(tmp_path)})
+        assert_one_line_error(proc, "emulator state")
+
+
+def test_sigterm_during_package_install_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """What the SIGTERM handler does (`fsutil.remove_live_temps`, then exit 143) while `package`
+    copies the staged bundle next to its destination: the hidden `.NAME.partial-*` copy goes too,
+    and the previous bundle at the destination is untouched."""
+    from tvmsqz import fsutil
+    from tvmsqz.bundle import build as bundle_build
+
+    stage = tmp_path / "stage"
+    (stage / "model").mkdir(parents=True)
+    (stage / "model" / "m.so").write_bytes(b"x" * 1000)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "bundle.json").write_text('{"previous": true}')
+    monkeypatch.setattr(bundle_build, "check_output", lambda out: None)
+    real_copytree = shutil.copytree
+
+    depth, left = [], []
+
+    def copy_then_terminate(src, dst, *args, **kwargs):
+        depth.append(dst)
+        try:
+            result = real_copytree(src, dst, *args, **kwargs)
+        finally:
+            depth.pop()
+        if not depth:  # the top-level copy (subfolders recurse through copytree)
+            fsutil.remove_live_temps()  # the handler's clean-up, mid-copy; then it calls os._exit:
+            left.extend(sorted(p.name for p in tmp_path.iterdir()))  # no `finally` runs after that
+            raise SystemExit(143)
+        return result
+
+    monkeypatch.setattr(bundle_build.shutil, "copytree", copy_then_terminate)
+    with pytest.raises(SystemExit):
+        bundle_build._install(stage, out, '{"new": true}')
+    assert left == ["b", "stage"]  # what os._exit(143) would have left: no `.b.partial-*`
+    assert json.loads((out / "bundle.json").read_text()) == {"previous": True}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import operator
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ __all__ = [
     "prefer_runtime_lib",
     "resolve_target",
     "serve_device",
+    "target_files",
     "top_classes",
     "tune",
 ]
@@ -92,9 +94,17 @@ def load_model(
     built-in models and of files with a dynamic batch; `input_shape` (`"data:1,3,224,224"` or a
     tuple) names a shape the file does not give.
     """
+    from .frontend import INPUT_BOUNDS, model_from_onnx
     from .frontend import load_model as load_source
-    from .frontend import model_from_onnx
 
+    low, high = INPUT_BOUNDS["batch"]
+    try:
+        ok = not isinstance(batch, bool) and low <= operator.index(batch) <= high
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TvmsqzError(f"batch must be an integer in {low}..{high}, not {batch!r}")
+    batch = operator.index(batch)
     if isinstance(source, (str, Path)):
         return load_source(str(source), batch=batch, input_shape=input_shape)
     import onnx
@@ -108,9 +118,15 @@ def load_model(
 
         if example_input is None:
             raise TvmsqzError("a torch.nn.Module needs example_input= (a tensor or an input shape) to be exported")
-        shape = tuple(int(d) for d in getattr(example_input, "shape", example_input))
+        try:
+            shape = tuple(int(d) for d in getattr(example_input, "shape", example_input))
+        except (TypeError, ValueError):
+            raise TvmsqzError(f"example_input must be a tensor or a shape tuple, not {example_input!r}") from None
         if len(shape) != 4:
             raise TvmsqzError(f"example_input must be a 4-D NCHW image batch, got shape {list(shape)}")
+        from .frontend import check_input_bounds
+
+        check_input_bounds("example_input", shape)
         try:
             proto = export_onnx(source, shape)
         except Exception as exc:  # noqa: BLE001 - torch's exporter raises many types; all mean "cannot export"
@@ -174,8 +190,8 @@ def compile(
     loaded = _as_model(model)
     backend, pipe = _pipeline(spec)
     path = Path(output) if output is not None else _Scratch.path("model.so")
-    inputs = [Path(loaded.source)] if loaded.source else []
-    check_writable(path, inputs=inputs)
+    inputs = ([Path(loaded.source)] if loaded.source else []) + target_files(target)
+    check_writable(path, inputs=inputs, manifest=True)
     pipe.compile(
         loaded,
         spec,
@@ -436,11 +452,16 @@ def package(
     )
 
 
-def serve_device(*, tracker: str, key: str, host: str, port: int) -> None:
-    """Run TVM's RPC server on this board, registered with `tracker` under `key` (blocks)."""
+def serve_device(
+    *, tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090, custom_addr: str | None = None
+) -> None:
+    """Run TVM's RPC server on this board, registered with `tracker` under `key` (blocks).
+
+    It listens on `host`, this machine only by default: TVM RPC has no authentication, so a
+    server on another address (which prints a warning) runs code for anyone who reaches it."""
     from .device import serve
 
-    serve(tracker=tracker, key=key, host=host, port=port)
+    serve(tracker=tracker, key=key, host=host, port=port, custom_addr=custom_addr)
 
 
 def emulate_devices(action: str, *, count: int = 2, key: str = "arm-emu", tracker_port: int = 9190) -> dict:
@@ -477,8 +498,16 @@ def top_classes(y, top: int = 5) -> list[tuple[int, int, str, float]]:
     return [(rank, cls, names[cls] if names else "", score) for rank, (cls, score) in enumerate(top_k(y, top), 1)]
 
 
-def check_writable(path: str | Path, inputs: list[str | Path] = ()) -> None:
-    """Fail before slow work when `path` cannot be written or would replace one of `inputs`."""
+def check_writable(path: str | Path, inputs: list[str | Path] = (), *, manifest: bool = False) -> None:
+    """Fail before slow work when `path` (and with `manifest` its `PATH.json`) cannot be written
+    or would replace one of `inputs`."""
     from .build import check_writable as check
 
-    check(Path(path), inputs=[Path(i) for i in inputs])
+    check(Path(path), inputs=[Path(i) for i in inputs], manifest=manifest)
+
+
+def target_files(target: Target) -> list[Path]:
+    """The target file a `--target` names when it is a path (`./t.json`): an input like the model."""
+    if isinstance(target, str | Path) and (str(target).endswith(".json") or "/" in str(target)):
+        return [Path(target)]
+    return []

@@ -6,6 +6,7 @@ the ones the compiler later looks up, so both go through the same function with 
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -120,9 +121,16 @@ def parse_size(text: str) -> int:
         value = float(raw[: len(raw) - len(unit)])
     except ValueError:
         raise TvmsqzError(f"bad size {text!r}: expected e.g. 512M or 4G") from None
-    if value <= 0:
-        raise TvmsqzError(f"bad size {text!r}: must be positive")
-    return int(value * units[unit])
+    if not math.isfinite(value) or value <= 0:
+        raise TvmsqzError(f"bad size {text!r}: must be a positive number, e.g. 512M or 4G")
+    size = value * units[unit]
+    if not 1 <= size <= MAX_SIZE:
+        raise TvmsqzError(f"bad size {text!r}: must be between 1 byte and {MAX_SIZE >> 40}T")
+    return int(size)
+
+
+#: The largest `--max-memory` taken (far above any machine's memory: a typo, not a limit).
+MAX_SIZE = 1 << 50
 
 
 def compile_module(
@@ -163,12 +171,21 @@ def compile_module(
     return executable, report
 
 
-def check_writable(path: Path, inputs: list[Path] = ()) -> None:
-    """Fail before the (slow) compile when the output cannot be written or would replace an input."""
+def check_writable(path: Path, inputs: list[Path] = (), *, manifest: bool = False) -> None:
+    """Fail before the (slow) compile when the output cannot be written or would replace an input.
+
+    `inputs` are every file the command reads (model, target file, input array ...); with
+    `manifest`, the manifest written beside the output (`PATH.json`) must not replace one either.
+    Aliases are found by file identity (a hard link, `./t.json` and `t.json`, a symlink).
+    """
+    import os
+
     parent = path.parent if str(path.parent) else Path(".")
+    outputs = [path] + ([Path(str(path) + ".json")] if manifest else [])
     for source in inputs:
-        if path.exists() and source.exists() and path.resolve() == source.resolve():
-            raise TvmsqzError(f"output {path} is also an input; choose another -o")
+        for out in outputs:
+            if out.exists() and source.exists() and os.path.samefile(out, source):
+                raise TvmsqzError(f"output {out} is also an input ({source}); choose another -o")
         if source.exists() and path.resolve() == Path(str(source) + ".json").resolve():
             raise TvmsqzError(f"output {path} would replace the manifest of {source}; choose another -o")
     if path.is_dir():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import TvmsqzError
 
@@ -48,7 +50,9 @@ FuseOpt = typer.Option(
     "(default: the target's measured choice, see `tvmsqz targets`); --no-fuse keeps expand convs + concat.",
 )
 InputShapeOpt = typer.Option(None, "--input-shape", help="Input name and shape, e.g. data:1,3,224,224.")
-BatchOpt = typer.Option(1, "--batch", "-b", min=1, help="Batch size for built-in models.")
+#: The largest batch any command takes (frontend.INPUT_BOUNDS, kept here so a typo fails in the parser).
+MAX_BATCH = 4096
+BatchOpt = typer.Option(1, "--batch", "-b", min=1, max=MAX_BATCH, help="Batch size for built-in models.")
 TrackerOpt = typer.Option(None, "--rpc-tracker", help="RPC tracker HOST:PORT for remote devices.")
 KeyOpt = typer.Option(None, "--rpc-key", help="RPC device key registered with the tracker.")
 
@@ -61,7 +65,16 @@ def _setup_environment() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
     os.environ.setdefault("OMP_NUM_THREADS", str(host_cores()))
     quiet_python_logs()
+    global _STDERR_FD
+    if _STDERR_FD is None:
+        with contextlib.suppress(OSError):
+            _STDERR_FD = os.dup(2)  # the real stderr, even while quiet_stderr points fd 2 at /dev/null
     signal.signal(signal.SIGTERM, _terminate)
+
+
+#: A duplicate of the process's stderr, taken at start-up: the SIGTERM handler writes its one line
+#: there, because the signal can arrive while `quiet.quiet_stderr` has fd 2 on /dev/null (export).
+_STDERR_FD: int | None = None
 
 
 def _terminate(signum, frame) -> None:
@@ -79,8 +92,11 @@ def _terminate(signum, frame) -> None:
         with contextlib.suppress(psutil.Error):
             child.terminate()
     remove_live_temps()
-    err_console.print("[bold red]error:[/bold red] terminated", highlight=False)
-    sys.stderr.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    fd = _STDERR_FD if _STDERR_FD is not None else 2
+    with contextlib.suppress(OSError):
+        os.write(fd, b"error: terminated\n")
     os._exit(143)
 
 
@@ -96,11 +112,11 @@ def _say_default_database(target: str, database: Optional[Path], no_tuning: bool
     if database is None and not no_tuning:
         note = _api().default_database_note(target)
         if note:
-            err_console.print(f"[dim]{note}[/dim]", highlight=False, soft_wrap=True)
+            err_console.print(Text(note, style="dim"), highlight=False, soft_wrap=True)
 
 
-def _check_writable(path: Path, inputs: list[Path]) -> None:
-    _api().check_writable(path, inputs)
+def _check_writable(path: Path, inputs: list[Path], *, manifest: bool = False) -> None:
+    _api().check_writable(path, inputs, manifest=manifest)
 
 
 def _help_and_fail(ctx: typer.Context) -> None:
@@ -198,8 +214,8 @@ def compile_cmd(
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     api = _api()
     spec = api.resolve_target(target)
-    _check_writable(output, [Path(model)])
-    with err_console.status(f"compiling {model} for {spec.name}"):
+    _check_writable(output, [Path(model), *api.target_files(target)], manifest=True)
+    with err_console.status(Text(f"compiling {model} for {spec.name}")):
         loaded = api.load_model(model, batch=batch, input_shape=input_shape)
         artifact = api.compile(
             loaded,
@@ -225,6 +241,7 @@ def compile_cmd(
         + (f"; {manifest['note']}" if manifest.get("note") else ""),
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
 
 
@@ -245,7 +262,7 @@ def run_cmd(
     if output is not None:
         _check_writable(output, [artifact] + ([input] if input is not None else []))
     runner = api.load(
-        artifact, warn=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False, soft_wrap=True)
+        artifact, warn=lambda msg: err_console.print(Text(msg, style="yellow"), highlight=False, soft_wrap=True)
     )
     if input is not None:
         if not input.is_file():
@@ -258,7 +275,7 @@ def run_cmd(
         shape = runner.input_shape
         if shape is None:
             raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
-        x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+        x = _random_input(shape, runner.input_dtype or "float32")
     x = api.check_input(x, runner.input_shape, runner.input_dtype, cast=cast, allow_nonfinite=allow_nonfinite)
     y = runner.run(x)
     if output is not None:
@@ -273,6 +290,18 @@ def run_cmd(
     for rank, cls, name, score in api.top_classes(y, top):
         table.add_row(str(rank), str(cls), name, f"{score:.5g}")
     console.print(table)
+
+
+def _random_input(shape, dtype: str):
+    """`run`'s seeded input in the model's own dtype (an fp16 or int8 artifact needs no --cast)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    kind = np.dtype(dtype)
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        return rng.integers(info.min, int(info.max) + 1, size=tuple(shape), dtype=kind)
+    return rng.standard_normal(tuple(shape)).astype(kind)
 
 
 @app.command("bench")
@@ -297,7 +326,7 @@ def bench_cmd(
     api = _api()
     spec = api.resolve_target(target)
     if json_out is not None:
-        _check_writable(json_out, [Path(model)])
+        _check_writable(json_out, [Path(model), *api.target_files(target)])
     source = model if model.endswith(".so") else api.load_model(model, batch=batch, input_shape=input_shape)
     report = api.bench(
         source,
@@ -317,7 +346,7 @@ def bench_cmd(
         from .fsutil import atomic_write
 
         atomic_write(json_out, report.to_json() + "\n")
-        err_console.print(f"[dim]wrote {json_out}[/dim]")
+        err_console.print(Text(f"wrote {json_out}", style="dim"), highlight=False, soft_wrap=True)
 
 
 @app.command("tune")
@@ -386,7 +415,7 @@ def tune_cmd(
         rpc_key=rpc_key,
         log=err_console,
     )
-    console.print(_tune_line(summary), highlight=False, soft_wrap=True)
+    console.print(_tune_line(summary), highlight=False, soft_wrap=True, markup=False)
 
 
 def _tune_line(summary: dict) -> str:
@@ -419,16 +448,18 @@ def package_cmd(
         tar=tar,
         strip=strip,
         runtime_from=runtime_from,
-        log=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False),
+        log=lambda msg: err_console.print(Text(msg, style="dim"), highlight=False, soft_wrap=True),
     )
     sizes = bundle["sizes"]
     console.print(
         f"wrote {output} ({bundle['arch']}: runtime {sizes['runtime_bytes'] / 1e6:.1f} MB, model "
         f"{sizes['model_bytes'] / 1e6:.1f} MB, runners {sizes['runner_bytes'] / 1e6:.2f} MB)"
         + (f" and {bundle['tar']}" if "tar" in bundle else "")
-        + f"; run it with {output}/bin/tvmsqz-run or python3 {output}/bin/tvmsqz-run.py",
+        + f"; run it with {output}/bin/tvmsqz-run or python3 {output}/bin/tvmsqz-run.py"
+        + f"; manifest sha256 {bundle['model']['manifest_sha256']}",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
 
 
@@ -436,11 +467,19 @@ def package_cmd(
 def device_serve(
     tracker: str = typer.Option(..., "--rpc-tracker", help="Tracker HOST:PORT to register with."),
     key: str = typer.Option(..., "--rpc-key", help="Device key, e.g. rpi4."),
-    host: str = typer.Option("0.0.0.0", "--host"),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on (default: this machine only). TVM RPC has no authentication: "
+        "anyone who reaches the port can run code here, so any other address prints a warning (docs/arm.md).",
+    ),
     port: int = typer.Option(9090, "--port"),
+    custom_addr: Optional[str] = typer.Option(
+        None, "--custom-addr", help="The address the tracker hands to clients (e.g. 127.0.0.1 behind an SSH tunnel)."
+    ),
 ) -> None:
     """Start the TVM RPC server on this board (runs until Ctrl-C)."""
-    _api().serve_device(tracker=tracker, key=key, host=host, port=port)
+    _api().serve_device(tracker=tracker, key=key, host=host, port=port, custom_addr=custom_addr)
 
 
 @device_app.command("emulate")
@@ -463,9 +502,40 @@ def device_emulate(
         console.print_json(json.dumps(info))
 
 
+#: The longest message `_fail` prints (a linker's or TVM's whole log is not a message).
+MAX_ERROR_CHARS = 600
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`message` as one printable line: line breaks and other control characters (a file name
+    may hold a newline) become their escapes, and a message over `limit` characters is cut."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(message).strip())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    """The one error line: `error: MESSAGE`, never markup-interpreted, never wrapped, one line."""
+    line = Text("error:", style="bold red")
+    line.append(" " + one_line(message))
+    err_console.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
     sys.exit(code)
+
+
+def _internal_error(exc: BaseException) -> str:
+    """An exception no command anticipated (a TVM error, a bug) as one line; TVMSQZ_DEBUG=1 prints
+    the traceback first."""
+    if os.environ.get("TVMSQZ_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory (the model or input is too large for this machine)"
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    detail = lines[-1] if lines else ""
+    if "bad_alloc" in detail or "Cannot allocate memory" in detail:
+        return "out of memory (the model or input is too large for this machine)"
+    return f"internal error ({type(exc).__name__}): {detail} (TVMSQZ_DEBUG=1 shows the traceback)"
 
 
 def main() -> None:
@@ -489,6 +559,10 @@ def main() -> None:
         from .fsutil import os_error
 
         _fail(str(os_error(exc.filename or "a file", exc)))
+    except RecursionError:
+        _fail("input nested too deeply")
+    except Exception as exc:  # noqa: BLE001 - a TVM error or a bug: still one line (TVMSQZ_DEBUG shows it)
+        _fail(_internal_error(exc))
     if isinstance(rc, int) and rc:  # typer returns Exit codes (Ctrl-C: 130) instead of raising
         if rc == 130:
             _fail("interrupted", 130)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import TvmsqzError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, os_error
 from .spec import TargetSpec
 
 WORKLOAD_FILE = "database_workload.json"
@@ -51,15 +51,31 @@ def has_database(path: Path) -> bool:
 
 
 def _read_lines(path: Path) -> list:
+    """The JSON rows of one database file; a file that is not UTF-8 JSON lines (random bytes, a
+    line nested past Python's recursion limit) is one `TvmsqzError` naming it and the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise os_error(path, exc, "read") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TvmsqzError(f"database file {path} is corrupt (line {line} is not UTF-8 text)") from None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise TvmsqzError(f"database file {path} is corrupt (line {number} is not JSON)") from None
     return rows
+
+
+def _is_workload(row) -> bool:
+    """A MetaSchedule workload line: [structural hash, serialized module]."""
+    return isinstance(row, list) and len(row) == 2 and isinstance(row[0], str) and isinstance(row[1], str)
 
 
 def check_database(path: Path, spec: TargetSpec) -> int:
@@ -70,12 +86,16 @@ def check_database(path: Path, spec: TargetSpec) -> int:
         raise TvmsqzError(f"{path} is not a tuning database (needs {WORKLOAD_FILE} and {RECORD_FILE})")
     workloads = _read_lines(path / WORKLOAD_FILE)
     records = _read_lines(path / RECORD_FILE)
+    for number, row in enumerate(workloads, 1):
+        if not _is_workload(row):
+            raise TvmsqzError(f"database file {path / WORKLOAD_FILE} is corrupt (workload {number} is malformed)")
     want = target_identity(spec.tvm_config or {})
     for number, rec in enumerate(records, 1):
         if not (
             isinstance(rec, list)
             and len(rec) == 2
             and isinstance(rec[0], int)
+            and not isinstance(rec[0], bool)
             and isinstance(rec[1], list)
             and len(rec[1]) >= 3
         ):

@@ -8,6 +8,9 @@ by the user with `--input-shape data:1,3,224,224`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,15 +120,80 @@ def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
     from tvm.relax.frontend.onnx import from_onnx
 
     spec = discover_input(model, input_shape)
+    check_constant_sizes(model)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    try:
-        with quiet_stderr():
+    failure = None
+    # The importer prints its own "Error converting operator" (stdout) and TVM's C++ warns when
+    # the half-built module is freed (stderr): both stay inside this block, so a failure is one line.
+    with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
+        try:
             mod = from_onnx(model, shape_dict={spec.name: spec.shape}, opset=opset or None, keep_params_in_input=False)
-    except Exception as exc:  # noqa: BLE001 - the importer raises many types; all mean "cannot import"
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise TvmsqzError(f"cannot import the ONNX model into TVM: {first}") from None
+        except Exception as exc:  # noqa: BLE001 - the importer raises many types; all mean "cannot import"
+            failure = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if failure is not None:
+            gc.collect()  # free the importer's BlockBuilder here, not at exit
+    if failure is not None:
+        raise TvmsqzError(f"cannot import the ONNX model into TVM: {failure}")
     _check_classifier_output(mod)
     return mod, spec
+
+
+#: The most elements one constant of the graph may hold (a weight, a ConstantOfShape, an Expand):
+#: 2**28 (1 GiB of float32) is far above any classifier's largest weight, far below a typo's 36 G.
+MAX_CONSTANT_ELEMENTS = 1 << 28
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The small integer tensors a shape argument can come from (initializers, Constant nodes)."""
+    from onnx import numpy_helper
+
+    small: dict[str, np.ndarray] = {}
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    tensors.append((node.output[0], attr.t))
+    for name, tensor in tensors:
+        if len(tensor.dims) <= 1 and (not tensor.dims or tensor.dims[0] <= 16):
+            try:
+                small[name] = numpy_helper.to_array(tensor)
+            except Exception:  # noqa: BLE001 - an unreadable tensor is the importer's to report
+                continue
+    return small
+
+
+def check_constant_sizes(model: onnx.ModelProto) -> None:
+    """Refuse, before TVM imports it, a graph with a constant too large to build: an initializer or
+    Constant node, or a ConstantOfShape / Expand whose shape is a constant (the importer folds
+    them into arrays at once: a 36 G-element one is a 134 GiB allocation, bad_alloc)."""
+
+    def refuse(what: str, shape) -> TvmsqzError:
+        return TvmsqzError(
+            f"the model's {what} has shape {list(shape)}: over {MAX_CONSTANT_ELEMENTS} elements, "
+            "too large for an image classifier"
+        )
+
+    def count(shape) -> int:
+        total = 1
+        for d in shape:
+            total *= max(int(d), 0)
+        return total
+
+    for tensor in model.graph.initializer:
+        if count(tensor.dims) > MAX_CONSTANT_ELEMENTS:
+            raise refuse(f"initializer {tensor.name!r}", tensor.dims)
+    values = _constant_values(model)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR and count(attr.t.dims) > MAX_CONSTANT_ELEMENTS:
+                    raise refuse(f"Constant {node.name or node.output[0]!r}", attr.t.dims)
+        elif node.op_type in ("ConstantOfShape", "Expand"):
+            shape_input = node.input[0] if node.op_type == "ConstantOfShape" else node.input[-1]
+            shape = values.get(shape_input)
+            if shape is not None and shape.dtype.kind in "iu" and count(shape.reshape(-1)) > MAX_CONSTANT_ELEMENTS:
+                raise refuse(f"{node.op_type} {node.name or node.output[0]!r}", shape.reshape(-1).tolist())
 
 
 def _check_classifier_output(mod) -> None:

@@ -88,17 +88,51 @@ def export_error(path: Path | str, exc: Exception) -> TvmsqzError:
     return TvmsqzError(f"cannot write {path}: linking failed: {detail}")
 
 
+@contextlib.contextmanager
+def private_tempdir(beside: Path | str) -> Iterator[Path]:
+    """A work folder beside `beside` (`.tvmsqz-work-XXXX/`), made the process's temp folder
+    (`tempfile.tempdir` and `TMPDIR`, which TVM's `export_library` and the compiler it runs use)
+    for the block: a full or missing system temp folder cannot fail the step, and the folder and
+    everything in it (TVM's `lib0.o`, the linker's temp files) go on every exit path, SIGTERM
+    included (`remove_live_temps`)."""
+    import shutil
+
+    folder = Path(beside).parent if str(Path(beside).parent) else Path(".")
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".tvmsqz-work-", dir=folder))
+    except OSError as exc:
+        raise os_error(Path(beside), exc) from None
+    _LIVE.add(work)
+    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = str(work)
+    os.environ["TMPDIR"] = str(work)
+    try:
+        yield work
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(work, ignore_errors=True)
+        _LIVE.discard(work)
+
+
 def export_library(module, path: Path | str, **kwargs) -> None:
     """`module.export_library(path, **kwargs)` atomically, with TVM's log quiet and a failed link
-    (disk full, missing cross compiler) as one line; used by every backend's export."""
+    (disk full, missing cross compiler) as one line; used by every backend's export. TVM's
+    object files and the linker's temp files live in a private folder beside `path` (see
+    `private_tempdir`), never in the system temp folder."""
     from .quiet import quiet_stderr
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, private_tempdir(path):
         try:
             with quiet_stderr():
                 module.export_library(str(tmp), **kwargs)
         except RuntimeError as exc:
             raise export_error(path, exc) from None
+        except OSError as exc:
+            raise os_error(path, exc) from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -114,11 +148,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where /proc says it (Linux 4.7+)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting (and restore at once)
+    os.umask(mask)
+    return mask
+
+
+def _new_mode(dest: Path) -> int:
+    """The permission bits a replaced file keeps (an existing `dest`'s own), or those a new file
+    gets from the umask, as `open()` would create it: never wider than the user asked for."""
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `dest`; rename it over `dest` only if the block succeeds.
 
     The temp name keeps `dest`'s suffix (TVM's `export_library` picks its linker by suffix).
+    The result has the mode of the file it replaces, or for a new file the umask's (0644 under
+    the usual 022, 0600 under 077), never the temp file's 0600 nor a fixed 0644.
     """
     dest = Path(dest)
     folder = dest.parent if str(dest.parent) else Path(".")
@@ -135,7 +192,7 @@ def atomic_path(dest: Path | str, suffix: str | None = None) -> Iterator[Path]:
             raise TvmsqzError(f"cannot write {dest}: nothing was written")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _new_mode(dest))
         os.replace(tmp, dest)
         _fsync_dir(folder)
     except OSError as exc:

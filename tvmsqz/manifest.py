@@ -69,34 +69,111 @@ def read_manifest(artifact: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 / JSON, nested too deep
         raise TvmsqzError(f"manifest {path} is corrupt (not JSON)") from None
     check_manifest(manifest, path)
     return manifest
 
 
+#: Bounds on the input a manifest may declare: those `frontend.check_input_bounds` compiles
+#: (batch, channels, height/width), and at most MAX_INPUT_ELEMENTS in all (a runner allocates it).
+INPUT_BOUNDS = {"batch": (1, 4096), "channels": (1, 4), "size": (8, 4096)}
+MAX_INPUT_ELEMENTS = 1 << 30
+_BYTES = {"type": "integer", "minimum": 0, "maximum": 1 << 44}
+_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_FILE_ENTRY = {
+    "type": "object",
+    "required": ["file", "bytes", "sha256"],
+    "properties": {"file": {"type": "string", "minLength": 1, "maxLength": 255}, "bytes": _BYTES, "sha256": _SHA256},
+}
+
+
+def _dim(what: str) -> dict:
+    low, high = INPUT_BOUNDS[what]
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+#: What a manifest must be before any field is used (JSON Schema 2020-12; `jsonschema`).
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["target", "input", "artifact"],
+    "properties": {
+        "format": {"type": "string", "maxLength": 64},
+        "model": {"type": "string", "maxLength": 4096},
+        "target": {
+            "type": "object",
+            "required": ["family"],
+            "properties": {"family": {"enum": list(FAMILIES)}, "name": {"type": "string", "maxLength": 256}},
+        },
+        "input": {
+            "type": "object",
+            "required": ["shape"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 256},
+                "shape": {
+                    "type": "array",
+                    "prefixItems": [_dim("batch"), _dim("channels"), _dim("size"), _dim("size")],
+                    "minItems": 4,
+                    "maxItems": 4,
+                },
+                "dtype": {"enum": list(DTYPES)},
+            },
+        },
+        "artifact": {"type": "object", "required": ["bytes", "sha256"], "properties": _FILE_ENTRY["properties"]},
+        "files": {"type": "array", "items": _FILE_ENTRY, "maxItems": 64},
+    },
+}
+
+
+def _schema_error(manifest: Any) -> str | None:
+    """The first schema violation as `field 'a.b': why` (None when the manifest conforms)."""
+    import jsonschema
+
+    errors = sorted(
+        jsonschema.Draft202012Validator(SCHEMA).iter_errors(manifest), key=lambda e: (len(e.absolute_path), e.path)
+    )
+    if not errors:
+        return None
+    err = errors[0]
+    parts = [str(p) for p in err.absolute_path]
+    if err.validator == "required" and "'" in err.message:
+        parts.append(err.message.split("'")[1])
+    field = ".".join(parts) or "(top level)"
+    if field == "input" and err.validator == "type":
+        return "field 'input': no input description (not an object)"
+    message = err.message if len(err.message) <= 200 else err.message[:200] + "..."
+    return f"field {field!r}: {message}"
+
+
 def check_manifest(manifest: Any, path: Path) -> None:
-    """Refuse a manifest whose fields cannot describe a tvmsqz artifact (edited by hand, foreign)."""
+    """Refuse a manifest whose fields cannot describe a tvmsqz artifact (edited by hand, foreign,
+    hostile): validated against `SCHEMA` (types, bounds, sha256 form), then the checks a schema
+    cannot say (file names beside the artifact, the input's total size)."""
 
     def bad(what: str) -> TvmsqzError:
         return TvmsqzError(f"manifest {path} is invalid: {what}")
 
     if not isinstance(manifest, dict):
         raise bad("not a JSON object")
-    target = manifest.get("target")
-    if not isinstance(target, dict) or target.get("family") not in FAMILIES:
-        raise bad(f"target.family must be one of {', '.join(FAMILIES)}")
-    spec = manifest.get("input")
-    if not isinstance(spec, dict):
-        raise bad("no input description")
-    shape = spec.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise bad(f"input.shape {shape!r} is not 4 positive integers")
-    if spec.get("dtype", "float32") not in DTYPES:
-        raise bad(f"input.dtype {spec.get('dtype')!r} is not one of {', '.join(DTYPES)}")
-    entry = manifest.get("artifact")
-    if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
-        raise bad("artifact.bytes / artifact.sha256 missing")
+    problem = _schema_error(manifest)
+    if problem:
+        raise bad(problem)
+    shape = manifest["input"]["shape"]
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements > MAX_INPUT_ELEMENTS:
+        raise bad(f"field 'input.shape': {shape} is {elements} elements, over {MAX_INPUT_ELEMENTS}")
+    for extra in manifest.get("files", []):
+        name = extra["file"]
+        if not is_plain_name(name):
+            raise bad(f"files entry {name!r} is not a file name beside the artifact")
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name with no folder part: what a manifest may name (its files lie beside it), so
+    that no manifest field reaches a path outside the artifact's folder."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def verify_files(artifact: Path, manifest: dict) -> None:

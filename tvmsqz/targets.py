@@ -25,8 +25,25 @@ __all__ = ["TargetSpec", "get_target", "list_targets", "load_target_file", "host
 #: Aliases resolved from the host: alias -> candidate target files, best first.
 _ALIASES = {"auto-x86": ("x86-avx512", "x86-avx2")}
 
-_STR = {"type": "string"}
-_STR_LIST = {"type": "array", "items": _STR}
+_STR = {"type": "string", "maxLength": 256}
+_STR_LIST = {"type": "array", "items": _STR, "maxItems": 64}
+#: Bounds on the numbers a target file may give TVM (a core count of 10**30 is a typo, and TVM's
+#: C++ would refuse it with a traceback).
+_CORES = {"type": "integer", "minimum": 1, "maximum": 4096}
+_GPU_INT = {"type": "integer", "minimum": 1, "maximum": 1 << 31}
+#: The TVM target of a host (the CPU side of a CUDA target): TVM's CPU kinds only.
+_TVM_HOST = {
+    "type": "object",
+    "required": ["kind"],
+    "properties": {
+        "kind": {"enum": ["llvm", "c"]},
+        "mcpu": _STR,
+        "mtriple": _STR,
+        "mattr": _STR_LIST,
+        "mfloat-abi": _STR,
+        "num-cores": _CORES,
+    },
+}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "family"],
@@ -45,8 +62,17 @@ SCHEMA: dict[str, Any] = {
                 "mattr": _STR_LIST,
                 "mfloat-abi": _STR,
                 "arch": _STR,
-                "num-cores": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "host"}]},
-                "host": {"type": "object"},
+                "num-cores": {"anyOf": [_CORES, {"const": "host"}]},
+                "host": _TVM_HOST,
+                **{
+                    k: _GPU_INT
+                    for k in (
+                        "max_threads_per_block",
+                        "max_shared_memory_per_block",
+                        "thread_warp_size",
+                        "registers_per_block",
+                    )
+                },
             },
         },
         "schedules": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
@@ -65,7 +91,7 @@ SCHEMA: dict[str, Any] = {
                 "conv2d": {"enum": ["NCHW", "NCHWc", "NHWC"]},
                 "block": {"enum": [4, 8, 16]},
                 "winograd": {"enum": [0, 2, 4]},
-                "winograd_min_size": {"type": "integer", "minimum": 0},
+                "winograd_min_size": {"type": "integer", "minimum": 0, "maximum": 4096},
                 "classifier_pad": {"type": "integer", "minimum": 0, "maximum": 256},
             },
             "if": {"properties": {"conv2d": {"const": "NCHWc"}}},
@@ -150,7 +176,7 @@ def get_target(name: str) -> TargetSpec:
         raw = {**raw, "host_target": _host_target(raw["host"], raw["name"])}
     raw = backend_for_family(raw["family"]).resolve_target_data(raw)
     tvm_config = raw.get("tvm")
-    return TargetSpec(
+    spec = TargetSpec(
         name=raw["name"],
         family=raw["family"],
         description=raw.get("description", ""),
@@ -159,6 +185,23 @@ def get_target(name: str) -> TargetSpec:
         cc=(raw.get("export") or {}).get("cc"),
         data=raw,
     )
+    if spec.tvm_config is not None:
+        check_tvm_target(spec, name)
+    return spec
+
+
+def check_tvm_target(spec: TargetSpec, source: str) -> None:
+    """Build the TVM target now, so that a section TVM refuses (an unknown kind or option the
+    schema lets through) is one line naming the target file, not a C++ traceback mid-compile."""
+    try:
+        _ = spec.target  # constructing it is the check
+    except TvmsqzError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - TVM raises ValueError/TVMError/... for a bad config
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = lines[-1] if lines else type(exc).__name__
+        detail = detail.split(" Target creation from config dict failed")[0]
+        raise TvmsqzError(f"target {source}: TVM refuses its 'tvm' section: {detail}") from None
 
 
 def _host_target(host: str, of: str) -> dict[str, Any]:

@@ -5,8 +5,11 @@ inside): the model and its manifest, `libtvm_runtime.so` + `libtvm_ffi.so` of th
 architecture, a C++ runner compiled with the target's (cross) compiler, a Python runner that
 needs only numpy, ImageNet labels, and `bundle.json` listing every file with its sha256.
 Everything architecture-specific is read from the artifact: the ELF machine of the `.so`
-(`cross.elf_machine`), the triple in its manifest's target, and the cross compiler it was
-linked with (`target.cc`; none means this host's `c++`).
+(`toolchain.elf_machine`) and the triple in its manifest's target. The manifest is data, never
+code: the compiler that builds the C++ runner comes from the shipped target file the manifest
+names (`export.cc`) or, for any other target, from the ELF machine (this host's `c++`, or the
+cross compiler the shipped target files name for that machine); the manifest's own `target.cc`
+is never run, and an edited manifest cannot make `package` run anything else.
 """
 
 from __future__ import annotations
@@ -61,6 +64,71 @@ def _strip_tool(cc: str) -> str | None:
     return shutil.which(tool) if tool != Path(cc).name else None
 
 
+def _triple_machine(triple: Any) -> str | None:
+    """`aarch64-linux-gnu` -> "aarch64", `armv7a-linux-gnueabihf` -> "arm" (ELF machine names)."""
+    if not isinstance(triple, str) or not triple:
+        return None
+    cpu = triple.split("-", 1)[0]
+    if cpu.startswith("aarch64"):
+        return "aarch64"
+    if cpu.startswith(("arm", "thumb")):
+        return "arm"
+    return cpu
+
+
+def _shipped_target(name: Any) -> dict | None:
+    """The shipped target file `name` (by name only, never a path); None for any other name."""
+    from ..paths import TARGETS_DIR
+    from ..targets import load_target_file
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        return None
+    path = TARGETS_DIR / f"{name}.json"
+    return load_target_file(path) if path.is_file() else None
+
+
+def _cross_compilers() -> dict[str, str]:
+    """ELF machine -> the cross C++ compiler the shipped target files name for it."""
+    from ..paths import TARGETS_DIR
+    from ..targets import load_target_file
+
+    found: dict[str, str] = {}
+    for path in sorted(TARGETS_DIR.glob("*.json")):
+        raw = load_target_file(path)
+        cc, machine = (raw.get("export") or {}).get("cc"), _triple_machine((raw.get("tvm") or {}).get("mtriple"))
+        if cc and machine:
+            found.setdefault(machine, cc)
+    return found
+
+
+def runner_compiler(artifact: Path, arch: str, target_name: Any) -> str:
+    """The C++ compiler for a runner of `arch`, from trusted data only (never the manifest's cc).
+
+    The shipped target the manifest names gives its `export.cc` (its triple must be of `arch`);
+    otherwise a native artifact gets `$CXX` or `c++`, a foreign one the cross compiler the
+    shipped targets name for its machine.
+    """
+    raw = _shipped_target(target_name)
+    cc = (raw.get("export") or {}).get("cc") if raw else None
+    if cc:
+        triple = (raw.get("tvm") or {}).get("mtriple")
+        if _triple_machine(triple) not in (None, arch):
+            raise TvmsqzError(
+                f"{artifact.name} is an {arch} library, but its manifest names target {target_name} "
+                f"({triple}): the manifest does not describe this artifact"
+            )
+        return cc
+    if arch == host_arch():
+        return os.environ.get("CXX") or "c++"
+    cross = _cross_compilers().get(arch)
+    if cross is None:
+        raise TvmsqzError(
+            f"{artifact.name} is an {arch} library, and no shipped target names a cross compiler for "
+            f"{arch} to build the runner with"
+        )
+    return cross
+
+
 def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
     """The architecture, compiler and strip tool for `artifact`, from its ELF header and manifest.
 
@@ -82,12 +150,8 @@ def bundle_target(artifact: Path, manifest: dict) -> BundleTarget:
         )
     arch = elf_machine(artifact)
     triple = (target.get("tvm") or {}).get("mtriple")
-    cc = target.get("cc") or os.environ.get("CXX") or "c++"
-    if not target.get("cc") and arch != host_arch():
-        raise TvmsqzError(
-            f"{artifact.name} is an {arch} library, but its target {target.get('name')} names no cross "
-            f"compiler to build the runner with"
-        )
+    triple = triple if isinstance(triple, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", triple) else None
+    cc = runner_compiler(artifact, arch, target.get("name"))
     if shutil.which(cc) is None:
         raise TvmsqzError(
             f"compiler {cc} not found: it builds the bundle's C++ runner for {triple or arch} "
@@ -209,13 +273,80 @@ def _entry(root: Path, rel: str, part: str) -> dict[str, Any]:
 
 
 def check_output(out: Path) -> None:
-    """Refuse an `-o` that is a file or a folder holding something other than a bundle (checked
-    before any work, and again just before the old bundle is replaced)."""
-    if out.exists():
-        if not out.is_dir():
-            raise TvmsqzError(f"-o {out} is a file; a bundle is a folder")
-        if any(out.iterdir()) and not (out / "bundle.json").is_file():
-            raise TvmsqzError(f"-o {out} exists and is not a bundle (no bundle.json): choose another folder")
+    """Refuse an `-o` that is a file, or a folder holding anything but a bundle `package` made
+    (checked before any work, and again just before the old bundle is replaced).
+
+    A folder is replaced only when it holds `bundle.json` and nothing else but the files that
+    `bundle.json` lists (and the folders they lie in): the user's own files beside a bundle
+    (or a hand-made `bundle.json`) make the folder theirs, and it is refused, never emptied.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink():
+        raise TvmsqzError(f"-o {out} is a symbolic link; give the bundle folder itself")
+    if not out.is_dir():
+        raise TvmsqzError(f"-o {out} is a file; a bundle is a folder")
+    if not any(out.iterdir()):
+        return
+    listed = _bundle_listing(out)
+    if listed is None:
+        why = "its bundle.json is not one package wrote" if (out / "bundle.json").exists() else "no bundle.json"
+        raise TvmsqzError(f"-o {out} exists and is not a bundle ({why}): choose another folder")
+    folders = {str(Path(rel).parents[i]) for rel in listed for i in range(len(Path(rel).parents) - 1)}
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        base = Path(dirpath).relative_to(out)
+        for name in sorted(dirnames):
+            rel = (base / name).as_posix()
+            if (out / rel).is_symlink() or rel not in folders:
+                foreign.append(rel + ("" if (out / rel).is_symlink() else "/"))
+        dirnames[:] = [d for d in dirnames if (base / d).as_posix() in folders and not (out / base / d).is_symlink()]
+        foreign += [(base / n).as_posix() for n in sorted(filenames) if (base / n).as_posix() not in listed]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise TvmsqzError(
+            f"-o {out} holds files that are not part of the bundle there ({shown}): package replaces only a "
+            "bundle it made; choose another folder"
+        )
+
+
+def _bundle_listing(folder: Path) -> set[str] | None:
+    """`bundle.json` and the files it lists (relative paths), or None when it is no bundle manifest."""
+    try:
+        manifest = json.loads((folder / "bundle.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    if not isinstance(manifest.get("files"), list):
+        return None
+    listed = {"bundle.json"}
+    for entry in manifest["files"]:
+        rel = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+            return None
+        listed.add(Path(rel).as_posix())
+    return listed
+
+
+def check_tar_output(out: Path) -> None:
+    """`--tar` writes OUT.tar.gz: refuse when a file of that name is not a bundle archive of OUT
+    (the user's own archive is never replaced)."""
+    import tarfile
+
+    tar_path = out.with_name(out.name + ".tar.gz")
+    if not tar_path.exists() and not tar_path.is_symlink():
+        return
+    why = f"{tar_path} exists and is not a bundle archive of {out.name}: choose another -o or move it away"
+    if tar_path.is_symlink() or not tar_path.is_file():
+        raise TvmsqzError(why)
+    try:
+        with tarfile.open(tar_path, "r:gz") as tar:
+            names = tar.getnames()
+    except (OSError, EOFError, tarfile.TarError):
+        raise TvmsqzError(why) from None
+    if f"{out.name}/bundle.json" not in names or any(n != out.name and not n.startswith(f"{out.name}/") for n in names):
+        raise TvmsqzError(why)
 
 
 def _install(stage: Path, out: Path, manifest_text: str) -> None:
@@ -224,22 +355,24 @@ def _install(stage: Path, out: Path, manifest_text: str) -> None:
     `bundle.json` written last: a folder without it is no bundle, and the runners refuse it."""
     import tempfile
 
-    from ..fsutil import atomic_write
+    from ..fsutil import atomic_write, current_umask, forget_temp, keep_temp
 
     check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    keep_temp(partial)  # SIGTERM removes it; `old` is not registered: it may hold the previous bundle
     old = None
     try:
         shutil.copytree(stage, partial, dirs_exist_ok=True)
         atomic_write(partial / "bundle.json", manifest_text)
-        partial.chmod(0o755)
+        partial.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 -> what mkdir would have made
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "bundle")
         os.replace(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        forget_temp(partial)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -249,10 +382,19 @@ def _write_tar(out: Path) -> Path:
 
     from ..fsutil import atomic_path
 
+    def regular(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        # files and folders only (a bundle holds nothing else), under one top folder, no owner names
+        if not (info.isfile() or info.isdir()):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
     tar_path = out.with_name(out.name + ".tar.gz")
+    check_tar_output(out)
     with atomic_path(tar_path, suffix=".tar.gz") as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(out, arcname=out.name)
+            tar.add(out, arcname=out.name, filter=regular)
     return tar_path
 
 
@@ -272,10 +414,12 @@ def build_bundle(
     """
     from ..fsutil import os_error, temp_dir
     from ..images import class_names
-    from ..manifest import read_manifest, verify_files
+    from ..manifest import manifest_path, read_manifest, sha256, verify_files
 
     artifact, out = Path(artifact), Path(out)
     check_output(out)
+    if tar:
+        check_tar_output(out)
     if not artifact.is_file():
         raise TvmsqzError(f"no such file: {artifact}")
     manifest = read_manifest(artifact)
@@ -338,6 +482,8 @@ def build_bundle(
                     "manifest": f"model/{artifact.name}.json",
                     "labels": LABELS,
                     "sha256": manifest["artifact"]["sha256"],
+                    # the manifest as bundled: compare with `sha256sum NAME.so.json` where it was compiled
+                    "manifest_sha256": sha256(manifest_path(artifact)),
                 },
                 "target": manifest["target"]["name"],
                 "target_config": manifest["target"].get("tvm"),

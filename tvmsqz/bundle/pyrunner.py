@@ -426,6 +426,96 @@ def sync(rt: Runtime, device: Device) -> None:
 # ----------------------------------------------------------------------------- bundle checks
 
 
+def inside_bundle(root: str, rel, what: str) -> str:
+    """`root/rel` for a path bundle.json names; a Refusal when it is not a relative path that stays
+    inside the bundle (absolute, `..`, or a link leading out): nothing outside is ever loaded."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise Refusal(f"bundle.json is invalid: {what} is not a file name")
+    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise Refusal(f"bundle.json is invalid: {what} {rel!r} points outside the bundle")
+    full = os.path.join(root, rel)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+        raise Refusal(f"bundle.json is invalid: {what} {rel!r} points outside the bundle")
+    return full
+
+
+def check_output(output: str, input_path: str | None, root: str, manifest: dict) -> None:
+    """Refuse an `-o` that would replace what this run reads: the input, bundle.json or a bundle file."""
+    if input_path and os.path.exists(output) and os.path.exists(input_path) and os.path.samefile(output, input_path):
+        raise Refusal(f"-o {output} is the input {input_path}: it would be overwritten; choose another -o")
+    real = os.path.realpath(output)
+    listed = ["bundle.json"] + [e.get("file") for e in manifest.get("files", []) if isinstance(e, dict)]
+    for rel in listed:
+        if isinstance(rel, str) and real == os.path.realpath(os.path.join(root, rel)):
+            raise Refusal(f"-o {output} is the bundle's {rel}: it would be overwritten; choose another -o")
+
+
+#: The input a bundle may declare: 4 dimensions within these bounds (as `tvmsqz compile` makes
+#: them), at most MAX_INPUT_ELEMENTS in all: the runner allocates it before anything else.
+MAX_DIM = 4096
+MAX_INPUT_ELEMENTS = 1 << 30
+_HEX = set("0123456789abcdef")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_bundle_fields(m: dict, root: str) -> None:
+    """bundle.json's fields, each checked for type and bounds before any is used (the schema of
+    docs/bundle.md, written out: the device has no jsonschema); a Refusal names the field."""
+
+    def bad(field: str, why: str) -> Refusal:
+        return Refusal(f"bundle.json is invalid: {field} {why}")
+
+    def obj(v, field: str) -> dict:
+        if not isinstance(v, dict):
+            raise bad(field, "is not an object")
+        return v
+
+    def text(d: dict, key: str, field: str, required: bool = True) -> None:
+        if key not in d and not required:
+            return
+        if not isinstance(d.get(key), str) or not d[key] or len(d[key]) > 4096:
+            raise bad(f"{field}.{key}" if field else key, "is not a non-empty string")
+
+    for key in ("target", "arch"):
+        text(m, key, "")
+    text(m, "device", "", required=False)
+    model = obj(m.get("model"), "model")
+    for key in ("file", "name", "labels"):
+        text(model, key, "model")
+    spec = obj(m.get("input"), "input")
+    text(spec, "name", "input")
+    if spec.get("dtype") not in ("float32", "float16", "int8", "uint8"):
+        raise bad("input.dtype", f"{spec.get('dtype')!r} is not float32, float16, int8 or uint8")
+    shape = spec.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(_is_int(d) and 1 <= d <= MAX_DIM for d in shape)):
+        raise bad("input.shape", f"{shape!r} is not 4 integers in 1..{MAX_DIM}")
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements > MAX_INPUT_ELEMENTS:
+        raise bad("input.shape", f"{shape} is {elements} elements, over {MAX_INPUT_ELEMENTS}")
+    files = m.get("files")
+    if not isinstance(files, list):
+        raise bad("files", "is not a list")
+    for i, entry in enumerate(files):
+        entry = obj(entry, f"files[{i}]")
+        text(entry, "file", f"files[{i}]")
+        if not (_is_int(entry.get("bytes")) and entry["bytes"] >= 0):
+            raise bad(f"files[{i}].bytes", "is not a size in bytes")
+        sha = entry.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _HEX):
+            raise bad(f"files[{i}].sha256", "is not a sha256 (64 hex digits)")
+        inside_bundle(root, entry["file"], f"files[{i}].file")
+    runtime = m.get("runtime", {})
+    libs = obj(runtime, "runtime").get("device_libs", [])
+    if not (isinstance(libs, list) and all(isinstance(n, str) and n and "/" not in n for n in libs)):
+        raise bad("runtime.device_libs", "is not a list of library names")
+
+
 def read_bundle(root: str) -> dict:
     """bundle.json, with every file it lists checked (size, then sha256) before any is loaded."""
     path = os.path.join(root, "bundle.json")
@@ -434,11 +524,14 @@ def read_bundle(root: str) -> dict:
             manifest = json.load(fh)
     except OSError as exc:
         raise Refusal(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError:
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
         raise Refusal(f"{path} is corrupt (not JSON)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise Refusal(f"{path} is not a {FORMAT} manifest")
+    check_bundle_fields(manifest, root)
     model_file = (manifest.get("model") or {}).get("file")
+    inside_bundle(root, model_file, "model.file")
+    inside_bundle(root, (manifest.get("model") or {}).get("labels"), "model.labels")
     if model_file not in {e.get("file") for e in manifest.get("files", [])}:
         raise Refusal(f"bundle.json lists no size and sha256 for the model {model_file}")
     for entry in manifest.get("files", []):
@@ -477,17 +570,83 @@ def seeded_input(seed: int, shape: list[int]):
 
 
 def load_input(path: str, spec: dict):
+    """The input .npy, its header checked before any data is read (as the C++ runner and `tvmsqz
+    run` do): a .npy array (not .npz, not pickled objects), little-endian, C order, exactly the
+    model's shape and dtype; a header declaring 1e12 elements is refused, never allocated."""
     import numpy as np
 
+    if os.path.isdir(path):
+        raise Refusal(f"cannot read {path} as a .npy array: it is a directory")
     try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise Refusal(f"cannot read {path} as a .npy array: {exc}") from None
-    if list(x.shape) != list(spec["shape"]):
-        raise Refusal(f"input {path} has shape {list(x.shape)}, the model expects {list(spec['shape'])}")
-    if x.dtype.name != spec["dtype"]:
-        raise Refusal(f"input {path} has dtype {x.dtype.name}, the model expects {spec['dtype']}")
-    return x
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+            if magic[:2] == b"PK":
+                raise Refusal(f"{path} is a .npz archive: save the one input array with numpy.save (.npy)")
+            if magic != b"\x93NUMPY":
+                raise Refusal(f"cannot read {path} as a .npy array (no .npy header)")
+            fh.seek(0)
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            if dtype.hasobject:
+                raise Refusal(f"{path} holds Python objects, not numbers")
+            if dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big"):
+                raise Refusal(
+                    f"input {path} is big-endian ({dtype.str}); the model expects little-endian {spec['dtype']}"
+                )
+            if list(shape) != list(spec["shape"]):
+                raise Refusal(f"input {path} has shape {list(shape)}, the model expects {list(spec['shape'])}")
+            if dtype.name != spec["dtype"]:
+                raise Refusal(f"input {path} has dtype {dtype.name}, the model expects {spec['dtype']}")
+            if fortran:
+                raise Refusal(f"{path} is in Fortran order; save it C-contiguous")
+            count = 1
+            for d in shape:
+                count *= d
+            data = fh.read(count * dtype.itemsize + 1)
+    except OSError as exc:
+        raise Refusal(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, EOFError, TypeError) as exc:  # a malformed header
+        raise Refusal(f"cannot read {path} as a .npy array: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if len(data) != count * dtype.itemsize:
+        raise Refusal(
+            f"input {path} is truncated or has trailing bytes "
+            f"({len(data)} data bytes, {count * dtype.itemsize} expected)"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def check_output_path(output: str) -> None:
+    """Refuse an -o that cannot be a file before the model runs: a folder, a missing folder."""
+    if os.path.isdir(output):
+        raise Refusal(f"-o {output} is a directory; give a file name like y.npy")
+    folder = os.path.dirname(output) or "."
+    if not os.path.isdir(folder):
+        raise Refusal(f"cannot write {output}: directory {folder} does not exist")
+
+
+def write_npy(output: str, y) -> None:
+    """`y` to `output` through a temp file beside it, renamed only when whole: a full disk, a
+    folder in the way or any other failure leaves neither a partial `output` nor the temp file."""
+    import numpy as np
+
+    tmp = f"{output}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, y)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except OSError as exc:
+        reason = "no space left on device" if exc.errno == 28 else (exc.strerror or str(exc))
+        raise Refusal(f"cannot write {output}: {reason}") from None
+    finally:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def aligned_copy(x, alignment: int = 64):
@@ -550,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = read_bundle(BUNDLE)
     spec, model_info = manifest["input"], manifest["model"]
+    if args.output:
+        check_output(args.output, args.input, BUNDLE, manifest)
+        check_output_path(args.output)
     try:
         import numpy as np
     except ImportError:
@@ -583,13 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         obj.release()
     model.close()
     if args.output:
-        tmp = f"{args.output}.tmp.{os.getpid()}"
-        try:
-            with open(tmp, "wb") as fh:
-                np.save(fh, y)
-            os.replace(tmp, args.output)
-        except OSError as exc:
-            raise Refusal(f"cannot write {args.output}: {exc.strerror}") from None
+        write_npy(args.output, y)
 
     with open(os.path.join(BUNDLE, model_info["labels"]), encoding="utf-8") as fh:
         labels = fh.read().splitlines()
@@ -641,9 +797,16 @@ def _exit(code: int) -> None:
 if __name__ == "__main__":
     try:
         _exit(main())
-    except Refusal as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Refusal as exc:  # one line, even when a path in it holds a line break
+        print("error: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         _exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         _exit(130)
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        _exit(2)
+    except Exception as exc:  # noqa: BLE001 - anything unforeseen is still one line
+        detail = " ".join(str(exc).split())[:300]
+        print(f"error: internal error ({type(exc).__name__}): {detail}", file=sys.stderr)
+        _exit(2)

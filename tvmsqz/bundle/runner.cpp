@@ -21,9 +21,11 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -211,7 +213,33 @@ struct Bundle {
   std::vector<int64_t> input_shape;
   std::string input_dtype;
   std::string labels_file;
+  std::vector<std::string> files;  // every file bundle.json lists, relative to dir
 };
+
+// The real path of `path`, or "" when it does not exist.
+std::string RealPath(const std::string& path) {
+  char buf[PATH_MAX];
+  return realpath(path.c_str(), buf) ? std::string(buf) : std::string();
+}
+
+// A path bundle.json names must stay inside the bundle: relative, no "..", no link leading out.
+void CheckInsideBundle(const std::string& dir, const std::string& rel, const std::string& what) {
+  bool dotdot = false;
+  size_t start = 0;
+  while (start <= rel.size()) {
+    size_t end = rel.find('/', start);
+    if (end == std::string::npos) end = rel.size();
+    dotdot = dotdot || rel.substr(start, end - start) == "..";
+    start = end + 1;
+  }
+  if (rel.empty() || rel[0] == '/' || dotdot) {
+    Refuse("bundle.json is invalid: " + what + " '" + rel + "' points outside the bundle");
+  }
+  std::string root = RealPath(dir), full = RealPath(dir + "/" + rel);
+  if (!root.empty() && !full.empty() && full.compare(0, root.size() + 1, root + "/") != 0) {
+    Refuse("bundle.json is invalid: " + what + " '" + rel + "' points outside the bundle");
+  }
+}
 
 Bundle ReadBundle(const std::string& dir) {
   std::string path = dir + "/bundle.json";
@@ -228,6 +256,8 @@ Bundle ReadBundle(const std::string& dir) {
   b.model_file = GetString(model, "file", "model");
   b.model_name = GetString(model, "name", "model");
   b.labels_file = GetString(model, "labels", "model");
+  CheckInsideBundle(dir, b.model_file, "model.file");
+  CheckInsideBundle(dir, b.labels_file, "model.labels");
   b.target = GetString(m, "target", "bundle");
   b.arch = GetString(m, "arch", "bundle");
   // A GPU bundle (bundle.json "device": "cuda") runs through the Python runner only: this
@@ -245,6 +275,15 @@ Bundle ReadBundle(const std::string& dir) {
   auto shape = Get(input, "shape", "input").try_cast<ffi::json::Array>();
   if (!shape.has_value()) Refuse("bundle.json is invalid: input.shape is not a list");
   for (const ffi::Any& d : *shape) b.input_shape.push_back(GetInt(d, "input.shape[i]"));
+  // Bounds before anything is allocated from it (as the Python runner and `tvmsqz compile`).
+  int64_t elements = 1;
+  bool shape_ok = b.input_shape.size() == 4;
+  for (int64_t d : b.input_shape) {
+    shape_ok = shape_ok && d >= 1 && d <= 4096;
+    if (shape_ok) elements *= d;
+  }
+  if (!shape_ok) Refuse("bundle.json is invalid: input.shape is not 4 integers in 1..4096");
+  if (elements > (int64_t{1} << 30)) Refuse("bundle.json is invalid: input.shape has over 2^30 elements");
   // Every file the bundle lists, before anything is loaded from it.
   auto files = Get(m, "files", "bundle").try_cast<ffi::json::Array>();
   if (!files.has_value()) Refuse("bundle.json is invalid: files is not a list");
@@ -253,6 +292,7 @@ Bundle ReadBundle(const std::string& dir) {
     ffi::json::Object entry = AsObject(f, "files[i]");
     std::string rel = GetString(entry, "file", "files[i]");
     model_listed = model_listed || rel == b.model_file;
+    b.files.push_back(rel);
     int64_t want = GetInt(Get(entry, "bytes", rel), rel + ".bytes");
     std::string sha = GetString(entry, "sha256", rel);
     std::string full = dir + "/" + rel;
@@ -268,6 +308,24 @@ Bundle ReadBundle(const std::string& dir) {
   }
   if (!model_listed) Refuse("bundle.json lists no size and sha256 for the model " + b.model_file);
   return b;
+}
+
+// Refuse an -o that would replace what this run reads: the input, bundle.json or a bundle file.
+void CheckOutput(const std::string& output, const std::string& input, const Bundle& b) {
+  struct stat out_st, in_st;
+  if (!input.empty() && stat(output.c_str(), &out_st) == 0 && stat(input.c_str(), &in_st) == 0 &&
+      out_st.st_dev == in_st.st_dev && out_st.st_ino == in_st.st_ino) {
+    Refuse("-o " + output + " is the input " + input + ": it would be overwritten; choose another -o");
+  }
+  std::string real = RealPath(output);
+  if (real.empty()) return;  // a new file: it cannot be one of the bundle's
+  std::vector<std::string> listed = b.files;
+  listed.push_back("bundle.json");
+  for (const std::string& rel : listed) {
+    if (real == RealPath(b.dir + "/" + rel)) {
+      Refuse("-o " + output + " is the bundle's " + rel + ": it would be overwritten; choose another -o");
+    }
+  }
 }
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
@@ -366,14 +424,27 @@ void WriteNpy(const std::string& path, const DType& dtype, const std::vector<int
   std::string tmp = path + ".tmp." + std::to_string(getpid());
   {
     std::ofstream out(tmp, std::ios::binary);
-    if (!out) Refuse("cannot write " + path);
+    if (!out) {
+      std::remove(tmp.c_str());
+      Refuse("cannot write " + path);
+    }
     out.write("\x93NUMPY\x01\x00", 8);
     unsigned char len[2] = {static_cast<unsigned char>(header.size() & 0xff),
                             static_cast<unsigned char>(header.size() >> 8)};
     out.write(reinterpret_cast<char*>(len), 2);
     out << header;
     out.write(static_cast<const char*>(data), static_cast<std::streamsize>(nbytes));
-    if (!out) Refuse("cannot write " + path);
+    out.flush();
+    if (!out) {  // a full disk or a size limit: no temp file left behind
+      out.close();
+      std::remove(tmp.c_str());
+      Refuse("cannot write " + path + ": no space left on device or file too large");
+    }
+    out.close();
+    if (!out) {
+      std::remove(tmp.c_str());
+      Refuse("cannot write " + path);
+    }
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
@@ -476,6 +547,7 @@ int Run(int argc, char** argv) {
   Options opt = ParseArgs(argc, argv);
   if (opt.threads > 0) setenv("TVM_NUM_THREADS", std::to_string(opt.threads).c_str(), 1);
   Bundle b = ReadBundle(BundleDir());
+  if (!opt.output.empty()) CheckOutput(opt.output, opt.input, b);
   const DType& in_dtype = DTypeByName(b.input_dtype);
   int64_t n_in = NumElements(b.input_shape);
   ffi::Tensor x = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(b.input_shape), in_dtype.dl, DLDevice{kDLCPU, 0});

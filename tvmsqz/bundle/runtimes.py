@@ -124,21 +124,54 @@ def _from_wheels(wheels: list[Path], cache: Path) -> list[RuntimeSource]:
     return found
 
 
+def safe_member(name: str, dest: Path) -> Path | None:
+    """Where archive member `name` goes under `dest`, or None when it must not be extracted: an
+    absolute path, a drive or backslash path, a `..` part, or anything that resolves (through a
+    link already there) outside `dest`. Every extraction goes through this (zip-slip)."""
+    if not name or "\0" in name or "\\" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return None
+    parts = Path(name).parts
+    if ".." in parts:
+        return None
+    root = dest.resolve()
+    target = (root / name).resolve()
+    return target if target == root or root in target.parents else None
+
+
+def _is_link(info: zipfile.ZipInfo) -> bool:
+    """A member stored as a symbolic link (unix mode in the high bits of external_attr)."""
+    import stat
+
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
 def _extract(pair: dict[str, Path], site: Path) -> None:
+    """Extract the runtime's files of a wheel pair into `site`. A wheel holding a member that
+    would land outside `site` (absolute, `..`, a link) is refused as a whole, before any byte
+    of it is written."""
     from ..fsutil import atomic_write
 
     wanted = re.compile(
         r"^(tvm/lib/libtvm_runtime(_cuda)?\.so|tvm_ffi/lib/libtvm_ffi\.so|tvm_ffi/include/.*"
         r"|apache_tvm[^/]*\.dist-info/METADATA)$"
     )
+    site.mkdir(parents=True, exist_ok=True)
     for whl in pair.values():
         try:
             with zipfile.ZipFile(whl) as zf:
-                for name in zf.namelist():
-                    if wanted.match(name) and not name.endswith("/"):
-                        dest = site / name
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        atomic_write(dest, zf.read(name))
+                members = []
+                for info in zf.infolist():
+                    dest = safe_member(info.filename, site)
+                    if dest is None or _is_link(info):
+                        raise TvmsqzError(
+                            f"the wheel {whl} holds an unsafe entry {info.filename!r} (an absolute path, '..' or "
+                            "a link leaving the folder it unpacks into): refusing it"
+                        )
+                    if wanted.match(info.filename) and not info.is_dir():
+                        members.append((info, dest))
+                for info, dest in members:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(dest, zf.read(info))
         except (zipfile.BadZipFile, OSError) as exc:
             raise TvmsqzError(f"cannot read the wheel {whl}: {exc}") from None
     atomic_write(site / ".complete", "")

@@ -176,11 +176,67 @@ def _state_file() -> Path:
     return state_dir() / "state.json"
 
 
+_PROC = {
+    "type": "object",
+    "required": ["role", "pid", "pgid", "host", "port", "log"],
+    "properties": {
+        "role": {"enum": ["tracker", "server"]},
+        # never 0, 1 or a negative group: `stop` signals the whole process group it names
+        "pid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
+        "pgid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
+        "host": {"type": "string", "maxLength": 255},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "log": {"type": "string", "maxLength": 4096},
+        "key": {"type": ["string", "null"], "maxLength": 255},
+        "tracker": {"type": ["string", "null"], "maxLength": 512},
+        "emulated": {"type": "boolean"},
+        "started": {"type": "number"},
+    },
+}
+#: What `emulate start` writes to the state file; anything else is not ours to act on.
+STATE_SCHEMA = {
+    "type": "object",
+    "required": ["tracker", "servers"],
+    "properties": {
+        "tracker": _PROC,
+        "servers": {"type": "array", "items": _PROC, "maxItems": 1024},
+        "key": {"type": ["string", "null"]},
+        "root": {"type": "string"},
+        "emulated": {"type": "boolean"},
+        "note": {"type": "string"},
+    },
+}
+
+
 def _read_state() -> dict | None:
+    """The state `emulate start` wrote, validated (None when there is none). A state file that is
+    not what it writes (edited, truncated, another program's) is one `TvmsqzError` naming it:
+    its process groups are never signalled, and `emulate stop` removes it."""
+    import jsonschema
+
+    path = _state_file()
     try:
-        return json.loads(_state_file().read_text())
-    except (OSError, ValueError):
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, RecursionError):
+        raise _bad_state(path, "not JSON") from None
+    errors = list(jsonschema.Draft202012Validator(STATE_SCHEMA).iter_errors(state))
+    if errors:
+        err = min(errors, key=lambda e: len(e.absolute_path))
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise _bad_state(path, f"field {where!r}: {err.message[:200]}")
+    own = os.getpgid(0)
+    for proc in [state["tracker"], *state["servers"]]:
+        if proc["pgid"] == own:
+            raise _bad_state(path, f"pgid {proc['pgid']} is this process's own group")
+    return state
+
+
+def _bad_state(path: Path, why: str) -> TvmsqzError:
+    return TvmsqzError(
+        f"emulator state {path} is invalid ({why}); no process was signalled; `tvmsqz device emulate stop` removes it"
+    )
 
 
 def _write_state(state: dict) -> None:
@@ -247,7 +303,12 @@ def emulate_start(
 
 def emulate_stop() -> list[str]:
     """`tvmsqz device emulate stop`: stop everything `emulate start` started; what was stopped."""
-    state = _read_state() or {}
+    try:
+        state = _read_state() or {}
+    except TvmsqzError:
+        with contextlib.suppress(OSError):  # not ours to act on: forget it, signal nothing
+            _state_file().unlink()
+        raise
     stopped = []
     procs = [Proc.from_json(d) for d in state.get("servers", [])]
     if state.get("tracker"):

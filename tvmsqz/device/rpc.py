@@ -10,6 +10,11 @@ hang.
 Devices run `rpc_server.py` beside this module (`serve`): TVM's RPC server plus a
 `tvmsqz.device_info` function. A board without tvmsqz can run `python -m tvm.exec.rpc_server`
 instead; it only lacks that function.
+
+TVM's RPC has no authentication: whoever reaches a server (directly, or through a tracker that
+hands out its address) can upload a shared object and load it, i.e. run code on the device. So
+the server and the tracker listen on 127.0.0.1 unless a host is given, and a server on any other
+address prints one warning saying so (`rpc_server.py`); docs/arm.md shows the safe set-ups.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .procs import Proc, log_tail, pick_port, spawn, state_dir, stop, stop_all
 
 DEFAULT_TRACKER_PORT = 9190
 DEFAULT_SERVER_PORT = 9090
+#: Where servers and trackers listen unless told otherwise: this machine only.
+DEFAULT_HOST = "127.0.0.1"
 #: The device server script (standalone: also copied into the emulated aarch64 root).
 SERVER_SCRIPT = Path(__file__).with_name("rpc_server.py")
 
@@ -172,7 +179,7 @@ def rpc_session(tracker: str, key: str, timeout: float = 120.0, session_timeout:
 
 
 def start_tracker(
-    host: str = "127.0.0.1",
+    host: str = DEFAULT_HOST,
     port: int | None = DEFAULT_TRACKER_PORT,
     *,
     timeout: float = 60.0,
@@ -245,7 +252,7 @@ def wait_registered(procs: Sequence[Proc], timeout: float = 240.0) -> None:
 def serve_command(
     tracker: str | None,
     key: str,
-    host: str = "0.0.0.0",
+    host: str = DEFAULT_HOST,
     port: int = DEFAULT_SERVER_PORT,
     port_end: int | None = None,
     custom_addr: str | None = None,
@@ -271,7 +278,7 @@ def serve_command(
 def serve(
     tracker: str | None,
     key: str,
-    host: str = "0.0.0.0",
+    host: str = DEFAULT_HOST,
     port: int = DEFAULT_SERVER_PORT,
     port_end: int | None = None,
     custom_addr: str | None = None,
@@ -280,7 +287,9 @@ def serve(
     """`tvmsqz device serve`: run the RPC server on this board, in the foreground (never returns).
 
     `python3 -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` (what a board without tvmsqz
-    runs) plus the `tvmsqz.device_info` function. Replaces this process.
+    runs) plus the `tvmsqz.device_info` function. Replaces this process. It listens on `host`
+    (default 127.0.0.1, this machine only); on any other address the server prints one warning
+    that anyone reaching the port can run code here (TVM RPC has no authentication).
     """
     if tracker and not key:
         raise TvmsqzError("--rpc-key is required with --rpc-tracker (the key the host tunes with, e.g. rasp4)")

@@ -5,13 +5,19 @@ it from the installed package, and the emulator copies it into the aarch64 root,
 but not tvmsqz. Over `python -m tvm.exec.rpc_server` it adds one thing the host needs: a
 `tvmsqz.device_info` function saying what the device is (machine, CPU, cores, TVM version, and
 whether it is the qemu-user emulator), so that emulated timings are always labelled as such.
+
+TVM's RPC has no authentication: a client that reaches the server can upload a shared object
+and load it, which runs its code here. So the server listens on 127.0.0.1 unless `--host` says
+otherwise, and on any address that is not loopback it prints one warning line on stderr.
 """
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
 import platform
+import socket
 import sys
 
 #: The remote function the host calls (`tvmsqz.device.remote.device_info`).
@@ -30,6 +36,31 @@ def _cpu_model() -> str:
     return platform.processor() or ""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback address (0.0.0.0 and :: are not: they
+    listen on every interface). An unresolvable name counts as not loopback."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    addrs = {info[4][0].split("%", 1)[0] for info in infos}
+    try:
+        return bool(addrs) and all(ipaddress.ip_address(a).is_loopback for a in addrs)
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, port) -> str | None:
+    """The one warning line for a server listening on `host` beyond this machine; None on loopback."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: the RPC server listens on {host}:{port}, reachable from other machines: TVM RPC has "
+        "no authentication, so anyone who can reach this port (or its tracker) can run code on this "
+        "machine as this user; keep it on 127.0.0.1 behind an SSH tunnel or on a private network (docs/arm.md)"
+    )
+
+
 def _register_info(info: dict) -> None:
     """Register `tvmsqz.device_info`; runs where sessions are served (forked per session)."""
     import tvm_ffi
@@ -39,7 +70,7 @@ def _register_info(info: dict) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="tvmsqz device serve")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=9090)
     p.add_argument("--port-end", type=int, default=None)
     p.add_argument("--tracker", default=None, help="HOST:PORT of the RPC tracker")
@@ -48,6 +79,9 @@ def main(argv=None) -> None:
     p.add_argument("--emulated", action="store_true", help="this is the qemu-user emulator")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    warning = exposure_warning(a.host, a.port)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     import tvm
     from tvm import rpc
 

@@ -79,14 +79,39 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
+#: The deepest nesting of `{ }` a prototxt may have (a deploy prototxt uses 3: layer, param, shape).
+MAX_DEPTH = 16
+
+
+def _value(tok: str):
+    if tok.startswith('"'):
+        return tok[1:-1]
+    try:
+        return int(tok)
+    except ValueError:
+        try:
+            return float(tok)
+        except ValueError:
+            return tok  # enum identifier such as MAX
+
+
 def _parse_block(tokens: list[str], i: int, closing: bool) -> tuple[list[tuple[str, object]], int]:
-    items: list[tuple[str, object]] = []
+    """Tokens -> nested (key, value) lists, iteratively (no recursion: braces nested thousands
+    deep are refused at MAX_DEPTH, never a RecursionError)."""
+    root: list[tuple[str, object]] = []
+    stack = [root]
     while i < len(tokens):
         tok = tokens[i]
         if tok == "}":
-            if not closing:
+            if len(stack) == 1:
+                if closing:
+                    return root, i + 1
                 raise ValueError("unbalanced '}' in prototxt")
-            return items, i + 1
+            stack.pop()
+            i += 1
+            continue
+        if tok in ("{", ":"):
+            raise ValueError(f"unexpected {tok!r} in prototxt")
         key = tok
         i += 1
         if i < len(tokens) and tokens[i] == ":":
@@ -94,25 +119,20 @@ def _parse_block(tokens: list[str], i: int, closing: bool) -> tuple[list[tuple[s
         if i >= len(tokens):
             raise ValueError(f"prototxt ends after {key!r}")
         if tokens[i] == "{":
-            sub, i = _parse_block(tokens, i + 1, True)
-            items.append((key, sub))
-        else:
-            val = tokens[i]
+            if len(stack) >= MAX_DEPTH:
+                raise ValueError(f"blocks nested deeper than {MAX_DEPTH}")
+            sub: list[tuple[str, object]] = []
+            stack[-1].append((key, sub))
+            stack.append(sub)
             i += 1
-            if val.startswith('"'):
-                val = val[1:-1]
-            else:
-                try:
-                    val = int(val)
-                except ValueError:
-                    try:
-                        val = float(val)
-                    except ValueError:
-                        pass  # enum identifier such as MAX
-            items.append((key, val))
-    if closing:
+        elif tokens[i] in ("}", ":"):
+            raise ValueError(f"{key!r} has no value")
+        else:
+            stack[-1].append((key, _value(tokens[i])))
+            i += 1
+    if len(stack) > 1 or closing:
         raise ValueError("unbalanced '{' in prototxt")
-    return items, i
+    return root, i
 
 
 def _get(items, key, default=None):
@@ -168,77 +188,136 @@ def _one(v, what):
     return v
 
 
+#: Bounds on what a prototxt may declare (far beyond any SqueezeNet-class network, far below a
+#: typo that would plan terabytes): the input (as frontend.INPUT_BOUNDS), and per layer.
+INPUT_DIMS = (("batch", 1, 4096), ("channels", 1, 4), ("height", 8, 4096), ("width", 8, 4096))
+MAX_KERNEL = 64
+MAX_STRIDE = 64
+MAX_CHANNELS = 65536
+MAX_LAYER_WEIGHTS = 1 << 28
+
+
+def _number(value, what: str, low: int, high: int) -> int:
+    """An integer field within [low, high]; anything else (a word, a float, out of range) refuses."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} {value!r} is not an integer")
+    if not low <= value <= high:
+        raise ValueError(f"{what} {value} is outside {low}..{high}")
+    return value
+
+
+def _param(block, key: str) -> list:
+    """A `*_param { }` sub-block (empty when absent); a scalar in its place refuses."""
+    value = _get(block, key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a {{ }} block")
+    return value
+
+
+def _field(items, key: str, what: str, low: int, high: int, default: int | None) -> int | None:
+    value = _one(_get_all(items, key), what)
+    if value is None:
+        return default
+    return _number(value, what, low, high)
+
+
 def parse_prototxt(path: str | Path) -> Network:
-    """Parse a Caffe deploy prototxt into layers plus the convolution shapes it implies."""
+    """Parse a Caffe deploy prototxt into layers plus the convolution shapes it implies.
+
+    Total: whatever the file holds, the result is a `Network` whose every field is checked (types,
+    bounds, blobs that exist, one top per layer) or one `TvmsqzError` naming the file and the layer.
+    """
     path = Path(path)
     try:
         items, _ = _parse_block(_tokens(path.read_text()), 0, False)
     except OSError as e:
         raise TvmsqzError(f"cannot read {path}: {e.strerror or e}") from None
-    except ValueError as e:
+    except ValueError as e:  # includes UnicodeDecodeError
         raise TvmsqzError(f"{path.name} is not a valid prototxt: {e}") from None
+    try:
+        return _network(items, path)
+    except ValueError as e:
+        raise TvmsqzError(f"{path.name}: {e}") from None
 
+
+def _network(items, path: Path) -> Network:
     input_name = _get(items, "input")
-    dims = tuple(int(d) for d in _get_all(items, "input_dim"))
+    if input_name is not None and not isinstance(input_name, str):
+        raise ValueError(f"input {input_name!r} is not a blob name")
+    dims = _get_all(items, "input_dim")
     if input_name is None or len(dims) != 4:
         shape_block = _get(items, "input_shape")
-        if input_name is None or shape_block is None:
-            raise TvmsqzError(f"{path.name}: no 4-d network input declared")
-        dims = tuple(int(d) for d in _get_all(shape_block, "dim"))
+        if input_name is None or not isinstance(shape_block, list):
+            raise ValueError("no 4-d network input declared")
+        dims = _get_all(shape_block, "dim")
     if len(dims) != 4:
-        raise TvmsqzError(f"{path.name}: network input must be 4-d, got {dims}")
+        raise ValueError(f"network input must be 4-d, got {len(dims)} dimensions")
+    dims = tuple(_number(d, f"input {what}", low, high) for d, (what, low, high) in zip(dims, INPUT_DIMS))
 
     layers: list[CaffeLayer] = []
     channels: dict[str, int] = {input_name: dims[1]}
     convs: list[ConvLayer] = []
-    for block in _get_all(items, "layer") + _get_all(items, "layers"):
-        name = _get(block, "name")
+    blocks = _get_all(items, "layer") + _get_all(items, "layers")
+    for index, block in enumerate(blocks):
+        if not isinstance(block, list):
+            raise ValueError(f"layer {index} is not a {{ }} block")
+        name = _get(block, "name", f"#{index}")
         ltype = _get(block, "type")
         bottoms = tuple(_get_all(block, "bottom"))
         tops = tuple(_get_all(block, "top"))
+        if not isinstance(name, str) or not isinstance(ltype, str):
+            raise ValueError(f"layer {name!r} has no name or type")
+        if len(tops) != 1 or not bottoms or not all(isinstance(b, str) for b in bottoms + tops):
+            raise ValueError(f"layer {name!r} must have bottoms and exactly one top (blob names)")
         for b in bottoms:
             if b not in channels:
-                raise TvmsqzError(f"{path.name}: layer {name!r} reads unknown blob {b!r}")
+                raise ValueError(f"layer {name!r} reads unknown blob {b!r}")
         params: dict = {}
-        if ltype == "Convolution":
-            cp = _get(block, "convolution_param", [])
-            try:
-                num_output = int(_get(cp, "num_output"))
-                kernel = int(_one(_get_all(cp, "kernel_size"), "kernel_size"))
-                stride = int(_one(_get_all(cp, "stride"), "stride") or 1)
-                pad = int(_one(_get_all(cp, "pad"), "pad") or 0)
-            except (TypeError, ValueError) as e:
-                raise TvmsqzError(f"{path.name}: bad convolution_param in {name!r}: {e}") from None
-            if int(_get(cp, "group", 1)) != 1:
-                raise TvmsqzError(f"{path.name}: grouped convolution in {name!r} is not supported")
-            conv = ConvLayer(name, num_output, channels[bottoms[0]], kernel, stride, pad)
-            convs.append(conv)
-            params = {"conv": conv, "bias_term": str(_get(cp, "bias_term", "true")) != "false"}
-            channels[tops[0]] = num_output
-        elif ltype == "Concat":
-            axis = int(_get(_get(block, "concat_param", []), "axis", 1))
-            if axis != 1:
-                raise TvmsqzError(f"{path.name}: Concat along axis {axis} is not supported")
-            channels[tops[0]] = sum(channels[b] for b in bottoms)
-        elif ltype in ("ReLU", "Dropout", "Softmax"):
-            channels[tops[0]] = channels[bottoms[0]]
-        elif ltype == "Pooling":
-            pp = _get(block, "pooling_param", [])
-            params = {
-                "pool": str(_get(pp, "pool", "MAX")),
-                "kernel": _one(_get_all(pp, "kernel_size"), "kernel_size"),
-                "stride": int(_one(_get_all(pp, "stride"), "stride") or 1),
-                "pad": int(_one(_get_all(pp, "pad"), "pad") or 0),
-                "global": str(_get(pp, "global_pooling", "false")) == "true",
-            }
-            channels[tops[0]] = channels[bottoms[0]]
-        else:
-            raise TvmsqzError(f"{path.name}: layer type {ltype!r} ({name!r}) is not supported")
-        if len(tops) != 1 or not bottoms:
-            raise TvmsqzError(f"{path.name}: layer {name!r} must have bottoms and exactly one top")
+        try:
+            if ltype == "Convolution":
+                cp = _param(block, "convolution_param")
+                num_output = _number(_get(cp, "num_output"), "num_output", 1, MAX_CHANNELS)
+                kernel = _field(cp, "kernel_size", "kernel_size", 1, MAX_KERNEL, None)
+                if kernel is None:
+                    raise ValueError("no kernel_size")
+                stride = _field(cp, "stride", "stride", 1, MAX_STRIDE, 1)
+                pad = _field(cp, "pad", "pad", 0, MAX_KERNEL, 0)
+                if _get(cp, "group", 1) != 1:
+                    raise ValueError("grouped convolution is not supported")
+                conv = ConvLayer(name, num_output, channels[bottoms[0]], kernel, stride, pad)
+                if num_output * conv.in_channels * kernel * kernel > MAX_LAYER_WEIGHTS:
+                    raise ValueError(f"{list(conv.weight_shape)} weights are over {MAX_LAYER_WEIGHTS}")
+                convs.append(conv)
+                params = {"conv": conv, "bias_term": str(_get(cp, "bias_term", "true")) != "false"}
+                channels[tops[0]] = num_output
+            elif ltype == "Concat":
+                axis = _get(_param(block, "concat_param"), "axis", 1)
+                if axis != 1:
+                    raise ValueError(f"Concat along axis {axis!r} is not supported")
+                channels[tops[0]] = sum(channels[b] for b in bottoms)
+                if channels[tops[0]] > MAX_CHANNELS:
+                    raise ValueError(f"{channels[tops[0]]} channels are over {MAX_CHANNELS}")
+            elif ltype in ("ReLU", "Dropout", "Softmax"):
+                channels[tops[0]] = channels[bottoms[0]]
+            elif ltype == "Pooling":
+                pp = _param(block, "pooling_param")
+                params = {
+                    "pool": str(_get(pp, "pool", "MAX")),
+                    "kernel": _field(pp, "kernel_size", "kernel_size", 1, MAX_KERNEL, None),
+                    "stride": _field(pp, "stride", "stride", 1, MAX_STRIDE, 1),
+                    "pad": _field(pp, "pad", "pad", 0, MAX_KERNEL, 0),
+                    "global": str(_get(pp, "global_pooling", "false")) == "true",
+                }
+                if params["kernel"] is None and not params["global"]:
+                    raise ValueError("pooling needs kernel_size or global_pooling: true")
+                channels[tops[0]] = channels[bottoms[0]]
+            else:
+                raise ValueError(f"layer type {ltype!r} is not supported")
+        except ValueError as e:
+            raise ValueError(f"layer {name!r}: {e}") from None
         layers.append(CaffeLayer(name, ltype, bottoms, tops, params))
     if not convs:
-        raise TvmsqzError(f"{path.name}: no Convolution layers")
+        raise ValueError("no Convolution layers")
     return Network(input_name, dims, tuple(layers), tuple(convs))
 
 
@@ -444,5 +523,9 @@ def build_onnx(path: str | Path | None = None, prototxt: str | Path | None = Non
         doc_string=f"SqueezeNet v1.0 (Deep Compression) decoded from {net_path.name}",
     )
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and others: a network it cannot express
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TvmsqzError(f"{proto.name}: the network does not make a valid ONNX graph: {first}") from None
     return model

@@ -54,7 +54,7 @@ def repair_tail(path: Path) -> str | None:
     head, sep, last = data.rpartition(b"\n")
     try:
         json.loads(last)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the recursion limit
         try:
             with open(path, "r+b") as handle:
                 handle.truncate(len(head) + len(sep))
