@@ -458,3 +458,22 @@ def test_bench_reports_the_bundle_beside_onnxruntime(x86_so, tmp_path):
     )
     assert mem["bundle_runtime_bytes"] == bundle["runtime_bytes"]
     assert "bundle cpp runner" in proc.stdout
+
+
+@pytest.mark.parametrize("runner", B.RUNNERS)
+def test_x86_runner_output_on_a_full_disk_keeps_the_previous_file_and_leaves_no_temp(runner, x86_bundle, tmp_path):
+    """`-o` on a disk too small for the output: one line, the previous array intact, no `*.tmp.PID`."""
+    from conftest import require
+    from test_faults import small_disk
+
+    require(os.geteuid() == 0, "root, to mount a 1 KiB tmpfs as the full disk (CI runs as root)")
+    x_path = tmp_path / "x.npy"
+    np.save(x_path, _x())
+    with small_disk(tmp_path, 1) as (disk, _preexec):
+        out = disk / "y.npy"
+        np.save(out, np.arange(3))  # a previous result, 152 bytes; the new one is 4 KB
+        before = out.read_bytes()
+        proc = B.run_bundle(x86_bundle, ["--input", x_path, "-o", out, "--repeat", "1"], runner=runner)
+        assert_refusal(proc, str(out))
+        assert out.read_bytes() == before
+        assert sorted(p.name for p in disk.iterdir()) == ["y.npy"]
