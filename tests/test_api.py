@@ -137,6 +137,42 @@ def test_tune_then_compile_applies_the_database(tmp_path, x16):
     np.testing.assert_allclose(artifact.run(x16), ort_run(model.onnx, x16), rtol=1e-4, atol=1e-5)
 
 
+def test_tune_passes_an_explicit_no_fuse_to_the_pipeline(monkeypatch):
+    """`fuse=False` is a choice, not "unset": it reaches the tuner (it once fell out with None)."""
+    from tvmsqz import flow
+
+    seen = {}
+    monkeypatch.setattr(flow.TVMPipeline, "tune", lambda self, *a, **kw: seen.update(kw) or {"database": "x"})
+    tvmsqz.tune(tvmsqz.load_model(tiny_onnx()), "x86", trials=1, fuse=False)
+    assert seen["fuse"] is False
+    assert "cold" not in seen  # a False `cold` is the default: not passed
+
+
+def test_bench_refuses_an_option_it_does_not_take():
+    with pytest.raises(TvmsqzError, match="does not take --bogus"):
+        tvmsqz.bench(tvmsqz.load_model(tiny_onnx()), "x86", bogus=1)
+
+
+def test_resolving_a_target_file_does_not_import_tvm():
+    """`tvmsqz targets` and target lookups stay cheap: TVM's target is built only by the API."""
+    import subprocess
+    import sys
+
+    code = "import sys; from tvmsqz.targets import get_target; get_target('x86'); print('tvm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_serving_on_loopback_with_a_remote_tracker_says_how_to_reach_it():
+    from tvmsqz.device.rpc import loopback_tracker_note
+
+    note = loopback_tracker_note("192.0.2.1:9190", "127.0.0.1", None)
+    assert note.startswith("warning:") and "--custom-addr 127.0.0.1" in note and "\n" not in note
+    assert loopback_tracker_note("127.0.0.1:9190", "127.0.0.1", None) is None  # a local tracker: fine
+    assert loopback_tracker_note("192.0.2.1:9190", "127.0.0.1", "127.0.0.1") is None  # tunnelled
+    assert loopback_tracker_note("192.0.2.1:9190", "0.0.0.0", None) is None  # reachable (and warned about)
+
+
 def test_tune_refuses_a_bad_space_and_duration():
     model = tvmsqz.load_model(tiny_onnx())
     with pytest.raises(TvmsqzError, match="space"):
@@ -153,6 +189,7 @@ def test_cross_compiled_artifact_is_returned_unloaded(tmp_path):
 
     require(cross_compiler("aarch64-linux-gnu-g++") is not None, "aarch64 cross compiler (scripts/setup_arm.sh)")
     artifact = tvmsqz.compile(tvmsqz.load_model(tiny_onnx()), "arm", tuning=False)
+    assert isinstance(artifact, tvmsqz.Artifact) and artifact.input_shape == (1, 3, 16, 16)
     assert artifact.manifest["target"]["name"] == "arm"
     with pytest.raises(TvmsqzError, match="does not run on this host"):
         artifact.run(np.zeros((1, 3, 16, 16), "float32"))

@@ -276,6 +276,23 @@ def test_wheel_extraction_refuses_entries_leaving_its_folder(kind, x86_so, tmp_p
     assert not (tmp_path / "b").exists()
 
 
+def test_an_unsafe_wheel_in_a_cache_does_not_block_package(x86_so, tmp_path):
+    """Wheels found in caches (`$TVMSQZ_WHEELS`) are not the user's choice: an unsafe or broken
+    pair is passed over (and extracts nothing), and the installed runtime makes the bundle."""
+    escape = tmp_path / "escaped"
+    _wheel_pair(tmp_path / "wheels", zipfile.ZipInfo(str(escape)), b"owned")
+    cache = tmp_path / "cache"
+    run_cli(
+        "package",
+        str(x86_so),
+        "-o",
+        str(tmp_path / "b"),
+        env={"TVMSQZ_CACHE": str(cache), "TVMSQZ_WHEELS": str(tmp_path / "wheels")},
+    )
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["runtime"]["source"]
+    assert not escape.exists()
+
+
 def test_package_never_deletes_the_users_files(x86_so, x86_bundle, tmp_path):
     """`-o home` where home holds a bundle.json plus the user's files: refused, every file kept;
     a folder holding only a bundle it made is still replaced."""
@@ -385,3 +402,15 @@ def test_outputs_keep_the_umask_and_an_existing_files_mode(x86_so, tmp_path):
     assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and np.load(kept).shape[-1] == 1000
     run_under("022", tmp_path / "shared.npy")
     assert stat.S_IMODE((tmp_path / "shared.npy").stat().st_mode) == 0o644
+
+
+def test_a_replaced_file_never_keeps_setuid_bits(tmp_path):
+    """The mode an atomic write keeps is the permission bits only: new bytes under an old setuid
+    or setgid bit would be a program that runs as its owner."""
+    from tvmsqz.fsutil import atomic_write
+
+    target = tmp_path / "tool"
+    target.write_text("old")
+    target.chmod(0o6755)
+    atomic_write(target, "new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755 and target.read_text() == "new"

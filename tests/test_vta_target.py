@@ -90,6 +90,26 @@ def test_vta_artifact_protocol(tmp_path, photo, default_artifact):
     copy = a.export(tmp_path / "out" / a.path.name)  # the sidecar's name derives from the .so's: same name
     assert copy.is_file() and (tmp_path / "out" / "m16.vta.npz").is_file()
     assert np.array_equal(tvmsqz.load(copy).run(photo), a.run(photo))
+    renamed = a.export(tmp_path / "out" / "sq.so")  # another name: the sidecar follows, the manifest too
+    assert (tmp_path / "out" / "sq.vta.npz").is_file()
+    assert json.loads((tmp_path / "out" / "sq.so.json").read_text())["files"][0]["file"] == "sq.vta.npz"
+    assert np.array_equal(tvmsqz.load(renamed).run(photo), a.run(photo))
+
+
+def test_prebuilt_vta_artifact_is_verified_and_its_sidecar_never_an_output(tmp_path, default_artifact):
+    """`bench` of a compiled VTA `.so` checks it against its manifest first (as the TVM flow does),
+    and `run -o` refuses to replace the sidecar the manifest lists."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    copy = default_artifact.export(folder / "m.so")
+    side = folder / "m.vta.npz"
+    before = side.read_bytes()
+    proc = run_cli("run", str(copy), "-o", str(side), check=False)
+    assert_one_line_error(proc, "also an input")
+    assert side.read_bytes() == before
+    side.write_bytes(before[: len(before) // 2])
+    proc = run_cli("bench", str(copy), "--target", "vta", check=False)
+    assert_one_line_error(proc, "m.vta.npz")
 
 
 def test_tvm_flow_options_are_refused(tmp_path):

@@ -8,7 +8,7 @@ tune/run` and MLC-LLM's `interface/` sit under their command lines: one code pat
     artifact = tvmsqz.compile(model, "x86")             # a torch.nn.Module + example input
     scores = artifact.run(x)                            # (1, 1000)
     artifact.export("sq11.so")                          # .so + manifest
-    report = tvmsqz.benchmark(model, "x86")                 # latency, memory, parity vs the peers
+    report = tvmsqz.bench(model, "x86")                     # latency, memory, parity vs the peers
     print(report.to_json())
 
 Every function raises `tvmsqz.TvmsqzError` (one line, no traceback in the CLI) for bad input.
@@ -25,13 +25,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .artifact import Artifact
+from .artifact import Artifact, ArtifactBase
 from .errors import TvmsqzError
-from .frontend import Model
 from .spec import TargetSpec
 from .vm import check_input, prefer_runtime_lib
+
+if TYPE_CHECKING:  # the frontend imports onnx: `tvmsqz run` (runtime side) never needs it
+    from .frontend import Model
 
 __all__ = [
     "Artifact",
@@ -42,6 +44,7 @@ __all__ = [
     "check_input",
     "check_writable",
     "compile",
+    "artifact_files",
     "default_database_note",
     "emulate_devices",
     "list_models",
@@ -63,9 +66,14 @@ Target = str | Path | TargetSpec
 
 def resolve_target(target: Target) -> TargetSpec:
     """The resolved `TargetSpec` of a target name, target file path or spec (returned as is)."""
-    from .targets import get_target
+    from .targets import check_tvm_target, get_target
 
-    return target if isinstance(target, TargetSpec) else get_target(str(target))
+    if isinstance(target, TargetSpec):
+        return target
+    spec = get_target(str(target))
+    if spec.tvm_config is not None:  # what TVM refuses in the file: one line now, not mid-compile
+        check_tvm_target(spec, str(target))
+    return spec
 
 
 def _pipeline(spec: TargetSpec):
@@ -84,7 +92,7 @@ def load_model(
     input_shape: str | tuple | None = None,
     example_input: Any = None,
     name: str | None = None,
-    seed: int = 0,
+    import_now: bool = True,
 ) -> Model:
     """Load a model once, for `compile`, `tune` and `bench`.
 
@@ -92,7 +100,9 @@ def load_model(
     path, an `onnx.ModelProto`, or a `torch.nn.Module` with `example_input` (a tensor or a shape
     tuple: the module is exported to ONNX at that static shape). `batch` sets the batch of
     built-in models and of files with a dynamic batch; `input_shape` (`"data:1,3,224,224"` or a
-    tuple) names a shape the file does not give.
+    tuple) names a shape the file does not give; `name` names a proto or module source (a path
+    or a built-in keeps its own). With `import_now` (the default) the Relax import happens here,
+    so a model TVM cannot import fails at once; without it, on first use (VTA never needs it).
     """
     from .frontend import INPUT_BOUNDS, model_from_onnx
     from .frontend import load_model as load_source
@@ -106,12 +116,16 @@ def load_model(
         raise TvmsqzError(f"batch must be an integer in {low}..{high}, not {batch!r}")
     batch = operator.index(batch)
     if isinstance(source, (str, Path)):
-        return load_source(str(source), batch=batch, input_shape=input_shape)
+        return load_source(str(source), batch=batch, input_shape=input_shape, import_now=import_now)
     import onnx
 
     if isinstance(source, onnx.ModelProto):
         return model_from_onnx(
-            source, name=name or source.graph.name or "onnx-model", batch=batch, input_shape=input_shape
+            source,
+            name=name or source.graph.name or "onnx-model",
+            batch=batch,
+            input_shape=input_shape,
+            import_now=import_now,
         )
     if _is_torch_module(source):
         from .models import export_onnx
@@ -132,7 +146,7 @@ def load_model(
         except Exception as exc:  # noqa: BLE001 - torch's exporter raises many types; all mean "cannot export"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TvmsqzError(f"cannot export the torch module to ONNX: {first}") from None
-        return model_from_onnx(proto, name=name or type(source).__name__, batch=batch)
+        return model_from_onnx(proto, name=name or type(source).__name__, batch=batch, import_now=import_now)
     raise TvmsqzError(
         f"cannot load a model from a {type(source).__name__}: give a built-in name, an .onnx or .net "
         "path, an onnx.ModelProto or a torch.nn.Module"
@@ -145,6 +159,8 @@ def _is_torch_module(obj: Any) -> bool:
 
 
 def _as_model(model: Model | Any, **load_options: Any) -> Model:
+    from .frontend import Model
+
     return model if isinstance(model, Model) else load_model(model, **load_options)
 
 
@@ -189,7 +205,7 @@ def compile(
     spec = resolve_target(target)
     loaded = _as_model(model)
     backend, pipe = _pipeline(spec)
-    path = Path(output) if output is not None else _Scratch.path("model.so")
+    path = Path(output) if output is not None else _Scratch.path(_file_name(loaded.name) + ".so")
     inputs = ([Path(loaded.source)] if loaded.source else []) + target_files(target)
     check_writable(path, inputs=inputs, manifest=True)
     pipe.compile(
@@ -216,7 +232,13 @@ def load(path: str | Path, *, warn=None) -> Artifact:
     return load_artifact(path, warn=warn)
 
 
-class UnloadedArtifact:
+def _file_name(model_name: str) -> str:
+    """A file stem for a scratch artifact, from the model's name (a built-in name or a path)."""
+    stem = Path(str(model_name)).stem or "model"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:64] or "model"
+
+
+class UnloadedArtifact(ArtifactBase):
     """An artifact for another machine (cross-compiled ARM, CUDA without a GPU here): its files
     and manifest, exportable and packageable, but not runnable in this process."""
 
@@ -234,16 +256,6 @@ class UnloadedArtifact:
         )
 
     run = timer = time = profile = _refuse
-
-    def export(self, path: str | Path) -> Path:
-        from .artifact import ArtifactBase
-
-        return ArtifactBase.export(self, path)  # type: ignore[arg-type]
-
-    def files(self) -> list[Path]:
-        from .artifact import ArtifactBase
-
-        return ArtifactBase.files(self)  # type: ignore[arg-type]
 
 
 def tune(
@@ -291,7 +303,7 @@ def tune(
             ("rpc_tracker", rpc_tracker),
             ("rpc_key", rpc_key),
         )
-        if value not in (None, False)
+        if value is not None and not (key == "cold" and value is False)  # `fuse=False` is a choice
     }
     return pipe.tune(
         loaded,
@@ -506,8 +518,27 @@ def check_writable(path: str | Path, inputs: list[str | Path] = (), *, manifest:
     check(Path(path), inputs=[Path(i) for i in inputs], manifest=manifest)
 
 
+def artifact_files(path: str | Path) -> list[Path]:
+    """The artifact and every file its manifest lists (sidecars): what no output may replace."""
+    from .manifest import read_manifest
+
+    path = Path(path)
+    manifest = read_manifest(path) if path.is_file() else None
+    listed = [path.with_name(e["file"]) for e in (manifest or {}).get("files", []) if isinstance(e, dict)]
+    return [path, *listed]
+
+
 def target_files(target: Target) -> list[Path]:
     """The target file a `--target` names when it is a path (`./t.json`): an input like the model."""
     if isinstance(target, str | Path) and (str(target).endswith(".json") or "/" in str(target)):
         return [Path(target)]
     return []
+
+
+def __getattr__(name: str):
+    """`api.Model` without importing the frontend (and onnx) until someone asks for it."""
+    if name == "Model":
+        from .frontend import Model
+
+        return Model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

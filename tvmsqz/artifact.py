@@ -105,25 +105,41 @@ class ArtifactBase:
         return [self.path, *listed]
 
     def export(self, path: str | Path) -> Path:
-        from .fsutil import atomic_path
+        """Copy the artifact, its listed files and its manifest under `path`'s name: files named
+        after the artifact (`model.so` -> `model.vta.npz`) follow the new name, and the manifest's
+        file names follow them (its sizes and hashes stay true: the bytes are the same)."""
+        import json
+
+        from .fsutil import atomic_path, atomic_write
 
         path = Path(path)
         if path.suffix != ".so":
             raise TvmsqzError(f"export path {path} must name a .so file (its manifest goes beside it)")
         if path.resolve() == self.path.resolve():
             return path
-        sources = self.files()
-        names = {src.name: path.name if src == self.path else src.name for src in sources}
-        if len(sources) > 1 and path.name != self.path.name:
-            raise TvmsqzError(
-                f"{self.path.name} has sidecar files named after it; export it under the same file "
-                f"name ({self.path.name}) in another folder"
-            )
-        for src in sources:
-            with atomic_path(path.with_name(names[src.name])) as tmp:
+        old_stem, new_stem = self.path.stem, path.stem
+        renames = {}
+        for src in self.files():
+            name = path.name if src == self.path else src.name
+            if src != self.path and src.name.startswith(old_stem + "."):
+                name = new_stem + src.name[len(old_stem) :]
+            renames[src.name] = name
+            with atomic_path(path.with_name(name)) as tmp:
                 shutil.copyfile(src, tmp)
         manifest = manifest_path(self.path)
         if manifest.is_file():
-            with atomic_path(manifest_path(path)) as tmp:
-                shutil.copyfile(manifest, tmp)
+            atomic_write(
+                manifest_path(path), json.dumps(_renamed(json.loads(manifest.read_text()), renames), indent=2) + "\n"
+            )
         return path
+
+
+def _renamed(value: Any, renames: dict[str, str]) -> Any:
+    """`value` (a manifest) with every string that is an old file name replaced by its new one."""
+    if isinstance(value, dict):
+        return {key: _renamed(item, renames) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_renamed(item, renames) for item in value]
+    if isinstance(value, str):
+        return renames.get(value, value)
+    return value

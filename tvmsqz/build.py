@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .backends import get_backend
 from .database import load_database
 from .errors import TvmsqzError
@@ -31,6 +33,7 @@ class BuildReport:
     fused: bool = True
     seconds: float = 0.0
     activation_bytes: int = 0
+    constant_bytes: int = 0
 
 
 def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
@@ -156,6 +159,7 @@ def compile_module(
         mod = tvm.transform.Sequential(backend.post_database_passes(spec))(mod)
         mod = backend.default_schedule(mod, spec)
     report.activation_bytes = planned_activation_bytes(mod)
+    report.constant_bytes = constant_bytes(mod)
     if report.activation_bytes > max_memory:
         raise TvmsqzError(
             f"the model needs {report.activation_bytes / 2**20:.0f} MiB of intermediate memory, over "
@@ -211,8 +215,13 @@ def export_artifact(
     backend=None,
 ) -> dict:
     """Write the `.so` and its manifest (what a device needs to check what it got)."""
+    from .fsutil import check_free_space
+
     path = Path(path)
     check_writable(path)
+    # LLVM ends the process (exit 1, nothing said) when the object file it writes hits a full disk:
+    # refuse first, with room for the object, the linked `.so` and its temp copy (weights + code).
+    check_free_space(path, 3 * (report.constant_bytes + CODE_BYTES))
     (backend or get_backend(spec)).export(executable, spec, path)
     return write_manifest(
         path,
@@ -242,6 +251,29 @@ def with_input_shape(mod):
     with bb.function(INPUT_SHAPE_FUNC, []):
         bb.emit_func_output(relax.ShapeExpr(shape))
     return bb.finalize()
+
+
+#: Room for a model's compiled code in the artifact, beside its weights (SqueezeNet: under 2 MiB).
+CODE_BYTES = 8 << 20
+
+
+def constant_bytes(mod) -> int:
+    """Bytes of the constants (weights) a compiled module embeds: most of its `.so`."""
+    from tvm import relax
+
+    const_type = type(relax.const(0.0))  # TVM 0.27 names no public class for it
+    total = 0
+
+    def count(expr) -> None:
+        nonlocal total
+        if isinstance(expr, const_type):
+            data = expr.value
+            total += int(np.prod([int(d) for d in data.shape], dtype=np.int64)) * np.dtype(str(data.dtype)).itemsize
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, count)
+    return total
 
 
 def planned_activation_bytes(mod) -> int:

@@ -216,7 +216,7 @@ def compile_cmd(
     spec = api.resolve_target(target)
     _check_writable(output, [Path(model), *api.target_files(target)], manifest=True)
     with err_console.status(Text(f"compiling {model} for {spec.name}")):
-        loaded = api.load_model(model, batch=batch, input_shape=input_shape)
+        loaded = api.load_model(model, batch=batch, input_shape=input_shape, import_now=False)
         artifact = api.compile(
             loaded,
             spec,
@@ -260,7 +260,7 @@ def run_cmd(
     api = _api()
     api.prefer_runtime_lib()  # as on a device: libtvm_runtime.so only, when tvm is not imported yet
     if output is not None:
-        _check_writable(output, [artifact] + ([input] if input is not None else []))
+        _check_writable(output, [*api.artifact_files(artifact)] + ([input] if input is not None else []))
     runner = api.load(
         artifact, warn=lambda msg: err_console.print(Text(msg, style="yellow"), highlight=False, soft_wrap=True)
     )
@@ -327,7 +327,11 @@ def bench_cmd(
     spec = api.resolve_target(target)
     if json_out is not None:
         _check_writable(json_out, [Path(model), *api.target_files(target)])
-    source = model if model.endswith(".so") else api.load_model(model, batch=batch, input_shape=input_shape)
+    source = (
+        model
+        if model.endswith(".so")
+        else api.load_model(model, batch=batch, input_shape=input_shape, import_now=False)
+    )
     report = api.bench(
         source,
         spec,
@@ -400,7 +404,7 @@ def tune_cmd(
     if space not in (None, "blocked", "generic"):
         raise TvmsqzError(f"--space must be 'blocked' or 'generic', not {space!r}")
     spec = api.resolve_target(target)
-    loaded = api.load_model(model, batch=batch, input_shape=input_shape)
+    loaded = api.load_model(model, batch=batch, input_shape=input_shape, import_now=False)
     summary = api.tune(
         loaded,
         spec,

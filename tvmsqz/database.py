@@ -180,8 +180,11 @@ def user_tuning_dir(spec: TargetSpec) -> Path:
     return paths.USER_SCHEDULES_DIR / (spec.schedules or spec.name)
 
 
-def database_problem(path: Path, spec: TargetSpec) -> str | None:
-    """Why `path` cannot be applied for `spec` (None: it can); remembered per file state."""
+def database_problem(path: Path, spec: TargetSpec, *, open_it: bool = False) -> str | None:
+    """Why `path` cannot be applied for `spec` (None: it can); remembered per file state.
+
+    With `open_it`, MetaSchedule also parses it (what the JSON check cannot see: a trace it
+    cannot read): for the user's own folder, which every later compile would otherwise trip on."""
     if not has_database(path):
         return "no tuning database there"
     files = [path / WORKLOAD_FILE, path / RECORD_FILE]
@@ -190,9 +193,12 @@ def database_problem(path: Path, spec: TargetSpec) -> str | None:
         json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True),
         tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files),
     )
+    key += (open_it,)
     if key not in _CHECKED:
         try:
             _CHECKED[key] = None if check_database(path, spec) else "it holds no record"
+            if _CHECKED[key] is None and open_it:
+                open_json_database(path)
         except TvmsqzError as exc:
             _CHECKED[key] = str(exc)
     return _CHECKED[key]
@@ -225,7 +231,7 @@ def choose_database(spec: TargetSpec) -> DatabaseChoice:
     notes: list[str] = []
     user = user_tuning_dir(spec)
     if has_database(user):
-        why = database_problem(user, spec)
+        why = database_problem(user, spec, open_it=True)
         if why is None:
             shipped, _ = shipped_database(spec)
             instead = f" over the shipped {shipped}" if shipped is not None else ""

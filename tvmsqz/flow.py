@@ -72,11 +72,7 @@ class TVMPipeline:
         from .build import DEFAULT_MAX_MEMORY, compile_module, export_artifact, parse_size
 
         _no_options(spec, options)
-        limit = (
-            (parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory))
-            if max_memory
-            else DEFAULT_MAX_MEMORY
-        )
+        limit = DEFAULT_MAX_MEMORY if max_memory is None else parse_size(str(max_memory))
         db = resolve_database(spec, database, tuning)
         executable, report = compile_module(model.mod, spec, database=db, fuse=fuse, max_memory=limit, backend=backend)
         manifest = export_artifact(
@@ -108,7 +104,16 @@ class TVMPipeline:
         """The bench report (see `tvmsqz.benchmark.run_bench`)."""
         from .benchmark import run_bench
 
-        return run_bench(model, spec, database=resolve_database(spec, database, tuning), prebuilt=prebuilt, **options)
+        known = {"repeat", "fuse", "with_torch", "rpc_tracker", "rpc_key", "log"}
+        _no_options(spec, {k: v for k, v in options.items() if k not in known})
+        return run_bench(
+            model,
+            spec,
+            database=resolve_database(spec, database, tuning),
+            prebuilt=prebuilt,
+            backend=backend,
+            **{k: v for k, v in options.items() if k in known},
+        )
 
     def tune(
         self,

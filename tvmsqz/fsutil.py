@@ -118,6 +118,24 @@ def private_tempdir(beside: Path | str) -> Iterator[Path]:
         _LIVE.discard(work)
 
 
+def check_free_space(path: Path | str, need: int) -> None:
+    """Refuse to write `path` when its folder has less than `need` bytes free: for writers that
+    cannot fail cleanly there (LLVM's object writer exits the process on a full disk)."""
+    import shutil
+
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # a folder that cannot be asked is for the write itself to report
+    if free < need:
+        raise TvmsqzError(
+            f"cannot write {path}: no space left on device ({free / 2**20:.1f} MiB free in {folder}, "
+            f"about {need / 2**20:.0f} MiB needed)"
+        )
+
+
 def export_library(module, path: Path | str, **kwargs) -> None:
     """`module.export_library(path, **kwargs)` atomically, with TVM's log quiet and a failed link
     (disk full, missing cross compiler) as one line; used by every backend's export. TVM's
@@ -164,7 +182,7 @@ def _new_mode(dest: Path) -> int:
     """The permission bits a replaced file keeps (an existing `dest`'s own), or those a new file
     gets from the umask, as `open()` would create it: never wider than the user asked for."""
     try:
-        return dest.stat().st_mode & 0o7777
+        return dest.stat().st_mode & 0o777  # permissions only: never setuid/setgid/sticky onto new bytes
     except OSError:
         return 0o666 & ~current_umask()
 

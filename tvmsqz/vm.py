@@ -171,7 +171,10 @@ class VMArtifact(ArtifactBase):
         try:
             out = self.vm["main"](arg)
         except Exception as exc:  # noqa: BLE001 - shapes were checked above: this is the kernel's own failure
-            raise TvmsqzError(f"the artifact failed on this input: {type(exc).__name__}") from None
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            detail = lines[-1] if lines else type(exc).__name__
+            unchecked = "" if self.input_shape else " (built without its input shape, so it was not checked first)"
+            raise TvmsqzError(f"the artifact failed on this input{unchecked}: {detail}") from None
         if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and not hasattr(out, "numpy"):
             out = out[0]
         return out.numpy()

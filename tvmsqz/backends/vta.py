@@ -206,7 +206,7 @@ class VTAPipeline:
         _refuse(spec, {key: (value, None) for key, value in options.items()})
         fp32 = _onnx_of(model, spec).SerializeToString()
         if prebuilt is not None:
-            report = bench_vta(Path(prebuilt), fp32_model=fp32)
+            report = bench_vta(load_artifact_checked(Path(prebuilt), spec), fp32_model=fp32)
         else:
             with tempfile.TemporaryDirectory(prefix="tvmsqz-vta-") as tmp:
                 so = Path(tmp) / "model.so"
@@ -272,3 +272,20 @@ def load_artifact(path: Path, manifest: dict | None) -> Any:
     from ..vta import load_vta
 
     return load_vta(path, manifest)
+
+
+def load_artifact_checked(path: Path, spec: TargetSpec):
+    """A prebuilt VTA artifact, verified against its manifest (size, sha256 of the `.so` and the
+    sidecar) and built for `spec`, as the TVM pipeline checks its prebuilt artifacts."""
+    from ..manifest import read_manifest, verify_files
+
+    if not path.is_file():
+        raise TvmsqzError(f"no such file: {path}")
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise TvmsqzError(f"{path} has no manifest ({path.name}.json) beside it; bench needs to know its model")
+    built_for = (manifest.get("target") or {}).get("name")
+    if built_for != spec.name:
+        raise TvmsqzError(f"{path.name} was compiled for {built_for}, not {spec.name}")
+    verify_files(path, manifest)
+    return load_artifact(path, manifest)

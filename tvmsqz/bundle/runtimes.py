@@ -96,11 +96,14 @@ def _wheel_arch(path: Path) -> str:
     return match.group(1) if match else tag
 
 
-def _from_wheels(wheels: list[Path], cache: Path) -> list[RuntimeSource]:
+def _from_wheels(wheels: list[Path], cache: Path, skipped: list[str] | None = None) -> list[RuntimeSource]:
     """Runtimes assembled from pairs of apache-tvm / apache-tvm-ffi wheel files, by architecture.
 
     Only the two libraries and the tvm_ffi headers are extracted (into `cache`, once per wheel):
-    the compiler library inside the apache-tvm wheel is never unpacked.
+    the compiler library inside the apache-tvm wheel is never unpacked. With `skipped`, a pair
+    that cannot be used (an unsafe entry, a truncated download) is passed over and why is
+    appended there: wheels found in caches must not stop a bundle another runtime can serve;
+    without it (the user's own `--runtime-from`), the refusal is the error.
     """
     by_arch: dict[str, dict[str, Path]] = {}
     for whl in wheels:
@@ -113,7 +116,13 @@ def _from_wheels(wheels: list[Path], cache: Path) -> list[RuntimeSource]:
             continue
         site = cache / "-".join(sorted(p.name[: -len(".whl")] for p in pair.values()))
         if not (site / ".complete").is_file():
-            _extract(pair, site)
+            try:
+                _extract(pair, site)
+            except TvmsqzError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(f"skipped: {exc}")
+                continue
         source = _from_folder(site)
         if source is not None:
             found.append(
@@ -220,11 +229,13 @@ def candidate_sources(runtime_from: Path | None = None) -> tuple[list[RuntimeSou
         source = _from_folder(folder)
         if source is not None:
             found.append(source)
+    found += _from_wheels(wheels, wheel_cache)  # the user's own wheels: a bad one is the error
+    cached: list[Path] = []
     for d in _wheel_dirs():
         searched.append(f"{d}/*.whl")
         if d.is_dir():
-            wheels += sorted(d.glob("apache_tvm*.whl"))
-    found += _from_wheels(wheels, wheel_cache)
+            cached += sorted(d.glob("apache_tvm*.whl"))
+    found += _from_wheels(cached, wheel_cache, skipped=searched)
     return found, searched
 
 

@@ -275,6 +275,26 @@ def serve_command(
     return cmd
 
 
+def loopback_tracker_note(tracker: str | None, host: str, custom_addr: str | None) -> str | None:
+    """A server on loopback that registers with a tracker on another machine is told its address
+    is 127.0.0.1: clients would time out. One warning line naming both ways out; None otherwise."""
+    from .rpc_server import is_loopback
+
+    if not tracker or custom_addr or not is_loopback(host):
+        return None
+    try:
+        tracker_host, _ = parse_host_port(tracker)
+    except TvmsqzError:
+        return None
+    if is_loopback(tracker_host):
+        return None
+    return (
+        f"warning: this server listens on {host} only, but the tracker {fmt_address(tracker)} is on another "
+        "machine: its clients cannot reach this board. Tunnel the port over SSH and pass --custom-addr 127.0.0.1 "
+        "(docs/arm.md), or on a trusted network pass --host with this board's address"
+    )
+
+
 def serve(
     tracker: str | None,
     key: str,
@@ -295,6 +315,11 @@ def serve(
         raise TvmsqzError("--rpc-key is required with --rpc-tracker (the key the host tunes with, e.g. rasp4)")
     if tracker and check:
         check_tracker(tracker, timeout=5.0)
+    note = loopback_tracker_note(tracker, host, custom_addr)
+    if note:
+        print(note, file=sys.stderr)
+    if custom_addr and port_end is None:
+        port_end = port + 1  # a tunnel forwards one port: never move to another
     cmd = serve_command(tracker, key, host, port, port_end, custom_addr)
     sys.stdout.flush()
     sys.stderr.flush()
