@@ -185,3 +185,15 @@ def test_run_rejects_wrong_input_shape(compiled, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 100, 100), dtype="float32"))
     assert_one_line_error(run_cli("run", str(so), "--input", str(tmp_path / "x.npy"), check=False), "expects")
     assert_one_line_error(run_cli("run", str(tmp_path / "none.so"), check=False), "no such file")
+
+
+def test_models_and_targets_tables_keep_whole_names_in_a_narrow_terminal():
+    """Names are what users type next: a narrow (or piped, 80-column) table wraps descriptions,
+    never cuts a name."""
+    from tvmsqz.models import list_models
+    from tvmsqz.targets import list_targets
+
+    models = run_cli("models", env={"COLUMNS": "60"}).stdout
+    assert all(m.name in models for m in list_models())
+    targets = run_cli("targets", env={"COLUMNS": "60"}).stdout
+    assert all(t["name"] in targets for t in list_targets())

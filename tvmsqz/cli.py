@@ -152,6 +152,18 @@ def device_callback(ctx: typer.Context) -> None:
         _help_and_fail(ctx)
 
 
+def _print_whole(table: Table, cells: list[tuple[str, ...]]) -> None:
+    """Print `table` at least as wide as its short columns need (names are what users type next:
+    a narrow or piped terminal wraps the last, descriptive column, never cuts a name)."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)] if cells else []
+    needed = sum(widths) + 3 * len(widths) + 4 + 24  # cell padding and borders, 24 for the description
+    if needed <= console.width:
+        console.print(table)
+        return
+    wide = Console(width=needed, file=console.file, force_terminal=console.is_terminal, no_color=console.no_color)
+    wide.print(table)
+
+
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the built-in models."""
@@ -164,14 +176,18 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     table.add_column("input", no_wrap=True)
     table.add_column("weights", no_wrap=True)
     table.add_column("description", overflow="fold")
+    cells = []
     for m in rows:
-        table.add_row(
-            m["name"],
-            "x".join(map(str, m["input_shape"])),
-            "ImageNet-trained" if m["trained"] else "seeded init",
-            m["description"],
+        cells.append(
+            (
+                m["name"],
+                "x".join(map(str, m["input_shape"])),
+                "ImageNet-trained" if m["trained"] else "seeded init",
+                m["description"],
+            )
         )
-    console.print(table)
+        table.add_row(*cells[-1])
+    _print_whole(table, cells)
 
 
 @app.command("targets")
@@ -189,10 +205,12 @@ def targets_cmd(
     table.add_column("name", no_wrap=True)
     table.add_column("family", no_wrap=True)
     table.add_column("description", overflow="fold")
+    cells = []
     for row in rows:
         desc = row["description"] + (f" -> {row['resolves_to']}" if "resolves_to" in row else "")
-        table.add_row(row["name"], row["family"], desc)
-    console.print(table)
+        cells.append((row["name"], row["family"], desc))
+        table.add_row(*cells[-1])
+    _print_whole(table, cells)
 
 
 @app.command("compile")
