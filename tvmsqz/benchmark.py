@@ -383,16 +383,9 @@ def _peer_versions(info: dict[str, dict]) -> dict[str, str]:
 def _prebuilt(so_path: Path, spec: TargetSpec):
     """Manifest and a build report for an artifact compiled earlier (`tvmsqz compile`)."""
     from .build import BuildReport
-    from .runtime import read_manifest
+    from .manifest import prebuilt_manifest
 
-    if not so_path.is_file():
-        raise TvmsqzError(f"no such file: {so_path}")
-    manifest = read_manifest(so_path)
-    if manifest is None:
-        raise TvmsqzError(f"{so_path} has no manifest ({so_path.name}.json) beside it; bench needs to know its model")
-    built_for = (manifest.get("target") or {}).get("name")
-    if built_for != spec.name:
-        raise TvmsqzError(f"{so_path.name} was compiled for {built_for}, not {spec.name}")
+    manifest = prebuilt_manifest(so_path, spec.name)
     kernels = manifest.get("kernels", {})
     report = BuildReport(
         kernels=[None] * kernels.get("total", 0),

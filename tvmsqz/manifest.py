@@ -176,6 +176,21 @@ def is_plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
+def prebuilt_manifest(path: Path, target_name: str) -> dict:
+    """The manifest of an artifact compiled earlier that a command is about to measure for the
+    target `target_name`: it must exist, have a valid manifest, and have been built for that target."""
+    path = Path(path)
+    if not path.is_file():
+        raise TvmsqzError(f"no such file: {path}")
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise TvmsqzError(f"{path} has no manifest ({path.name}.json) beside it; bench needs to know its model")
+    built_for = (manifest.get("target") or {}).get("name")
+    if built_for != target_name:
+        raise TvmsqzError(f"{path.name} was compiled for {built_for}, not {target_name}")
+    return manifest
+
+
 def verify_files(artifact: Path, manifest: dict) -> None:
     """Size and sha256 of the artifact (and its extra files) against the manifest."""
     entries = [(artifact, manifest["artifact"])]

@@ -277,15 +277,8 @@ def load_artifact(path: Path, manifest: dict | None) -> Any:
 def load_artifact_checked(path: Path, spec: TargetSpec):
     """A prebuilt VTA artifact, verified against its manifest (size, sha256 of the `.so` and the
     sidecar) and built for `spec`, as the TVM pipeline checks its prebuilt artifacts."""
-    from ..manifest import read_manifest, verify_files
+    from ..manifest import prebuilt_manifest, verify_files
 
-    if not path.is_file():
-        raise TvmsqzError(f"no such file: {path}")
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise TvmsqzError(f"{path} has no manifest ({path.name}.json) beside it; bench needs to know its model")
-    built_for = (manifest.get("target") or {}).get("name")
-    if built_for != spec.name:
-        raise TvmsqzError(f"{path.name} was compiled for {built_for}, not {spec.name}")
+    manifest = prebuilt_manifest(path, spec.name)
     verify_files(path, manifest)
     return load_artifact(path, manifest)
