@@ -125,12 +125,29 @@ def open_json_database(path: Path):
     """
     from tvm.s_tir import meta_schedule as ms
 
+    folder, stamps = _file_stamps(path)
+    cached = _OPENED.get(folder)
+    if cached is not None and cached[0] == stamps:  # read-only: one parse serves every caller
+        return cached[1]
     try:
-        return ms.database.JSONDatabase(
+        database = ms.database.JSONDatabase(
             path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE), allow_missing=False
         )
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types for unparsable records
         raise TvmsqzError(f"database {path} could not be loaded: {str(exc).strip().splitlines()[-1]}") from None
+    _OPENED[folder] = (stamps, database)
+    return database
+
+
+#: folder -> (file stamps, the JSONDatabase parsed from them): the latest parse of each folder.
+_OPENED: dict[str, tuple] = {}
+
+
+def _file_stamps(path: Path) -> tuple[str, tuple]:
+    """(resolved folder, (mtime_ns, size) of its two files): what a cached check or parse of a
+    database folder is keyed on, so an edited or appended file is read again."""
+    files = [path / WORKLOAD_FILE, path / RECORD_FILE]
+    return str(path.resolve()), tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
 
 
 # ----------------------------------------------------------------------------- the default database
@@ -187,13 +204,8 @@ def database_problem(path: Path, spec: TargetSpec, *, open_it: bool = False) -> 
     cannot read): for the user's own folder, which every later compile would otherwise trip on."""
     if not has_database(path):
         return "no tuning database there"
-    files = [path / WORKLOAD_FILE, path / RECORD_FILE]
-    key = (
-        str(path.resolve()),
-        json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True),
-        tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files),
-    )
-    key += (open_it,)
+    folder, stamps = _file_stamps(path)
+    key = (folder, json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True), stamps, open_it)
     if key not in _CHECKED:
         try:
             _CHECKED[key] = None if check_database(path, spec) else "it holds no record"
