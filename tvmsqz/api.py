@@ -372,7 +372,7 @@ def bench(
     prebuilt = None
     if isinstance(model, (str, Path)) and str(model).endswith(".so"):
         prebuilt = Path(model)
-        loaded = _prebuilt_model(prebuilt)
+        loaded = _prebuilt_model(prebuilt, spec)
     else:
         loaded = _as_model(model)
     extra = {
@@ -382,27 +382,21 @@ def bench(
             ("rpc_tracker", rpc_tracker),
             ("rpc_key", rpc_key),
             ("fuse", fuse),
-            ("database", database),
+            ("database", Path(database) if database is not None else None),
         )
         if value is not None
     }
-    if database is not None:
-        extra["database"] = Path(database)
     data = pipe.bench(
         loaded, spec, backend, repeat=repeat, tuning=tuning, with_torch=with_torch, log=log, **extra, **options
     )
     return BenchReport(data, spec)
 
 
-def _prebuilt_model(so_path: Path) -> Model:
+def _prebuilt_model(so_path: Path, spec: TargetSpec) -> Model:
     """The source model of a compiled artifact, from its manifest (bench compares it with peers)."""
-    from .manifest import read_manifest
+    from .manifest import prebuilt_manifest
 
-    if not so_path.is_file():
-        raise TvmsqzError(f"no such file: {so_path}")
-    manifest = read_manifest(so_path)
-    if manifest is None:
-        raise TvmsqzError(f"{so_path} has no manifest ({so_path.name}.json) beside it; bench needs to know its model")
+    manifest = prebuilt_manifest(so_path, spec.name)
     shape = manifest["input"]["shape"]
     return load_model(manifest["model"], batch=shape[0], input_shape=",".join(map(str, shape)))
 
