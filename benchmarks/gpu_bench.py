@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bundle_bench import latency_stats, time_calls  # one timing rule for both GPU benches
+from gpu_bundle_bench import time_calls, worker_floor  # one timing rule and one launch floor for both GPU benches
 
 HERE = Path(__file__).resolve().parent
 MODELS = ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "squeezenet1_0_complex_bypass", "squeezenet1_0_dc"]
@@ -206,57 +206,6 @@ def worker_torch(args, compiled: bool) -> dict:
                 result["profile"] = kernel_profile(lambda: net(x_dev), sync)
     np.save(args.out_npy, np.concatenate(outputs))
     return result
-
-
-def worker_floor(args) -> dict:
-    """What launching N trivial kernels costs: one by one, and as one CUDA graph replay."""
-    import torch
-
-    n, reps = args.kernels, 200
-    a = torch.zeros(1, device="cuda")
-    sync = torch.cuda.synchronize
-    for _ in range(100):
-        a.add_(1)
-    sync()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(n):
-            a.add_(1)
-        sync()
-        samples.append(time.perf_counter() - start)
-    eager = latency_stats(samples)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            a.add_(1)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(n):
-            a.add_(1)
-    for _ in range(20):
-        graph.replay()
-    sync()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        graph.replay()
-        sync()
-        samples.append(time.perf_counter() - start)
-    graphed = latency_stats(samples)
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return {
-        "kernels": n,
-        "eager_launches_ms": eager,
-        "graph_replay_ms": graphed,
-        "sync_only_ms": latency_stats(samples),
-    }
 
 
 def worker_main(args) -> None:

@@ -46,20 +46,32 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def import_file(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+#: The bundle's Python runner (stdlib + numpy, like this script on the GPU machine): its seeded
+#: input (`seeded_input`, bit-identical to the C++ runner's) and its latency statistics. Beside
+#: this script in a payload (`gpu_payload.py` copies it), in the package in a checkout.
+RUNNER = import_file(
+    "tvmsqz_pyrunner",
+    next(p for p in (HERE / "pyrunner.py", HERE.parent / "tvmsqz" / "bundle" / "pyrunner.py") if p.is_file()),
+)
+seeded_input = RUNNER.seeded_input
+
+
 # ----------------------------------------------------------------------------------------------
 # helpers shared by parent and workers
 # ----------------------------------------------------------------------------------------------
 
 
 def latency_stats(samples_s: list[float]) -> dict:
-    ms = np.asarray(samples_s) * 1e3
-    return {
-        "min": float(ms.min()),
-        "median": float(np.median(ms)),
-        "p90": float(np.percentile(ms, 90)),
-        "mean": float(ms.mean()),
-        "runs": int(ms.size),
-    }
+    """min/median/p90/mean/runs in ms, as the bundle runners (and `tvmsqz bench`) report them."""
+    return RUNNER.stats([s * 1e3 for s in samples_s])
 
 
 def time_calls(run, sync, warmup: int, repeat: int, stream: int, batch: int) -> dict:
@@ -105,18 +117,6 @@ def used_mib() -> float | None:
         return None
 
 
-def seeded_input(seed: int, shape: list[int]) -> np.ndarray:
-    """splitmix64 -> uniform [-1, 1) float32, as the bundle runners (and gpu_payload.py) make it."""
-    n = int(np.prod(shape, dtype=np.int64))
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-    return (2.0 * u - 1.0).astype(np.float32).reshape(shape)
-
-
 def parity_batches(batch: int, photos: np.ndarray | None, seeds: int = 4) -> tuple[list[str], list[np.ndarray]]:
     """The parity inputs of one batch size: seeded random batches, plus the photos (batch 1)."""
     if batch == 1:
@@ -144,14 +144,6 @@ def parity(out: np.ndarray, ref: np.ndarray, name: str) -> dict:
         "top5_agreement": float(np.mean(top5)),
         "samples": int(out.shape[0]),
     }
-
-
-def import_file(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def kernel_profile(run, sync, iters: int = 10) -> dict:

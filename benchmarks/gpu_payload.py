@@ -14,8 +14,9 @@ On a machine with TVM and nvcc (no GPU needed):
    libraries: xz with a 64 MiB window stores each once);
 3. writes `references.npz`: the parity inputs' photos and the torch float32 outputs on this
    machine's CPU, and `payload.json`: the jobs, the versions and each model's weight digest;
-4. copies `gpu_bundle_bench.py`, `tvmsqz/models/squeezenet.py` (the torch models, seeded as
-   here) and `device_run.sh` (the one command to run there) beside them.
+4. copies `gpu_bundle_bench.py`, `tvmsqz/bundle/pyrunner.py` (its seeded inputs and statistics),
+   `tvmsqz/models/squeezenet.py` (the torch models, seeded as here) and `device_run.sh` (the one
+   command to run there) beside them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ W=/tmp/gpu-payload
 mkdir -p "$OUT" "$W"
 {
   nvidia-smi || true
-  cp "$P"/payload.json "$P"/references.npz "$P"/squeezenet.py "$P"/gpu_bundle_bench.py "$W"/
+  cp "$P"/payload.json "$P"/references.npz "$P"/squeezenet.py "$P"/gpu_bundle_bench.py "$P"/pyrunner.py "$W"/
   python3 -c "import tarfile,sys; t=tarfile.open(sys.argv[1]); t.extractall(sys.argv[2], filter='data')" \
       "$P"/bundles.tar.xz "$W" || exit 3
   timeout "${BENCH_TIMEOUT:-420}" python3 "$W"/gpu_bundle_bench.py --payload "$W" --out "$OUT" \
@@ -186,6 +187,7 @@ def main() -> int:
     }
     (out / "payload.json").write_text(json.dumps(payload, indent=2) + "\n")
     shutil.copyfile(HERE / "gpu_bundle_bench.py", out / "gpu_bundle_bench.py")
+    shutil.copyfile(ROOT / "tvmsqz" / "bundle" / "pyrunner.py", out / "pyrunner.py")
     shutil.copyfile(ROOT / "tvmsqz" / "models" / "squeezenet.py", out / "squeezenet.py")
     (out / "device_run.sh").write_text(DEVICE_RUN)
     (out / "device_run.sh").chmod(0o755)
