@@ -88,3 +88,19 @@ def compiled(artifacts_dir):
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def x86_so(compiled) -> Path:
+    """SqueezeNet 1.1 compiled for this host's x86 target (untuned), built once."""
+    return compiled("squeezenet1_1")
+
+
+@pytest.fixture(scope="session")
+def x86_bundle(x86_so, tmp_path_factory) -> Path:
+    """Its runtime-only bundle (with the .tar.gz beside it), packaged once; tests copy it before
+    changing anything in it."""
+    out = tmp_path_factory.mktemp("x86") / "sq11-x86"
+    proc = run_cli("package", str(x86_so), "-o", str(out), "--tar")
+    assert f"wrote {out}" in proc.stdout
+    return out

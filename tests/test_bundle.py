@@ -73,19 +73,6 @@ def tvm_run(so: Path, x_path: Path, out: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def x86_so(compiled) -> Path:
-    return compiled("squeezenet1_1")
-
-
-@pytest.fixture(scope="module")
-def x86_bundle(x86_so, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("x86") / "sq11-x86"
-    proc = run_cli("package", str(x86_so), "-o", str(out), "--tar")
-    assert f"wrote {out}" in proc.stdout
-    return out
-
-
-@pytest.fixture(scope="module")
 def reference(x86_so, tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A fixed input file and the x86 build's output for it."""
     folder = tmp_path_factory.mktemp("ref")

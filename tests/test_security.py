@@ -169,18 +169,6 @@ def test_device_serve_is_unreachable_from_another_address_in_a_network_namespace
 # ------------------------------------------------------------------------------ package
 
 
-@pytest.fixture(scope="module")
-def x86_so(compiled) -> Path:
-    return compiled("squeezenet1_1")
-
-
-@pytest.fixture(scope="module")
-def x86_bundle(x86_so, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sec-x86") / "sq11"
-    run_cli("package", str(x86_so), "-o", str(out))
-    return out
-
-
 def _artifact_copy(x86_so: Path, folder: Path) -> tuple[Path, dict]:
     folder.mkdir()
     so = folder / x86_so.name
