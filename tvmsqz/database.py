@@ -79,11 +79,32 @@ def _is_workload(row) -> bool:
 
 
 def check_database(path: Path, spec: TargetSpec) -> int:
-    """Validate a database folder against a target; returns the number of tuning records."""
+    """Validate a database folder against a target; returns the number of tuning records.
+
+    Remembered per file state and target (a shipped record file is tens of MB of JSON, and the
+    default-database choice and the build both ask)."""
     if not path.is_dir():
         raise TvmsqzError(f"no such database folder: {path}")
     if not has_database(path):
         raise TvmsqzError(f"{path} is not a tuning database (needs {WORKLOAD_FILE} and {RECORD_FILE})")
+    folder, stamps = _file_stamps(path)
+    key = (stamps, json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True))
+    cached = _CHECKED.get(folder)
+    if cached is not None and cached[0] == key:
+        if isinstance(cached[1], str):
+            raise TvmsqzError(cached[1])
+        return cached[1]
+    try:
+        count = _check_records(path, spec)
+    except TvmsqzError as exc:
+        _CHECKED[folder] = (key, str(exc))
+        raise
+    _CHECKED[folder] = (key, count)
+    return count
+
+
+def _check_records(path: Path, spec: TargetSpec) -> int:
+    """`check_database`'s reading: every workload and record well formed, every record for `spec`."""
     workloads = _read_lines(path / WORKLOAD_FILE)
     records = _read_lines(path / RECORD_FILE)
     for number, row in enumerate(workloads, 1):
@@ -128,18 +149,23 @@ def open_json_database(path: Path):
     folder, stamps = _file_stamps(path)
     cached = _OPENED.get(folder)
     if cached is not None and cached[0] == stamps:  # read-only: one parse serves every caller
+        if isinstance(cached[1], str):
+            raise TvmsqzError(cached[1])
         return cached[1]
     try:
         database = ms.database.JSONDatabase(
             path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE), allow_missing=False
         )
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types for unparsable records
-        raise TvmsqzError(f"database {path} could not be loaded: {str(exc).strip().splitlines()[-1]}") from None
+        why = f"database {path} could not be loaded: {str(exc).strip().splitlines()[-1]}"
+        _OPENED[folder] = (stamps, why)
+        raise TvmsqzError(why) from None
     _OPENED[folder] = (stamps, database)
     return database
 
 
-#: folder -> (file stamps, the JSONDatabase parsed from them): the latest parse of each folder.
+#: folder -> (file stamps, the JSONDatabase parsed from them or why it could not be): the latest
+#: parse of each folder.
 _OPENED: dict[str, tuple] = {}
 
 
@@ -153,9 +179,9 @@ def _file_stamps(path: Path) -> tuple[str, tuple]:
 # ----------------------------------------------------------------------------- the default database
 
 _CPU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-#: (folder, target identity, file stamps) -> None (valid) or why not: compile and the CLI's note
-#: both ask, and a shipped record file is tens of MB of JSON to check.
-_CHECKED: dict[tuple, str | None] = {}
+#: folder -> ((file stamps, target identity), record count or why the folder is refused): the
+#: latest check of each folder (`check_database`).
+_CHECKED: dict[str, tuple] = {}
 
 
 @dataclass(frozen=True)
@@ -198,22 +224,20 @@ def user_tuning_dir(spec: TargetSpec) -> Path:
 
 
 def database_problem(path: Path, spec: TargetSpec, *, open_it: bool = False) -> str | None:
-    """Why `path` cannot be applied for `spec` (None: it can); remembered per file state.
+    """Why `path` cannot be applied for `spec` (None: it can); the checks remember each file state.
 
     With `open_it`, MetaSchedule also parses it (what the JSON check cannot see: a trace it
     cannot read): for the user's own folder, which every later compile would otherwise trip on."""
     if not has_database(path):
         return "no tuning database there"
-    folder, stamps = _file_stamps(path)
-    key = (folder, json.dumps(target_identity(spec.tvm_config or {}), sort_keys=True), stamps, open_it)
-    if key not in _CHECKED:
-        try:
-            _CHECKED[key] = None if check_database(path, spec) else "it holds no record"
-            if _CHECKED[key] is None and open_it:
-                open_json_database(path)
-        except TvmsqzError as exc:
-            _CHECKED[key] = str(exc)
-    return _CHECKED[key]
+    try:
+        if not check_database(path, spec):
+            return "it holds no record"
+        if open_it:
+            open_json_database(path)
+    except TvmsqzError as exc:
+        return str(exc)
+    return None
 
 
 def shipped_database(spec: TargetSpec) -> tuple[Path | None, list[str]]:
