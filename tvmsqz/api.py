@@ -158,6 +158,49 @@ def _is_torch_module(obj: Any) -> bool:
     return any(f"{c.__module__}.{c.__name__}" == "torch.nn.modules.module.Module" for c in type(obj).__mro__)
 
 
+def _at_precision(
+    loaded: Model,
+    spec: TargetSpec,
+    backend,
+    precision: str | None,
+    calibrate: Any = None,
+    method: str | None = None,
+    fp32_layers: tuple[str, ...] | list[str] = (),
+    log=None,
+) -> tuple[Model, TargetSpec]:
+    """(model, spec) at `precision` (None: the target's default, its backend's first).
+
+    int8 on a target the shared TVM pipeline compiles: the model is quantized here by the
+    project's quantizer (`quant.qdq`, calibrated on `calibrate`: a folder of images, a .npy/.npz
+    of inputs, None for the built-in photos) into a QDQ graph, unless it is QDQ already (ONNX
+    Runtime's `quantize_static`, NNCF: imported as it is); the spec gains the target's `int8`
+    section (`TargetSpec.for_precision`). A backend with a pipeline of its own (VTA) quantizes
+    inside it."""
+    allowed = tuple(getattr(backend, "PRECISIONS", ("fp32",)))
+    chosen = precision or ("int8" if loaded.quantized and "int8" in allowed else allowed[0])
+    if chosen not in ("fp32", "int8"):
+        raise TvmsqzError(f"precision must be fp32 or int8, not {chosen!r}")
+    if chosen not in allowed:
+        raise TvmsqzError(f"target {spec.name} compiles {' or '.join(allowed)}, not {chosen}")
+    if chosen == "fp32" and loaded.quantized:
+        raise TvmsqzError(f"{loaded.name} is an int8 (QDQ) model: compile it with --precision int8")
+    own_pipeline = getattr(backend, "pipeline", None) is not None
+    if chosen == "fp32" or own_pipeline:
+        if calibrate is not None and not own_pipeline:
+            raise TvmsqzError("--calibrate applies to --precision int8 only")
+        return loaded, spec
+    if loaded.quantized:
+        if calibrate is not None:
+            raise TvmsqzError(f"{loaded.name} is quantized already (QDQ); --calibrate does not apply")
+    else:
+        from .quant.qdq import quantize_model
+
+        if log is not None:
+            log.print(f"[dim]quantizing {loaded.name} to int8 ({method or 'mse'} calibration)[/dim]")
+        loaded = quantize_model(loaded, calibrate, method=method or "mse", fp32_layers=tuple(fp32_layers))
+    return loaded, spec.for_precision("int8")
+
+
 def _as_model(model: Model | Any, **load_options: Any) -> Model:
     from .frontend import Model
 
@@ -187,6 +230,10 @@ def compile(
     tuning: bool = True,
     fuse: bool | None = None,
     max_memory: str | int | None = None,
+    precision: str | None = None,
+    calibrate: Any = None,
+    calibration_method: str | None = None,
+    fp32_layers: tuple[str, ...] | list[str] = (),
     log=None,
     **options: Any,
 ) -> Artifact:
@@ -199,12 +246,18 @@ def compile(
     models whose planned intermediate memory is larger. A target whose artifacts do not run on
     this host (ARM, CUDA without a GPU) is compiled and written, but not loaded: the manifest is
     then returned inside an `UnloadedArtifact`.
+
+    `precision` "int8" quantizes the model (`calibrate`: a folder of jpg/png photos, a .npy/.npz
+    of input tensors, or None for the built-in photos; `calibration_method`: mse, minmax,
+    percentile or entropy; `fp32_layers`: conv names, or "first"/"last", kept fp32); a QDQ model
+    (ONNX Runtime, NNCF) compiles at int8 as it is. The artifact's input and output stay fp32.
     """
     from .build import check_writable
 
     spec = resolve_target(target)
     loaded = _as_model(model)
     backend, pipe = _pipeline(spec)
+    loaded, spec = _at_precision(loaded, spec, backend, precision, calibrate, calibration_method, fp32_layers, log)
     path = Path(output) if output is not None else _Scratch.path(_file_name(loaded.name) + ".so")
     inputs = ([Path(loaded.source)] if loaded.source else []) + target_files(target)
     check_writable(path, inputs=inputs, manifest=True)
@@ -271,6 +324,10 @@ def tune(
     space: str | None = None,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
+    precision: str | None = None,
+    calibrate: Any = None,
+    calibration_method: str | None = None,
+    fp32_layers: tuple[str, ...] | list[str] = (),
     log=None,
     **options: Any,
 ) -> dict:
@@ -280,7 +337,8 @@ def tune(
     `trials` and `time_budget` (seconds, or a duration such as "90s", "30m", "1.5h") bound the run,
     whichever comes first (default 64 trials when neither is given); `output` defaults to the user
     data folder, never the shipped schedules; `resume` continues a folder; `cold` skips the warm
-    start from shipped records.
+    start from shipped records. `precision` and the calibration options as in `compile` (int8
+    kernels are tuned into their own database: the int8 target differs from the fp32 one).
     """
     from .tuning.budget import DEFAULT_TRIALS, parse_duration
 
@@ -291,6 +349,7 @@ def tune(
     spec = resolve_target(target)
     loaded = _as_model(model)
     backend, pipe = _pipeline(spec)
+    loaded, spec = _at_precision(loaded, spec, backend, precision, calibrate, calibration_method, fp32_layers, log)
     if trials is None and time_budget is None:
         trials = DEFAULT_TRIALS
     extra = {
@@ -357,6 +416,10 @@ def bench(
     with_torch: bool = True,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
+    precision: str | None = None,
+    calibrate: Any = None,
+    calibration_method: str | None = None,
+    fp32_layers: tuple[str, ...] | list[str] = (),
     log=None,
     **options: Any,
 ) -> BenchReport:
@@ -383,6 +446,10 @@ def bench(
             ("rpc_key", rpc_key),
             ("fuse", fuse),
             ("database", Path(database) if database is not None else None),
+            ("precision", precision),
+            ("calibrate", calibrate),
+            ("calibration_method", calibration_method),
+            ("fp32_layers", tuple(fp32_layers) or None),
         )
         if value is not None
     }

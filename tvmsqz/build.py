@@ -67,9 +67,12 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
         # chosen by measurement; tuning and compiling read the same ones, so workloads match.
         options = {k: v for k, v in spec.data.get("fuse", {}).items() if k != "enabled"}
         mod = fuse_fire(mod, **options)
+    from .passes.qdq import FoldQDQ
+
     with spec.target:
         seq = tvm.transform.Sequential(
             [
+                FoldQDQ(),  # an int8 (QDQ) model: integer convs, requantisation as epilogues
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
                 *layout,

@@ -49,6 +49,32 @@ FuseOpt = typer.Option(
     help="Fuse each Fire module's expand pair into one kernel "
     "(default: the target's measured choice, see `tvmsqz targets`); --no-fuse keeps expand convs + concat.",
 )
+PrecisionOpt = typer.Option(
+    None,
+    "--precision",
+    help="fp32 or int8 (default: the target's, fp32 on CPUs; a QDQ model is int8). int8 quantizes the "
+    "model after calibration (--calibrate); input and output stay fp32.",
+)
+CalibrateOpt = typer.Option(
+    None,
+    "--calibrate",
+    help="int8 calibration inputs: a folder of jpg/png photos (preprocessed as the model expects) "
+    "or a .npy/.npz of input tensors (default: the built-in sample photos).",
+)
+CalibrationMethodOpt = typer.Option(
+    None, "--calibration-method", help="Activation ranges for int8: mse (default), minmax, percentile, entropy."
+)
+Fp32LayersOpt = typer.Option(
+    None,
+    "--fp32-layers",
+    help="Comma-separated conv names (or first, last) kept fp32 in an int8 model (default: none).",
+)
+
+
+def _layers(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
 InputShapeOpt = typer.Option(None, "--input-shape", help="Input name and shape, e.g. data:1,3,224,224.")
 #: The largest batch any command takes (frontend.INPUT_BOUNDS, kept here so a typo fails in the parser).
 MAX_BATCH = 4096
@@ -228,6 +254,10 @@ def compile_cmd(
         "--max-memory",
         help="Refuse models whose planned intermediate memory exceeds this (default 2G), e.g. 512M, 8G.",
     ),
+    precision: Optional[str] = PrecisionOpt,
+    calibrate: Optional[Path] = CalibrateOpt,
+    calibration_method: Optional[str] = CalibrationMethodOpt,
+    fp32_layers: Optional[str] = Fp32LayersOpt,
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     api = _api()
@@ -243,6 +273,10 @@ def compile_cmd(
             tuning=not no_tuning,
             fuse=fuse,
             max_memory=max_memory,
+            precision=precision,
+            calibrate=calibrate,
+            calibration_method=calibration_method,
+            fp32_layers=_layers(fp32_layers),
             log=err_console,
         )
     _say_default_database(target, database, no_tuning)
@@ -339,8 +373,13 @@ def bench_cmd(
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch comparison."),
     rpc_tracker: Optional[str] = TrackerOpt,
     rpc_key: Optional[str] = KeyOpt,
+    precision: Optional[str] = PrecisionOpt,
+    calibrate: Optional[Path] = CalibrateOpt,
+    calibration_method: Optional[str] = CalibrationMethodOpt,
+    fp32_layers: Optional[str] = Fp32LayersOpt,
 ) -> None:
-    """Latency, memory, accuracy parity and per-kernel profile against ONNX Runtime and PyTorch."""
+    """Latency, memory, accuracy parity and per-kernel profile against ONNX Runtime and PyTorch
+    (with --precision int8: against ONNX Runtime's and OpenVINO's int8, and agreement with fp32)."""
     api = _api()
     spec = api.resolve_target(target)
     if json_out is not None:
@@ -360,6 +399,10 @@ def bench_cmd(
         with_torch=not no_torch,
         rpc_tracker=rpc_tracker,
         rpc_key=rpc_key,
+        precision=precision,
+        calibrate=calibrate,
+        calibration_method=calibration_method,
+        fp32_layers=_layers(fp32_layers),
         log=err_console,
     )
     _say_default_database(target, database, no_tuning)
@@ -416,6 +459,10 @@ def tune_cmd(
         help="Design space: 'blocked' (the direct-conv space for "
         "channel-blocked convolutions, the default) or 'generic' (MetaSchedule's own).",
     ),
+    precision: Optional[str] = PrecisionOpt,
+    calibrate: Optional[Path] = CalibrateOpt,
+    calibration_method: Optional[str] = CalibrationMethodOpt,
+    fp32_layers: Optional[str] = Fp32LayersOpt,
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
     api = _api()
@@ -435,6 +482,10 @@ def tune_cmd(
         space=space,
         rpc_tracker=rpc_tracker,
         rpc_key=rpc_key,
+        precision=precision,
+        calibrate=calibrate,
+        calibration_method=calibration_method,
+        fp32_layers=_layers(fp32_layers),
         log=err_console,
     )
     console.print(_tune_line(summary), highlight=False, soft_wrap=True, markup=False)

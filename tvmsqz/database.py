@@ -152,6 +152,9 @@ def open_json_database(path: Path):
         if isinstance(cached[1], str):
             raise TvmsqzError(cached[1])
         return cached[1]
+    from .dot_intrin import register_intrinsics
+
+    register_intrinsics()  # int8 records tensorize with the project's own intrinsics
     try:
         database = ms.database.JSONDatabase(
             path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE), allow_missing=False

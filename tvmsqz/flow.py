@@ -29,6 +29,15 @@ def resolve_database(spec: TargetSpec, database: Path | None, tuning: bool) -> P
     return Path(database) if database is not None else default_database(spec)
 
 
+def precision_fields(model: Model) -> dict:
+    """Manifest fields of the model's precision: "int8" with what the quantizer recorded
+    (calibration source, method, layers kept fp32), or "fp32"."""
+    if not model.quantized:
+        return {"precision": "fp32"}
+    report = model.quant_report or {"source": "QDQ model as given (quantized outside tvmsqz)"}
+    return {"precision": "int8", "quantization": report}
+
+
 def tuning_report_lines(report) -> list[str]:
     """What the build applied, for the CLI's stderr (rich markup)."""
     if report.database is None:
@@ -83,7 +92,7 @@ class TVMPipeline:
             input_spec=model.input,
             report=report,
             backend=backend,
-            extra={"compile_seconds": round(report.seconds, 2)},
+            extra={"compile_seconds": round(report.seconds, 2), **precision_fields(model)},
         )
         if log is not None:
             for line in tuning_report_lines(report):
@@ -104,7 +113,18 @@ class TVMPipeline:
         """The bench report (see `tvmsqz.benchmark.run_bench`)."""
         from .benchmark import run_bench
 
-        known = {"repeat", "fuse", "with_torch", "rpc_tracker", "rpc_key", "log"}
+        known = {
+            "repeat",
+            "fuse",
+            "with_torch",
+            "rpc_tracker",
+            "rpc_key",
+            "log",
+            "precision",
+            "calibrate",
+            "calibration_method",
+            "fp32_layers",
+        }
         _no_options(spec, {k: v for k, v in options.items() if k not in known})
         return run_bench(
             model,

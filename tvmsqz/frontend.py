@@ -221,6 +221,10 @@ def random_input(spec: InputSpec, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(spec.shape).astype(spec.dtype)
 
 
+#: ONNX operators of a quantized (QDQ) graph.
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
 class Model:
     """A model resolved from what the user gave (a built-in name, a file, an ONNX proto, a torch
     module), loaded once and handed through compile, tune and bench.
@@ -252,6 +256,16 @@ class Model:
         if self._mod is None:
             self._mod, _ = import_onnx(self.onnx, self._input_shape)
         return self._mod
+
+    #: What `tvmsqz.quant.qdq.quantize_model` recorded when it made this model (None otherwise).
+    quant_report: dict | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the graph is int8 QDQ (QuantizeLinear/DequantizeLinear nodes): made by
+        tvmsqz's quantizer, ONNX Runtime's `quantize_static` or NNCF; the compiler folds the
+        pairs into integer convs (`passes.qdq`)."""
+        return any(node.op_type in QDQ_OPS for node in self.onnx.graph.node)
 
     @property
     def preprocess(self) -> str:

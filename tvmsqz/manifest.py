@@ -121,6 +121,8 @@ SCHEMA: dict[str, Any] = {
         },
         "artifact": {"type": "object", "required": ["bytes", "sha256"], "properties": _FILE_ENTRY["properties"]},
         "files": {"type": "array", "items": _FILE_ENTRY, "maxItems": 64},
+        "precision": {"enum": ["fp32", "int8"]},
+        "quantization": {"type": "object"},
     },
 }
 

@@ -6,6 +6,7 @@ everything else can depend on it without import cycles.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -65,6 +66,28 @@ class TargetSpec:
     def schedules_dir(self) -> Path | None:
         """The shipped (read-only) schedule folder of this target, if it names one."""
         return SCHEDULES_DIR / self.schedules if self.schedules else None
+
+    def for_precision(self, precision: str) -> TargetSpec:
+        """The spec int8 builds use: the target data's `int8` section adds its LLVM attributes
+        (`mattr`, e.g. +avx512vnni, which the portable x86-64-v4 target lacks), its CPU flags and
+        its own schedule folder (a database applies only to the exact target it was tuned for,
+        so int8 records never mix with fp32 ones); fp32, or a target without the section: self."""
+        section = self.data.get("int8") if precision == "int8" else None
+        if not section or self.tvm_config is None:
+            return self
+        config = dict(self.tvm_config)
+        mattr = list(config.get("mattr") or []) + [
+            a for a in section.get("mattr", []) if a not in config.get("mattr", [])
+        ]
+        if mattr:
+            config["mattr"] = mattr
+        data = dict(self.data)
+        data["requires_cpu_flags"] = list(data.get("requires_cpu_flags") or []) + list(
+            section.get("requires_cpu_flags") or []
+        )
+        data["precision"] = "int8"
+        schedules = section.get("schedules", self.schedules)
+        return dataclasses.replace(self, tvm_config=config, schedules=schedules, data=data)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -98,6 +98,18 @@ SCHEMA: dict[str, Any] = {
             "then": {"required": ["block"]},
         },
         "space": {"enum": ["blocked", "generic"]},
+        # int8 (`--precision int8`): the dot-product kernels of the blocked uint8 x int8 convs
+        # (`backends/cpu/kernels/int8.py`), the TVM target attributes they need, the CPU flags
+        # of hosts that run them and the shipped schedules of int8 builds.
+        "int8": {
+            "type": "object",
+            "properties": {
+                "dot": {"enum": ["vnni", "avx512bw"]},
+                "mattr": _STR_LIST,
+                "requires_cpu_flags": _STR_LIST,
+                "schedules": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+            },
+        },
         "host": _STR,
         "tiling_db": _STR,
         "vta": {"type": "object"},

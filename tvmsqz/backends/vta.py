@@ -31,6 +31,10 @@ from ..spec import TargetSpec, host_cpu_flags
 #: builds Relax VMs for its host segments through `tvm.relax`.
 RUNTIME_ONLY = False
 
+#: Precisions `--precision` accepts here, the default first: int8 only: VTA is an int8
+#: accelerator with a quantizer of its own (`tvmsqz.vta.quant`).
+PRECISIONS = ("int8",)
+
 
 def resolve_target_data(raw: dict) -> dict:
     """Check the hardware configuration when the target resolves, so that a bad target file is

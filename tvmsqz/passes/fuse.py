@@ -678,6 +678,8 @@ def lower_fire_views(mod: tvm.IRModule, only_scheduled: bool = True) -> tvm.IRMo
             continue
         if only_scheduled and not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
             continue
+        if not func.attrs or "layout_free_buffers" not in func.attrs:
+            continue  # no layout rewrite to split: TVM lowers the views with everything else
         lowered = tvm.s_tir.transform.LowerMatchBuffer()(tvm.IRModule({gv: func}))
         updates[gv] = lowered[gv]
     if not updates:

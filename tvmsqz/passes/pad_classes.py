@@ -12,7 +12,13 @@ pool, and one slice of the (1, 1024) scores gives back the model's (1, 1000).
 
     conv2d(x, W) [+ bias] -> relu -> mean(H, W) -> reshape/flatten to (N, C)
 
-and leaves any other graph as it is.
+and, in an int8 model (`passes.qdq`), the same chain with its elementwise requantisation
+steps between the integer conv and the mean and after it:
+
+    conv2d(x, W: int8) -> elementwise* -> mean(H, W) -> elementwise* -> reshape to (N, C)
+
+(elementwise: casts, rounding, min/max and arithmetic with scalar or per-channel constants,
+which are padded with zeros like the weights); any other graph stays as it is.
 """
 
 from __future__ import annotations
@@ -74,6 +80,110 @@ def _classifier_chain(func: relax.Function) -> dict | None:
     return chain
 
 
+#: Ops an int8 classifier chain may hold between its conv, its mean and its final reshape.
+_ELEMENTWISE = frozenset(
+    f"relax.{name}"
+    for name in ("add", "subtract", "multiply", "divide", "maximum", "minimum", "round", "astype", "nn.relu")
+)
+
+
+def _int8_chain(func: relax.Function) -> tuple[list, set] | None:
+    """([output var, ..., reshape var, ..., mean var, ..., conv var], the vars after the reshape)
+    of an int8 classifier, or None."""
+    bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
+    var = func.body.body
+    chain: list = []
+    after: set = set()
+    reshape = mean = False
+    while isinstance(var, relax.Var) and var in bindings:
+        value = bindings[var]
+        op = _op(value)
+        chain.append(var)
+        if not reshape:
+            after.add(var)
+        if op == "relax.nn.conv2d":
+            ok = (
+                mean
+                and isinstance(value.args[1], _CONST)
+                and str(value.args[1].ty.dtype) == "int8"
+                and value.attrs.groups == 1
+                and value.attrs.kernel_layout == "OIHW"
+            )
+            return (chain, after) if ok else None
+        if op == "relax.reshape" and not reshape:
+            reshape = True
+            after.discard(var)
+            var = value.args[0]
+            continue
+        if op == "relax.mean":
+            if not reshape or mean or sorted(int(a) for a in value.attrs.axis) != [2, 3] or not value.attrs.keepdims:
+                return None
+            mean = True
+            var = value.args[0]
+            continue
+        if op not in _ELEMENTWISE:
+            return None
+        moving = [a for a in value.args if isinstance(a, relax.Var)]
+        if len(moving) != 1 or any(not isinstance(a, (_CONST, relax.Var)) for a in value.args):
+            return None
+        var = moving[0]
+    return None
+
+
+def _pad_channels(const, classes: int, padded: int):
+    """A constant of the chain with its class axis (of length `classes`) zero padded; scalars as they are."""
+    value = const.value.numpy()
+    axes = [i for i, d in enumerate(value.shape) if d == classes]
+    if value.size == 1 or not axes:
+        return const
+    grow = [(0, 0)] * value.ndim
+    grow[axes[0]] = (0, padded - classes)
+    return relax.const(np.pad(value, grow), str(value.dtype))
+
+
+def _pad_int8(mod: tvm.IRModule, func: relax.Function, found: tuple, multiple: int, block: int | None):
+    """`pad_classifier` for an int8 chain (`_int8_chain`): every op up to the reshape re-emitted
+    on padded operands, the slice right after the reshape."""
+    chain, after = found
+    bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
+    conv = bindings[chain[-1]]
+    weight = conv.args[1].value.numpy()
+    classes = weight.shape[0]
+    padded = -(-classes // multiple) * multiple
+    if padded == classes or (block and classes % block == 0):
+        return mod
+    grow = [(0, padded - classes)] + [(0, 0)] * (weight.ndim - 1)
+    new_weight = relax.const(np.pad(weight, grow), "int8")
+    members = set(chain) - after
+    final = next(v for v in chain if _op(bindings[v]) == "relax.reshape")
+
+    @relax.expr_functor.mutator
+    class _Pad(relax.PyExprMutator):
+        def visit_var_binding_(self, binding) -> None:
+            if binding.var not in members:
+                super().visit_var_binding_(binding)
+                return
+            value = binding.value
+            if binding.var.same_as(chain[-1]):
+                new = relax.op.nn.conv2d(self.visit_expr(value.args[0]), new_weight, **_conv_kwargs(value.attrs))
+            elif binding.var.same_as(final):
+                batch = int(binding.var.ty.shape[0])
+                flat = self.builder_.emit(relax.op.reshape(self.visit_expr(value.args[0]), (batch, padded)))
+                new = relax.op.strided_slice(flat, axes=[1], begin=[0], end=[classes])
+            else:
+                args = [
+                    _pad_channels(a, classes, padded) if isinstance(a, _CONST) else self.visit_expr(a)
+                    for a in value.args
+                ]
+                new = relax.Call(value.op, args, value.attrs)
+            emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+            self.set_var_remap(binding.var, emit(new))
+
+    out = tvm.IRModule(dict(mod.functions.items()))
+    out["main"] = _Pad().visit_expr(func)
+    return out
+
+
 def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -> tvm.IRModule:
     """`mod` with its classifier conv's outputs padded to a multiple of `multiple` (see above);
     with `block`, only when the channel block does not divide them already (a 16- or 32-class
@@ -81,7 +191,8 @@ def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -
     func = mod["main"]
     chain = _classifier_chain(func)
     if chain is None:
-        return mod
+        int8 = _int8_chain(func)
+        return mod if int8 is None else _pad_int8(mod, func, int8, multiple, block)
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
     conv = bindings[chain["relax.nn.conv2d"]]
     weight = conv.args[1].value.numpy()

@@ -22,6 +22,11 @@ DEVICE_TYPE = "cpu"
 #: nothing but `libtvm_runtime.so` (`TVM_USE_RUNTIME_LIB=1`).
 RUNTIME_ONLY = True
 
+#: Precisions `--precision` accepts here, the default first: fp32, and int8 through QDQ folding
+#: (`passes.qdq`) with tensorized dot-product kernels where the target names them (`int8.dot`),
+#: TVM's generic int8 convolution elsewhere.
+PRECISIONS = ("fp32", "int8")
+
 
 def resolve_target_data(raw: dict) -> dict:
     """CPU target files need no family-specific resolution (aliases and "host" cores are generic)."""
@@ -57,9 +62,15 @@ def load_artifact(path: Path, manifest: dict | None) -> Any:
 
 
 def pre_tuning_passes(spec: TargetSpec) -> list:
+    """Weights are layout-free (MetaSchedule may rewrite their layout, folded at compile time),
+    except int8 kernels' (`kernels.int8.keep_weight_layout`)."""
+    import tvm
     from tvm import relax
 
-    return [relax.transform.AttachAttrLayoutFreeBuffers()]
+    from .kernels.int8 import keep_weight_layout
+
+    keep = tvm.transform.module_pass(lambda mod, ctx: keep_weight_layout(mod), opt_level=0, name="KeepInt8Weights")
+    return [relax.transform.AttachAttrLayoutFreeBuffers(), keep]
 
 
 def post_database_passes(spec: TargetSpec) -> list:
@@ -96,6 +107,7 @@ def layout_passes(spec: TargetSpec) -> list:
         int(layout.get("winograd", 0)),
         int(layout.get("classifier_pad", 0)),
         int(layout.get("winograd_min_size", 0)),
+        (spec.data.get("int8") or {}).get("dot"),
     )
 
 

@@ -82,6 +82,9 @@ log = logging.getLogger("tvmsqz")
 #: skips the hooks that load `libtvm_runtime_cuda.so`: CUDA artifacts keep the full library.
 RUNTIME_ONLY = False
 
+#: Precisions `--precision` accepts here, the default first: fp32 only (int8 on CUDA is not built yet).
+PRECISIONS = ("fp32",)
+
 
 def resolve_target_data(raw: dict) -> dict:
     """Resolve a CUDA target file's `"arch": "auto"` (and `"schedules": "auto"`) and validate it.

@@ -21,6 +21,7 @@ values is the untuned default.
 from __future__ import annotations
 
 from .constants import CONV_BLOCK, MAX_ACCUMULATORS
+from .int8 import int8_block, schedule_int8
 from .sched import block_named, epilogue_at, sample_unroll
 from .winograd import is_winograd, schedule_winograd
 
@@ -72,9 +73,13 @@ def schedule_conv(sch, block, *, ow_tile: int | None = None, oc_tile: int | None
 
 
 def space_fn(sch) -> None:
-    """`ScheduleFn` body for MetaSchedule: the sampled blocked-conv (or Winograd) schedule."""
+    """`ScheduleFn` body for MetaSchedule: the sampled blocked-conv (Winograd, int8) schedule."""
     if is_winograd(sch):
         schedule_winograd(sch, sample=True)
+        return
+    block, intrin = int8_block(sch)
+    if block is not None:
+        schedule_int8(sch, block, intrin, sample=True)
         return
     block = conv_block(sch)
     if block is not None:
@@ -93,7 +98,7 @@ def is_blocked_conv(func) -> bool:
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
-    return is_winograd(sch) or conv_block(sch) is not None
+    return is_winograd(sch) or conv_block(sch) is not None or int8_block(sch)[0] is not None
 
 
 def apply_default(mod):
@@ -106,8 +111,11 @@ def apply_default(mod):
             continue
         sch = Schedule(func)
         block = conv_block(sch)
+        int8, intrin = int8_block(sch)
         if is_winograd(sch):
             schedule_winograd(sch)
+        elif int8 is not None:
+            schedule_int8(sch, int8, intrin)
         elif block is not None:
             schedule_conv(sch, block)
         else:

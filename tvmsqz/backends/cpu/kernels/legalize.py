@@ -44,11 +44,41 @@ def winograd_applies(call, tile: int, min_size: int = 0) -> bool:
     )
 
 
-def _legalizer(winograd: int, min_size: int = 0):
+def _int8_conv(bb, call, dot: str | None):
+    """A blocked uint8 x int8 conv -> the tensorized int8 kernel (`int8.conv2d_nchwc_int8`) when
+    the target names a dot-product flavour for its output block, else None. The weight packing
+    is its own call on the constant weights (FoldConstant evaluates it at compile time); a
+    first conv with fewer than 4 input lanes gets its data regrouped by a small kernel."""
+    from .int8 import DOT_FLAVOURS, conv2d_nchwc_int8, pack_data, pack_weight
+
+    attrs = call.attrs
+    data_shape = [int(d) for d in call.args[0].ty.shape]
+    kernel_shape = [int(d) for d in call.args[1].ty.shape]
+    block = DOT_FLAVOURS.get(dot or "", {}).get(kernel_shape[5])
+    if block is None or len(data_shape) != 5:
+        return None
+    data = call.args[0]
+    if data_shape[4] % 4:
+        data = bb.emit_te(pack_data, data, primfunc_name_hint="int8_data_pack")
+    packed = bb.emit_te(pack_weight, call.args[1], primfunc_name_hint="int8_weight_pack")
+    return bb.call_te(
+        conv2d_nchwc_int8,
+        data,
+        packed,
+        attrs.strides,
+        attrs.padding,
+        attrs.dilation,
+        block,
+        primfunc_name_hint=block,
+    )
+
+
+def _legalizer(winograd: int, min_size: int = 0, int8_dot: str | None = None):
     """conv2d legalization: blocked 3x3 stride-1 convs -> Winograd F(`winograd`, 3) when the
     target asks for it (the weight transform is its own call on the constant weights, which
-    FoldConstant evaluates at compile time), other blocked convs -> `conv2d_nchwc`, every other
-    conv2d -> TVM's own legalization."""
+    FoldConstant evaluates at compile time), blocked uint8 x int8 convs -> the `int8_dot`
+    tensorized kernel, other blocked convs -> `conv2d_nchwc`, every other conv2d -> TVM's own
+    legalization."""
 
     def legalize(bb, call):
         from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
@@ -59,6 +89,9 @@ def _legalizer(winograd: int, min_size: int = 0):
         attrs = call.attrs
         if not (_BLOCKED.match(attrs.data_layout) and _BLOCKED.match(attrs.out_layout)) or attrs.groups != 1:
             return _nn_conv2d(bb, call)
+        if str(call.args[0].ty.dtype) == "uint8" and str(call.args[1].ty.dtype) == "int8":
+            lowered = _int8_conv(bb, call, int8_dot)
+            return _nn_conv2d(bb, call) if lowered is None else lowered
         if winograd_applies(call, winograd, min_size):
             packed = bb.emit_te(weight_transform, call.args[1], winograd, primfunc_name_hint="winograd_weight")
             return bb.call_te(
@@ -82,12 +115,15 @@ def _legalizer(winograd: int, min_size: int = 0):
     return legalize
 
 
-def blocked_layout_passes(block: int, winograd: int = 0, classifier_pad: int = 0, winograd_min_size: int = 0) -> list:
+def blocked_layout_passes(
+    block: int, winograd: int = 0, classifier_pad: int = 0, winograd_min_size: int = 0, int8_dot: str | None = None
+) -> list:
     """Passes that convert a model to NCHW[block]c and legalize its blocked convolutions
     (3x3 stride-1 ones on maps of at least `winograd_min_size` as Winograd F(`winograd`, 3)
     when `winograd` is 2 or 4); with
     `classifier_pad`, a classifier whose outputs the block does not divide is first padded to a
-    multiple of it (`tvmsqz.passes.pad_classes`: 1000 -> 1024, so it is blocked like every other conv)."""
+    multiple of it (`tvmsqz.passes.pad_classes`: 1000 -> 1024, so it is blocked like every other conv);
+    `int8_dot` (target data `int8.dot`) names the dot-product kernels of uint8 x int8 convs."""
     from tvm import relax
 
     from ....passes.layout import blocked_layout_of
@@ -98,6 +134,6 @@ def blocked_layout_passes(block: int, winograd: int = 0, classifier_pad: int = 0
         relax.transform.ConvertLayout({}, layout_cb=blocked_layout_of(block)),
         relax.transform.CanonicalizeBindings(),
         relax.transform.LegalizeOps(
-            customize_legalize_map={"relax.nn.conv2d": _legalizer(winograd, winograd_min_size)}
+            customize_legalize_map={"relax.nn.conv2d": _legalizer(winograd, winograd_min_size, int8_dot)}
         ),
     ]
