@@ -35,6 +35,10 @@ def require_cpu(flags: set[str], why: str) -> None:
         pytest.skip(f"{why}: this CPU lacks {', '.join(sorted(missing))}")
 
 
+#: CPU flags the x86-avx512 int8 kernels need (`targets/x86-avx512.json`, `int8`).
+VNNI_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import VNNI_FLAGS, require_cpu
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 import tvmsqz
-from tvmsqz.spec import host_cpu_flags
 
 f32 = np.float32
-VNNI = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= host_cpu_flags()
-needs_vnni = pytest.mark.skipif(not VNNI, reason="this host has no AVX512-VNNI (the int8 x86-avx512 kernels need it)")
 
 
 class QDQBuilder:
@@ -175,10 +173,10 @@ def _run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"x": x})[0]
 
 
-@needs_vnni
 def test_requantization_bit_exact_first_and_padded_convs():
     """First conv (3 channels regrouped to 4, zero point 128 through the weight sums), a padded
     3x3 conv, a 1x1 conv and a strided conv: every output equals the numpy reference."""
+    require_cpu(VNNI_FLAGS, "the int8 x86-avx512 kernels")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, 3, 23, 23)).astype(f32)
     b = QDQBuilder(x, rng)
@@ -194,9 +192,9 @@ def test_requantization_bit_exact_first_and_padded_convs():
     assert np.abs(out - _run_ort(model, x)).max() <= 0.02 * 1.0001
 
 
-@needs_vnni
 def test_padded_conv_with_zero_point_pads_the_code():
     """A padded conv on an asymmetric input: the padding must hold the zero point's code."""
+    require_cpu(VNNI_FLAGS, "the int8 x86-avx512 kernels")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 4, 12, 12)).astype(f32)
     b = QDQBuilder(x, rng)
@@ -273,11 +271,11 @@ def ort_qdq_squeezenet(name: str = "squeezenet1_1") -> onnx.ModelProto:
     return _ORT_QDQ[name]
 
 
-@needs_vnni
 @pytest.mark.slow
 def test_ort_qdq_squeezenet_agrees_with_onnxruntime():
     """QDQ import: SqueezeNet 1.1 quantized by ONNX Runtime compiles to the int8 kernels and
     agrees with ONNX Runtime running the same QDQ model (outputs within one code, same top-1)."""
+    require_cpu(VNNI_FLAGS, "the int8 x86-avx512 kernels")
     from tvmsqz.images import preprocess, sample_images
 
     model = ort_qdq_squeezenet()

@@ -193,11 +193,14 @@ def _at_precision(
         if calibrate is not None:
             raise TvmsqzError(f"{loaded.name} is quantized already (QDQ); --calibrate does not apply")
     else:
+        from .quant.calibrate import load_calibration
         from .quant.qdq import quantize_model
 
+        inputs, source = load_calibration(calibrate, loaded.preprocess, int(loaded.input.shape[2]))
         if log is not None:
-            log.print(f"[dim]quantizing {loaded.name} to int8 ({method or 'mse'} calibration)[/dim]")
-        loaded = quantize_model(loaded, calibrate, method=method or "mse", fp32_layers=tuple(fp32_layers))
+            log.print(f"[dim]quantizing {loaded.name} to int8 ({method or 'mse'} calibration on {source})[/dim]")
+        loaded = quantize_model(loaded, inputs, method=method or "mse", fp32_layers=tuple(fp32_layers))
+        loaded.quant_report["calibration"] = source
     return loaded, spec.for_precision("int8")
 
 
@@ -432,6 +435,9 @@ def bench(
     """
     spec = resolve_target(target)
     backend, pipe = _pipeline(spec)
+    allowed = tuple(getattr(backend, "PRECISIONS", ("fp32",)))
+    if precision is not None and precision not in allowed:
+        raise TvmsqzError(f"target {spec.name} compiles {' or '.join(allowed)}, not {precision}")
     prebuilt = None
     if isinstance(model, (str, Path)) and str(model).endswith(".so"):
         prebuilt = Path(model)

@@ -145,6 +145,10 @@ def run_bench(
     prebuilt: Path | None = None,
     log=None,
     backend=None,
+    precision: str | None = None,
+    calibrate=None,
+    calibration_method: str | None = None,
+    fp32_layers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The whole bench as one JSON-able dict (keys documented in README).
 
@@ -179,7 +183,36 @@ def run_bench(
             prebuilt=prebuilt,
             log=log,
             backend=backend,
+            int8=_int8_options(precision, calibrate, calibration_method, fp32_layers, prebuilt),
         )
+
+
+def _int8_options(precision, calibrate, method, fp32_layers, prebuilt) -> dict | None:
+    """The int8 bench's options, or None for fp32 (a prebuilt artifact is measured as it is)."""
+    if precision in (None, "fp32") or prebuilt is not None:
+        if calibrate is not None and prebuilt is None:
+            raise TvmsqzError("--calibrate applies to --precision int8 only")
+        return None
+    if precision != "int8":
+        raise TvmsqzError(f"precision must be fp32 or int8, not {precision!r}")
+    return {"calibrate": calibrate, "method": method or "mse", "fp32_layers": tuple(fp32_layers or ())}
+
+
+#: Views per photo in `bench --precision int8`: calibration (`images.CALIBRATION_PHOTOS`, when
+#: no --calibrate is given) and evaluation (`images.EVALUATION_PHOTOS`, for the agreement).
+CALIBRATION_VIEWS = 8
+EVALUATION_VIEWS = 8
+
+
+def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement and top-5 overlap of `outputs` with the fp32 `reference` (rows: inputs)."""
+    a, b = outputs.reshape(len(reference), -1), reference.reshape(len(reference), -1)
+    top5 = [len(set(np.argsort(-x)[:5]) & set(np.argsort(-y)[:5])) / 5 for x, y in zip(a, b)]
+    return {
+        "inputs": len(b),
+        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+        "top5_overlap": float(np.mean(top5)),
+    }
 
 
 def _bench(
@@ -196,6 +229,7 @@ def _bench(
     prebuilt: Path | None,
     log,
     backend,
+    int8: dict | None = None,
 ) -> dict[str, Any]:
     from .build import compile_module, export_artifact
     from .runtime import load
@@ -205,6 +239,9 @@ def _bench(
             log.print(f"[dim]{msg}[/dim]")
 
     onnx_path = workdir / "model.onnx"
+    fp32_model, calibration_path, calibration_source = loaded, None, None
+    if int8 is not None:
+        loaded, calibration_path, calibration_source = _int8_model(loaded, workdir, int8, say)
     if prebuilt is not None:  # a shipped artifact: measure it as is, against its source model
         so_path, manifest, report = Path(prebuilt), *_prebuilt(Path(prebuilt), spec)
     else:
@@ -221,10 +258,16 @@ def _bench(
             executable, spec, so_path, model=loaded.name, input_spec=loaded.input, report=report, backend=backend
         )
     shape = loaded.input.shape
-    onnx_path.write_bytes(loaded.onnx.SerializeToString())
+    onnx_path.write_bytes(fp32_model.onnx.SerializeToString())  # what the peers run (int8 ones quantize it)
 
     convention = loaded.preprocess
     names, inputs = parity_inputs(shape, convention)
+    if int8 is not None:  # agreement with fp32 on views of photos never calibrated on
+        from .images import EVALUATION_PHOTOS, photo_views
+
+        views = photo_views(EVALUATION_PHOTOS, EVALUATION_VIEWS, convention, shape[2])
+        names = [n for n, _ in views]
+        inputs = [np.repeat(v, shape[0], axis=0) for _, v in views]
     x = inputs[0]
     inputs_path = workdir / "inputs.npy"  # what every worker runs: the first one is the timed input
     np.save(inputs_path, np.stack(inputs))
@@ -239,16 +282,30 @@ def _bench(
         artifact = load(so_path)  # verified now; it runs in this process only for the profile, after the timing
 
     skipped = {} if with_torch else {"torch": "not requested (--no-torch)"}
-    runtimes = [n for n in peers.RUNNERS if n not in skipped and not (remote and n == "tvm")]
+    runtimes = [
+        n
+        for n in peers.RUNNERS
+        if n not in skipped and not (remote and n == "tvm") and (int8 is not None or n not in peers.INT8_RUNNERS)
+    ]
     sources = peers.Sources(
         onnx=onnx_path,
         workdir=workdir,
         artifact=None if remote else so_path,
         torch_model=loaded.torch_name,
         input_shape=tuple(shape),
+        calibration=calibration_path,
     )
     thread_counts = [host_cores()] + ([1] if host_cores() > 1 else [])
-    got = peers.measure(sources, inputs_path, repeat, thread_counts, runtimes=runtimes, skipped=skipped, say=say)
+    got = peers.measure(
+        sources,
+        inputs_path,
+        repeat,
+        thread_counts,
+        runtimes=runtimes,
+        skipped=skipped,
+        say=say,
+        reduced_once=int8 is None,
+    )
     measured, measured_1t = (_fp32_latency(got.latency.get(t, {})) for t in (thread_counts[0], thread_counts[-1]))
     if remote:
         measured = {"tvm": remote["latency"], **measured}
@@ -335,7 +392,67 @@ def _bench(
         "machine": _machine(),
         "versions": {**_versions(), **_peer_versions(got.info)},
     }
+    if int8 is not None:
+        _int8_report(result, got, thread_counts, comparable, calibration_source, loaded.quant_report, names)
     return result
+
+
+def _int8_model(loaded, workdir: Path, options: dict, say):
+    """(the TVM int8 model, the calibration .npy every int8 runtime quantizes from, its source)."""
+    from .quant.calibrate import load_calibration
+    from .quant.qdq import quantize_model
+
+    size = int(loaded.input.shape[2])
+    if options["calibrate"] is None:
+        from .images import CALIBRATION_PHOTOS, photo_views
+
+        views = photo_views(CALIBRATION_PHOTOS, CALIBRATION_VIEWS, loaded.preprocess, size, seed=1)
+        inputs = [v for _, v in views]
+        source = f"{len(inputs)} views of {', '.join(CALIBRATION_PHOTOS)}"
+    else:
+        inputs, source = load_calibration(options["calibrate"], loaded.preprocess, size)
+    batch = int(loaded.input.shape[0])
+    inputs = [np.repeat(np.asarray(x, np.float32), batch, axis=0) for x in inputs]
+    say(f"quantizing {loaded.name} to int8 ({options['method']}, calibration: {source})")
+    quantized = quantize_model(loaded, inputs, method=options["method"], fp32_layers=options["fp32_layers"])
+    quantized.quant_report["calibration"] = source
+    path = workdir / "calibration.npy"
+    np.save(path, np.stack(inputs))
+    return quantized, path, source
+
+
+def _int8_report(result: dict, got, thread_counts: list[int], comparable: bool, source, quant_report, names) -> None:
+    """The int8 bench's keys: runtimes named with their precision under `latency_ms`
+    (`tvm_int8`, `onnxruntime_int8`, `openvino_int8`, `openvino_bf16`, fp32 peers as before),
+    the fastest int8 peer and TVM's ratio to it at both thread counts, and every runtime's
+    agreement with fp32 (ONNX Runtime) on the evaluation views."""
+    reduced = {}
+    for name in peers.REDUCED_PRECISION:
+        precision = str(got.info.get(name, {}).get("precision", "default")).lower()
+        reduced[name] = f"openvino_{precision}" if precision in ("bf16", "f16", "f32") else name
+    for key, threads in (("latency_ms", thread_counts[0]), ("latency_ms_1thread", thread_counts[-1])):
+        latency = result[key]
+        for name, label in reduced.items():
+            if name in got.latency.get(threads, {}):
+                latency[label] = got.latency[threads][name]
+        peer = min((n for n in peers.INT8_PEERS if n in latency), key=lambda n: latency[n]["median"], default=None)
+        suffix = "" if key == "latency_ms" else "_1thread"
+        result["fastest_int8_peer" + suffix] = peer
+        result["ratio_vs_fastest_int8_peer" + suffix] = _ratio(latency, peer, comparable)
+        if "tvm" in latency:
+            latency["tvm_int8"] = latency.pop("tvm")
+    if "tvm" in result["throughput_ips"]:
+        result["throughput_ips"]["tvm_int8"] = result["throughput_ips"].pop("tvm")
+    reference = got.outputs["onnxruntime"]
+    result["agreement"] = {
+        ("tvm_int8" if name == "tvm" else reduced.get(name, name)): agreement(out, reference)
+        for name, out in got.outputs.items()
+        if name != "onnxruntime"
+    }
+    result["precision"] = "int8"
+    result["calibration"] = source
+    result["evaluation_inputs"] = names
+    result["quantization"] = {k: v for k, v in (quant_report or {}).items() if k != "layers"}
 
 
 def _fp32_latency(per_runtime: dict[str, dict]) -> dict[str, dict]:
@@ -449,6 +566,17 @@ def print_report(report: dict[str, Any], console) -> None:
             f"{p['top5_agreement']:.0%}",
         )
     console.print(par)
+    if report.get("agreement"):
+        agr = Table(title=f"agreement with fp32 (ONNX Runtime) on {len(report['evaluation_inputs'])} evaluation views")
+        for col in ("runtime", "top-1 agreement", "top-5 overlap"):
+            agr.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+        for name, a in report["agreement"].items():
+            agr.add_row(name, f"{a['top1_agreement']:.1%}", f"{a['top5_overlap']:.1%}")
+        console.print(agr)
+        for suffix, label in (("", f"{report['threads']} threads"), ("_1thread", "1 thread")):
+            peer, ratio = report.get("fastest_int8_peer" + suffix), report.get("ratio_vs_fastest_int8_peer" + suffix)
+            if peer and ratio is not None:
+                console.print(f"TVM int8 / {peer} (fastest int8 peer) at {label}: {ratio:.2f}")
     if report["profile"]:
         prof = Table(title="slowest kernels (Relax VM instrumentation)")
         for col in ("kernel", "calls", "us"):

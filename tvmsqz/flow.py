@@ -126,6 +126,8 @@ class TVMPipeline:
             "fp32_layers",
         }
         _no_options(spec, {k: v for k, v in options.items() if k not in known})
+        if options.get("precision") == "int8" and prebuilt is None:
+            spec = spec.for_precision("int8")  # the int8 target and its own database
         return run_bench(
             model,
             spec,

@@ -21,6 +21,11 @@ from tvmsqz.errors import TvmsqzError
 
 __all__ = [
     "sample_images",
+    "photo",
+    "photo_views",
+    "CALIBRATION_PHOTOS",
+    "EVALUATION_PHOTOS",
+    "TEXTURE_PHOTOS",
     "preprocess",
     "class_names",
     "CONVENTIONS",
@@ -149,3 +154,78 @@ def class_names() -> list[str]:
     different synsets: "crane" (134 bird, 517 machine) and "maillot" (638, 639).
     """
     return list(_class_names())
+
+
+# ---------------------------------------------------------------------------------------------
+# Photo sets for int8 calibration and evaluation (disjoint: an accuracy claim on evaluation
+# views says nothing about photos the quantizer saw). File names inside the wheels' data folders.
+
+#: Object photos int8 calibration uses by default in `bench --precision int8`.
+CALIBRATION_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
+#: Other object photos, never calibrated on: agreement with fp32 is measured on their views.
+EVALUATION_PHOTOS = ("astronaut.png", "motorcycle_left.png", "grace_hopper.jpg", "camera.png")
+#: Texture, scene and microscope images: calibration for a user without object photos at hand.
+TEXTURE_PHOTOS = (
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+    "moon.png",
+    "coins.png",
+    "cell.png",
+    "microaneurysms.png",
+    "page.png",
+    "text.png",
+)
+
+
+def photo(name: str) -> np.ndarray:
+    """An HxWx3 uint8 photo by file name, from scikit-image's data folder or matplotlib's
+    sample_data (both ship inside their wheels)."""
+    import os
+
+    from PIL import Image
+
+    folders = []
+    try:
+        import skimage.data
+
+        folders.append(os.path.dirname(skimage.data.__file__))
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+
+        folders.append(os.path.join(matplotlib.get_data_path(), "sample_data"))
+    except ImportError:
+        pass
+    for folder in folders:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with Image.open(path) as im:
+                return _as_rgb_uint8(np.asarray(im.convert("RGB")))
+    raise TvmsqzError(f"photo {name!r} is in none of the installed data folders (scikit-image, matplotlib)")
+
+
+def photo_views(names, n: int, convention: str, size: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """`n` deterministic views of each photo as network inputs: random square crops of 50-100%
+    of the shorter side at random places, every other one mirrored, each preprocessed with
+    `convention` at `size` (the first view of a photo is the whole photo, as `preprocess` crops)."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for name in names:
+        img = photo(name)
+        h, w = img.shape[:2]
+        for i in range(n):
+            if i == 0:
+                crop = img
+            else:
+                side = int(min(h, w) * rng.uniform(0.5, 1.0))
+                top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                crop = img[top : top + side, left : left + side]
+            if i % 2 == 1:
+                crop = crop[:, ::-1]
+            views.append((f"{name}#{i}", preprocess(np.ascontiguousarray(crop), convention, size)))
+    return views

@@ -38,9 +38,10 @@ import numpy as np
 from ..artifact import latency_stats
 from ..errors import TvmsqzError
 from .base import PEERS_EXTRA, WARMUP, PeerUnavailable, Session, Sources, not_installed, time_runs
-from .registry import RUNNERS, module
+from .registry import INT8_RUNNERS, RUNNERS, module
 
 __all__ = [
+    "INT8_RUNNERS",
     "PEERS_EXTRA",
     "RUNNERS",
     "WARMUP",
@@ -60,6 +61,8 @@ FP32_PEERS = ("onnxruntime", "openvino", "ncnn")
 #: Runtimes whose failure fails the bench: ONNX Runtime is every parity's reference.
 REQUIRED = ("tvm", "onnxruntime")
 REDUCED_PRECISION = ("openvino_default",)
+#: The int8 peers `ratio_vs_fastest_int8_peer` picks from.
+INT8_PEERS = INT8_RUNNERS
 METHODOLOGY = "each runtime in its own fresh process, one after the other"
 
 
@@ -135,9 +138,11 @@ def measure(
     runtimes: list[str],
     skipped: dict[str, str] | None = None,
     say: Callable[[str], None] | None = None,
+    reduced_once: bool = True,
 ) -> Measurements:
     """Prepare every available runtime, then time them one after the other, each in a fresh
-    process, once per thread count (reduced-precision references only at the first).
+    process, once per thread count (reduced-precision references only at the first, unless
+    `reduced_once` is False: `bench --precision int8` ranks them at every thread count).
 
     A peer that is not installed, cannot take the model or whose worker fails is skipped with
     the reason; `tvm` and `onnxruntime` failing is an error (ONNX Runtime is the reference).
@@ -155,7 +160,7 @@ def measure(
             _skip(result, name, str(exc))
     for i, threads in enumerate(thread_counts):
         for name, model in prepared.items():
-            if name in result.skipped or (i > 0 and name in REDUCED_PRECISION):
+            if name in result.skipped or (i > 0 and reduced_once and name in REDUCED_PRECISION):
                 continue
             if say is not None:
                 say(

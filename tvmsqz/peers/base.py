@@ -44,6 +44,7 @@ class Sources:
     artifact: Path | None = None  # None: the TVM artifact runs on an RPC device, not here
     torch_model: str | None = None  # a built-in model name when the model came from torch
     input_shape: tuple[int, ...] = ()
+    calibration: Path | None = None  # int8 peers: the calibration inputs (K, N, C, H, W) as .npy
 
 
 def not_installed(package: str, hint: str = PEERS_EXTRA) -> str | None:

@@ -19,7 +19,11 @@ RUNNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ncnn": ("ncnn", {}),
     "torch": ("torch", {}),
     "openvino_default": ("openvino", {"precision": None}),
+    "onnxruntime_int8": ("onnxruntime_int8", {}),
+    "openvino_int8": ("openvino_int8", {}),
 }
+#: Runners of `bench --precision int8` only (their models are quantized from calibration inputs).
+INT8_RUNNERS = ("onnxruntime_int8", "openvino_int8")
 #: The module of each runner, by its name in RUNNERS (literal names: the import graph shows them).
 MODULES = {
     "tvm": "tvmsqz.peers.tvm",
@@ -27,6 +31,8 @@ MODULES = {
     "openvino": "tvmsqz.peers.openvino",
     "ncnn": "tvmsqz.peers.ncnn",
     "torch": "tvmsqz.peers.torch",
+    "onnxruntime_int8": "tvmsqz.peers.onnxruntime_int8",
+    "openvino_int8": "tvmsqz.peers.openvino_int8",
 }
 
 

@@ -90,3 +90,77 @@ def weight_exponents(amax: np.ndarray, bias: np.ndarray, a_in: int, per_channel:
         e = np.where(limit >= 2**30, e - 1, e)
         limit = np.abs(bias) * 2.0 ** (a_in + e)
     return e
+
+
+#: Activation range methods for uint8 (`activation_params`).
+METHODS = ("mse", "minmax", "percentile", "entropy")
+
+
+def _uint8_params(low: float, high: float) -> tuple[float, int]:
+    """(scale, zero point) of uint8 codes covering [low, high] (which must hold 0)."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high - low <= 0:
+        return 1.0, 0
+    scale = (high - low) / 255.0
+    zero = int(np.clip(round(-low / scale), 0, 255))
+    return scale, zero
+
+
+def _mse_clip(samples: np.ndarray, low: float, high: float) -> float:
+    """The clipping fraction of [low, high] (from 1 down to 0.3) with the least uint8 MSE."""
+    best = (float("inf"), 1.0)
+    for frac in np.linspace(1.0, 0.3, 36):
+        scale, zero = _uint8_params(low * frac, high * frac)
+        q = (np.clip(np.round(samples / scale) + zero, 0, 255) - zero) * scale
+        err = float(np.mean((q - samples) ** 2))
+        if err < best[0]:
+            best = (err, float(frac))
+    return best[1]
+
+
+def _entropy_clip(samples: np.ndarray, high: float, bins: int = 2048, levels: int = 256) -> float:
+    """TensorRT's KL-divergence threshold on |x|'s 2048-bin histogram, as a fraction of `high`."""
+    hist, _ = np.histogram(np.abs(samples), bins=bins, range=(0.0, high))
+    hist = hist.astype(np.float64)
+    hist[0] = 0.0  # exact zeros (a ReLU's mass) are representable at any threshold: they only skew KL
+    best = (float("inf"), bins)
+    for i in range(levels, bins + 1, 16):
+        ref = hist[:i].copy()
+        ref[i - 1] += hist[i:].sum()  # the clipped tail lands in the last bin
+        chunks = np.array_split(hist[:i], levels)
+        expanded = np.concatenate([np.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), 0.0) for c in chunks])
+        p, q = ref / max(ref.sum(), 1e-12), expanded / max(expanded.sum(), 1e-12)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-6))))
+        if kl < best[0]:
+            best = (kl, i)
+    return best[1] / bins
+
+
+def activation_params(samples: np.ndarray, method: str = "mse", *, nonnegative: bool) -> tuple[float, int]:
+    """(scale, zero point) of uint8 codes for a tensor, from calibration `samples` of it.
+
+    minmax: the observed range; percentile: the 99.99th percentile of |x| (of x when it is
+    non-negative) as the range's end; mse: the clipped range with the least quantisation MSE on
+    the samples; entropy: TensorRT's KL-divergence threshold. Non-negative tensors (ReLU outputs)
+    get zero point 0: codes 0..255 span [0, max]; others an asymmetric range with their zero
+    point."""
+    from tvmsqz.errors import TvmsqzError
+
+    if method not in METHODS:
+        raise TvmsqzError(f"unknown calibration method {method!r}: expected one of {', '.join(METHODS)}")
+    samples = np.asarray(samples, np.float32).reshape(-1)
+    low = 0.0 if nonnegative else float(samples.min())
+    high = float(samples.max())
+    if method == "percentile":
+        top = float(np.percentile(np.abs(samples) if not nonnegative else samples, 99.99))
+        low, high = (0.0, top) if nonnegative else (max(low, -top), min(high, top))
+    elif method == "mse":
+        frac = _mse_clip(samples, low, high)
+        low, high = low * frac, high * frac
+    elif method == "entropy":
+        top = max(abs(low), abs(high))
+        if top > 0:
+            frac = _entropy_clip(samples, top)
+            low, high = max(low, -top * frac), min(high, top * frac)
+    return _uint8_params(low, high)
