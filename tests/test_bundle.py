@@ -464,3 +464,39 @@ def test_x86_runner_output_on_a_full_disk_keeps_the_previous_file_and_leaves_no_
         assert_refusal(proc, str(out))
         assert out.read_bytes() == before
         assert sorted(p.name for p in disk.iterdir()) == ["y.npy"]
+
+
+def test_int8_aarch64_bundle_runs_in_the_tvm_less_root(tmp_path):
+    """An int8 SqueezeNet 1.1 for aarch64, packaged, run by the C++ runner in the aarch64 root
+    with no TVM: same top-1 as ONNX Runtime running the same QDQ model, outputs within 5% of
+    its range."""
+    import onnxruntime as ort
+
+    import tvmsqz
+    from tvmsqz.images import photo, preprocess
+    from tvmsqz.quant.qdq import quantize_model
+
+    root = _need_bare_root()
+    so, bundle = tmp_path / "int8-arm.so", tmp_path / "bundle"
+    run_cli("compile", "squeezenet1_1", "--target", "arm", "--precision", "int8", "-o", str(so))
+    run_cli("package", str(so), "-o", str(bundle))
+    x = preprocess(photo("grace_hopper.jpg"), "torchvision", 224)
+    np.save(tmp_path / "x.npy", x)
+    y_path = tmp_path / "y.npy"
+    proc = B.run_bundle(
+        bundle,
+        ["--input", "{work}/x.npy", "-o", "{work}/y.npy", "--repeat", "1", "--warmup", "0", "--json"],
+        runner="cpp",
+        root=root,
+        inputs={"x.npy": tmp_path / "x.npy"},
+        outputs={"y.npy": y_path},
+        timeout=900,
+    )
+    assert B.runner_report(proc)["arch"] == "aarch64"
+    model = tvmsqz.load_model("squeezenet1_1", import_now=False)
+    qdq = quantize_model(model, None).onnx
+    sess = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = sess.run(None, {model.onnx.graph.input[0].name: x})[0]
+    ours = np.load(y_path)
+    assert ours.argmax() == reference.argmax()
+    assert np.abs(ours - reference).max() <= 0.05 * np.abs(reference).max()
