@@ -59,3 +59,47 @@ def test_bench_default_needs_no_arguments_but_target_must_exist():
     from conftest import assert_one_line_error
 
     assert_one_line_error(run_cli("bench", "--target", "sparc", check=False), "unknown target")
+
+
+def test_bench_int8_reports_int8_peers_and_agreement(tmp_path):
+    """`bench --precision int8`: TVM int8 and the int8 peers (ONNX Runtime quantize_static,
+    OpenVINO NNCF) each in its own process at both thread counts, OpenVINO's reduced precision on
+    its own line, agreement with fp32 on evaluation views of photos never calibrated on."""
+    import json
+
+    from conftest import VNNI_FLAGS, require_cpu
+
+    from tvmsqz.images import CALIBRATION_PHOTOS, EVALUATION_PHOTOS
+
+    require_cpu(VNNI_FLAGS, "the int8 x86-avx512 kernels")
+    out = tmp_path / "int8.json"
+    proc = run_cli(
+        "bench",
+        "squeezenet1_1",
+        "--target",
+        "x86-avx512",
+        "--precision",
+        "int8",
+        "--repeat",
+        "3",
+        "--no-torch",
+        "--json",
+        str(out),
+    )
+    report = json.loads(out.read_text())
+    assert report["precision"] == "int8"
+    for key in ("latency_ms", "latency_ms_1thread"):
+        assert {"tvm_int8", "onnxruntime_int8", "openvino_int8", "onnxruntime"} <= set(report[key])
+        assert "tvm" not in report[key]
+        assert any(k.startswith("openvino_") and k != "openvino_int8" for k in report[key] if k != "openvino")
+    assert report["fastest_int8_peer"] in ("onnxruntime_int8", "openvino_int8")
+    ratio = report["latency_ms"]["tvm_int8"]["median"] / report["latency_ms"][report["fastest_int8_peer"]]["median"]
+    assert abs(report["ratio_vs_fastest_int8_peer"] - ratio) < 1e-9
+    assert report["ratio_vs_fastest_int8_peer_1thread"] is not None
+    assert not {p.split("#")[0] for p in report["evaluation_inputs"]} & set(CALIBRATION_PHOTOS)
+    assert {p.split("#")[0] for p in report["evaluation_inputs"]} == set(EVALUATION_PHOTOS)
+    for name in ("tvm_int8", "onnxruntime_int8", "openvino_int8"):
+        assert report["agreement"][name]["inputs"] == len(report["evaluation_inputs"])
+    assert report["agreement"]["tvm_int8"]["top1_agreement"] >= 0.75
+    assert report["quantization"]["quantized_convs"] == 26 and "ncnn_int8" in report["peers_skipped"]
+    assert "agreement with fp32" in proc.stdout and "fastest int8 peer" in proc.stdout

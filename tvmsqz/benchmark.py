@@ -449,6 +449,9 @@ def _int8_report(result: dict, got, thread_counts: list[int], comparable: bool, 
         for name, out in got.outputs.items()
         if name != "onnxruntime"
     }
+    result["peers_skipped"]["ncnn_int8"] = (
+        "ncnn's int8 tools (ncnn2table, ncnn2int8) are C++ programs not shipped in the PyPI ncnn/pnnx wheels"
+    )
     result["precision"] = "int8"
     result["calibration"] = source
     result["evaluation_inputs"] = names

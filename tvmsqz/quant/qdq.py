@@ -117,7 +117,8 @@ def quantize_onnx(
     for x in calibration:
         values = dict(zip(names, sess.run(None, {input_name: np.asarray(x, np.float32)})))
         for t in data_inputs:
-            samples[t].append(_sample(values[t], SAMPLES_PER_INPUT))
+            v = values[t]  # a stride sample, plus the true extremes (min-max must see them)
+            samples[t].append(np.concatenate([_sample(v, SAMPLES_PER_INPUT), [v.min(), v.max()]]).astype(np.float32))
             minimum[t] = min(minimum[t], float(values[t].min()))
     params = {
         t: activation_params(np.concatenate(samples[t]), method, nonnegative=minimum[t] >= 0) for t in data_inputs
