@@ -406,6 +406,34 @@ def _records(work: Path) -> int:
     return len(ms.database.JSONDatabase(work_dir=str(work)).get_all_tuning_records())
 
 
+def test_cli_int8_for_arm_runs_on_the_emulated_device(emu, tmp_path):
+    """`tvmsqz compile --precision int8 --target arm` on the emulated aarch64 device agrees with
+    ONNX Runtime running the same QDQ model (the quantizer is deterministic: same calibration,
+    same graph); the runtime-only bundle's share is in test_bundle. Emulated timings mean nothing
+    and are not read. Runs before the test that kills the module's servers."""
+    import json
+
+    import onnxruntime as ort
+    from conftest import run_cli
+
+    import tvmsqz
+    from tvmsqz.images import photo, preprocess
+    from tvmsqz.quant.qdq import quantize_model
+
+    so = tmp_path / "sq11-int8-arm.so"
+    run_cli("compile", "squeezenet1_1", "--target", "arm", "--precision", "int8", "-o", str(so))
+    assert cross.elf_machine(so) == "aarch64"
+    assert json.loads(so.with_name(so.name + ".json").read_text())["precision"] == "int8"
+    x = preprocess(photo("astronaut.png"), "torchvision", 224)
+    on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
+    model = tvmsqz.load_model("squeezenet1_1", import_now=False)
+    qdq = quantize_model(model, None).onnx
+    sess = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = sess.run(None, {model.onnx.graph.input[0].name: x})[0]
+    assert on_device.argmax() == reference.argmax()
+    assert np.abs(on_device - reference).max() <= 0.05 * np.abs(reference).max()
+
+
 # Keep last: it kills the module's emulated servers.
 def test_killed_device_server_mid_tune_keeps_database(emu, tmp_path):
     tracker = emu.tracker.address
@@ -476,31 +504,3 @@ def _tune_kill_and_lose_all(emu, tracker, target, builder, runner, killed, kille
     for name in ("database_workload.json", "database_tuning_record.json"):
         for line in (work / name).read_text().splitlines():
             json.loads(line)  # every line is a complete record
-
-
-def test_cli_int8_for_arm_runs_on_the_emulated_device_and_in_a_bundle(emu, tmp_path):
-    """`tvmsqz compile --precision int8 --target arm`: the emulated aarch64 device and the
-    runtime-only bundle's C++ runner (chrooted in the TVM-less aarch64 root) agree with ONNX
-    Runtime running the same QDQ model (the quantizer is deterministic: same calibration, same
-    graph). Emulated timings mean nothing and are not read."""
-    import json
-
-    import onnxruntime as ort
-    from conftest import run_cli
-
-    import tvmsqz
-    from tvmsqz.images import photo, preprocess
-    from tvmsqz.quant.qdq import quantize_model
-
-    so = tmp_path / "sq11-int8-arm.so"
-    run_cli("compile", "squeezenet1_1", "--target", "arm", "--precision", "int8", "-o", str(so))
-    assert cross.elf_machine(so) == "aarch64"
-    assert json.loads(so.with_name(so.name + ".json").read_text())["precision"] == "int8"
-    x = preprocess(photo("astronaut.png"), "torchvision", 224)
-    on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
-    model = tvmsqz.load_model("squeezenet1_1", import_now=False)
-    qdq = quantize_model(model, None).onnx
-    sess = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
-    reference = sess.run(None, {model.onnx.graph.input[0].name: x})[0]
-    assert on_device.argmax() == reference.argmax()
-    assert np.abs(on_device - reference).max() <= 0.05 * np.abs(reference).max()
