@@ -2,6 +2,7 @@
 
     python benchmarks/ship_schedules.py --target x86-avx512 --cpu znver4 \
         --cpu-name "AMD EPYC (Zen 4, znver4), 2 cores, KVM" /work/tune/w11 /work/tune/w10 [--keep 8]
+    python benchmarks/ship_schedules.py --target x86-avx512 --precision int8 --cpu znver5 ... (int8 folder)
 
 Merges the runs (and the folder's current records, so kernels not re-tuned keep theirs) keeping
 each workload's `keep` fastest records: what `compile` applies (the best) and what a warm start
@@ -26,10 +27,14 @@ from tvmsqz.database import check_database, merge_databases
 from tvmsqz.targets import get_target
 
 
-def only_models(db: Path, dest: Path, spec, models: list[str], keep: int) -> tuple[Path, int]:
+def only_models(db: Path, dest: Path, spec, models: list[str], keep: int, precision: str = "fp32") -> tuple[Path, int]:
     """The records of `db` that these models' tasks look up (MetaSchedule's own workload match):
     a kernel no default graph has (e.g. a variant tuned under another target setting) is not shipped."""
     from tvm.s_tir import meta_schedule as ms
+
+    from tvmsqz.dot_intrin import register_intrinsics
+
+    register_intrinsics()  # int8 records name the project's own tensor intrinsics
 
     from tvmsqz.database import RECORD_FILE, WORKLOAD_FILE
     from tvmsqz.frontend import load_model
@@ -42,7 +47,12 @@ def only_models(db: Path, dest: Path, spec, models: list[str], keep: int) -> tup
     )
     n, done = 0, set()
     for model in models:
-        tasks, _ = extract(load_model(model).mod, spec)
+        loaded = load_model(model, import_now=False)
+        if precision == "int8":  # the int8 graph's kernels (default calibration: same workloads for any)
+            from tvmsqz.quant.qdq import quantize_model
+
+            loaded = quantize_model(loaded)
+        tasks, _ = extract(loaded.mod, spec)
         for task in tasks:
             mod = task.dispatched[0]
             if not source.has_workload(mod):
@@ -69,12 +79,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cpu", required=True, help="LLVM CPU name of the tuning host (the folder name)")
     parser.add_argument("--cpu-name", required=True, help="human description recorded in the summary")
     parser.add_argument("--keep", type=int, default=8)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="int8: the target's int8 section")
     parser.add_argument("--no-previous", action="store_true", help="drop the folder's current records")
     parser.add_argument(
         "--models", nargs="*", default=None, help="keep only the workloads these built-in models' default graphs tune"
     )
     args = parser.parse_args(argv)
-    spec = get_target(args.target)
+    spec = get_target(args.target).for_precision(args.precision)
     portable = REPO / "schedules" / spec.schedules
     folder = portable / args.cpu
     sources = list(args.runs) + ([folder] if folder.is_dir() and not args.no_previous else [])
@@ -83,7 +94,7 @@ def main(argv: list[str]) -> None:
         n = merge_databases(sources, merged, keep=args.keep)
         check_database(merged, spec)  # every record loads for this target
         if args.models:
-            merged, n = only_models(merged, Path(tmp) / "used", spec, args.models, args.keep)
+            merged, n = only_models(merged, Path(tmp) / "used", spec, args.models, args.keep, args.precision)
         runs = []
         for run in args.runs:
             summary = json.loads((run / "tuning_summary.json").read_text())

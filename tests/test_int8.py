@@ -40,11 +40,24 @@ class QDQBuilder:
         self.inits.append(nh.from_array(np.asarray(value), name))
         return name
 
-    def conv(self, out_channels: int, k: int, *, pad: int = 0, stride: int = 1, sx: float, zx: int, relu=True):
-        """Quantize the current tensor (sx, zx: uint8), conv with per-channel int8 weights."""
+    def conv(
+        self,
+        out_channels: int,
+        k: int,
+        *,
+        pad: int = 0,
+        stride: int = 1,
+        sx: float,
+        zx: int,
+        relu=True,
+        weights: np.ndarray | None = None,
+    ):
+        """Quantize the current tensor (sx, zx: uint8), conv with per-channel int8 weights
+        (random, or `weights`, which each channel's scale maps to +-127 at its largest)."""
         i = self.n = self.n + 1
         c = self.shape[1]
-        w = (self.rng.normal(size=(out_channels, c, k, k)) / np.sqrt(c * k * k)).astype(f32)
+        w = weights if weights is not None else self.rng.normal(size=(out_channels, c, k, k)) / np.sqrt(c * k * k)
+        w = np.asarray(w, f32)
         b = (self.rng.normal(size=out_channels) * 0.1).astype(f32)
         sw = (np.abs(w).reshape(out_channels, -1).max(1) / 127).astype(f32)
         wq = np.clip(np.round(w / sw[:, None, None, None]), -127, 127).astype(np.int8)
@@ -149,9 +162,18 @@ def integer_conv(xq: np.ndarray, wq: np.ndarray, pad: int, stride: int, zx: int)
     return acc.astype(np.int32)
 
 
-def compile_and_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Compile a (non-classifier) QDQ graph for x86-avx512 at int8 untuned and run it: the build
-    path of `tvmsqz.compile` below the API (whose frontend accepts image classifiers only)."""
+#: Each x86 dot-product flavour: target, the CPU flags its code needs, its conv block's name.
+FLAVOURS = {
+    "vnni": ("x86-avx512", VNNI_FLAGS, "conv2d_nchwc_vnni"),
+    "avx512bw": ("x86-avx512bw", {"avx512f", "avx512bw", "avx512vl"}, "conv2d_nchwc_avx512bw"),
+    "avx2": ("x86-avx2", {"avx2", "fma"}, "conv2d_nchwc_avx2"),
+}
+
+
+def compile_and_run(model: onnx.ModelProto, x: np.ndarray, flavour: str = "vnni") -> np.ndarray:
+    """Compile a (non-classifier) QDQ graph for the flavour's x86 target at int8 untuned and run
+    it: the build path of `tvmsqz.compile` below the API (whose frontend accepts image
+    classifiers only)."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -160,8 +182,10 @@ def compile_and_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     from tvmsqz.targets import get_target
 
     mod = from_onnx(model, shape_dict={"x": list(x.shape)}, keep_params_in_input=False)
-    executable, report = compile_module(mod, get_target("x86-avx512").for_precision("int8"))
-    assert any("vnni" in k for k in report.kernels)  # the tensorized kernels, not TVM's generic conv
+    target, flags, block = FLAVOURS[flavour]
+    require_cpu(flags, f"the int8 {target} kernels")
+    executable, report = compile_module(mod, get_target(target).for_precision("int8"))
+    assert any(block in k for k in report.kernels)  # the tensorized kernels, not TVM's generic conv
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
@@ -173,10 +197,11 @@ def _run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"x": x})[0]
 
 
-def test_requantization_bit_exact_first_and_padded_convs():
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_requantization_bit_exact_first_and_padded_convs(flavour):
     """First conv (3 channels regrouped to 4, zero point 128 through the weight sums), a padded
-    3x3 conv, a 1x1 conv and a strided conv: every output equals the numpy reference."""
-    require_cpu(VNNI_FLAGS, "the int8 x86-avx512 kernels")
+    3x3 conv, a 1x1 conv and a strided conv: every output equals the numpy reference, with
+    each dot-product flavour (VNNI, AVX-512 without VNNI, AVX2)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, 3, 23, 23)).astype(f32)
     b = QDQBuilder(x, rng)
@@ -186,7 +211,7 @@ def test_requantization_bit_exact_first_and_padded_convs():
     b.conv(48, 3, stride=2, sx=0.04, zx=0)
     b.quantize_output(0.02)
     model = b.model(x.shape)
-    out = compile_and_run(model, x)
+    out = compile_and_run(model, x, flavour)
     np.testing.assert_array_equal(out, b.ref)
     # and ONNX Runtime, running the same QDQ graph, agrees to within one output code
     assert np.abs(out - _run_ort(model, x)).max() <= 0.02 * 1.0001
@@ -194,13 +219,32 @@ def test_requantization_bit_exact_first_and_padded_convs():
 
 def test_padded_conv_with_zero_point_pads_the_code():
     """A padded conv on an asymmetric input: the padding must hold the zero point's code."""
-    require_cpu(VNNI_FLAGS, "the int8 x86-avx512 kernels")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 4, 12, 12)).astype(f32)
     b = QDQBuilder(x, rng)
     b.conv(16, 3, pad=1, sx=0.03, zx=100)
     b.quantize_output(0.05)
     np.testing.assert_array_equal(compile_and_run(b.model(x.shape), x), b.ref)
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_full_range_codes_and_weights_do_not_saturate(flavour):
+    """Activation codes at 255 against weights at +-127 in every input-channel pair: a plain
+    `pmaddubsw` would saturate its int16 pair sums (255 * 127 * 2 = 64770); every flavour must
+    give the exact int32 sums (the requantized outputs equal the numpy reference)."""
+    rng = np.random.default_rng(2)
+    x = np.full((1, 16, 6, 6), 10.0, f32)  # every code clips to 255
+    x[:, :, ::2, 1::2] = -10.0  # and some to 0
+    b = QDQBuilder(x, rng)
+    sign = np.where(rng.random((16, 16, 1, 1)) < 0.5, -1.0, 1.0).astype(f32)
+    sign[:8] = 1.0  # half the outputs: all weights +127, the worst case
+    b.conv(16, 1, sx=0.02, zx=0, relu=False, weights=sign)
+    b.quantize_output(2.0)
+    out = compile_and_run(b.model(x.shape), x, flavour)
+    codes = np.where(x > 0, 255, 0).astype(np.uint8)
+    acc = integer_conv(codes, (127 * sign).astype(np.int8), 0, 1, 0)
+    assert acc.max() == 127 * 255 * 16  # the inputs do reach the saturating case
+    np.testing.assert_array_equal(out, b.ref)
 
 
 def test_fold_rules_leave_no_quantize_and_make_integer_convs():

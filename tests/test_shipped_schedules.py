@@ -102,3 +102,21 @@ def test_merge_with_keep_writes_each_workloads_fastest_records(tmp_path):
         valid = sorted(s for s in full[index] if s < 1e9)
         assert sorted(secs) == valid[:2]  # the two fastest, nothing slower
     assert check_database(merged, get_target("x86-avx512")) == n
+
+
+INT8 = REPO / "schedules" / "x86-avx512-int8"
+
+
+@pytest.mark.parametrize("model", ["squeezenet1_1", "squeezenet1_0"])
+def test_shipped_int8_schedules_cover_every_int8_conv(model, tmp_path):
+    """The int8 database (its own target: +avx512vnni) is valid, applies by default to
+    `--precision int8` and tunes every dot-product conv; it never serves the fp32 target."""
+    spec = get_target("x86-avx512").for_precision("int8")
+    assert check_database(INT8, spec) > 100
+    so = tmp_path / f"{model}-int8.so"
+    run_cli("compile", model, "--target", "x86-avx512", "--precision", "int8", "-o", str(so))
+    manifest = json.loads(so.with_name(so.name + ".json").read_text())
+    assert manifest["database"] in [str(INT8)] + [str(p) for p in INT8.iterdir() if p.is_dir()]
+    tuned, untuned = manifest["kernels"]["tuned"], manifest["kernels"]["untuned"]
+    assert sum("conv2d_nchwc_vnni" in name for name in tuned) >= 18
+    assert not [name for name in untuned if "conv2d_nchwc" in name], untuned

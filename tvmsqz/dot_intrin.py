@@ -17,6 +17,7 @@ import functools
 VNNI_16x4 = "tvmsqz_vnni_16x4"
 VNNI_8x4 = "tvmsqz_vnni_8x4"
 AVX512BW_16x4 = "tvmsqz_avx512bw_16x4"
+AVX2_8x4 = "tvmsqz_avx2_8x4"
 
 
 @functools.cache
@@ -65,28 +66,55 @@ def register_intrinsics() -> None:
 
         return dot_vnni
 
-    @T.prim_func(s_tir=True)
-    def dot_avx512bw(
-        A: T.Buffer((4,), "uint8", offset_factor=1),  # noqa: N803
-        B: T.Buffer((16, 4), "int8", offset_factor=1),  # noqa: N803
-        C: T.Buffer((16,), "int32", offset_factor=1),  # noqa: N803
-    ) -> None:
-        # pmaddubsw saturates int16 pair sums; the quantizer keeps weights to 7 bits for it.
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8 = T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64")
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
-                a_u8,
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int16x32",
-            )
-            C[T.ramp(T.int32(0), 1, 16)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1), dtype="int32x16"
-            )
+    def pmadd(lanes: int, ubsw: str, wd: str):
+        """Without VNNI: `pmaddubsw` (u8 x s8 pairs -> s16) then `pmaddwd` (s16 pairs -> s32).
+        `pmaddubsw` saturates (255 * 127 * 2 > 32767), so the activation bytes are split into
+        their low 7 bits and their top bit: each half's pair sums fit in int16 exactly, and the
+        top bit's sums are weighted by 128 in `pmaddwd`: exact for every u8 x s8 input,
+        including QDQ models whose weights use the full int8 range."""
+
+        @T.prim_func(s_tir=True)
+        def dot_pmadd(
+            A: T.Buffer((4,), "uint8", offset_factor=1),  # noqa: N803
+            B: T.Buffer((lanes, 4), "int8", offset_factor=1),  # noqa: N803
+            C: T.Buffer((lanes,), "int32", offset_factor=1),  # noqa: N803
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+                low = T.reinterpret(T.broadcast(T.bitwise_and(a_i32, 0x7F7F7F7F), lanes), dtype=f"int8x{lanes * 4}")
+                top = T.reinterpret(
+                    T.broadcast(T.bitwise_and(T.shift_right(a_i32, 7), 0x01010101), lanes), dtype=f"int8x{lanes * 4}"
+                )
+                w = B.vload([0, 0], dtype=f"int8x{lanes * 4}")
+                low_pairs = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(ubsw), low, w, dtype=f"int16x{lanes * 2}"
+                )
+                top_pairs = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(ubsw), top, w, dtype=f"int16x{lanes * 2}"
+                )
+                C[T.ramp(T.int32(0), 1, lanes)] = (
+                    C.vload([0], dtype=f"int32x{lanes}")
+                    + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(wd),
+                        low_pairs,
+                        T.broadcast(T.int16(1), lanes * 2),
+                        dtype=f"int32x{lanes}",
+                    )
+                    + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(wd),
+                        top_pairs,
+                        T.broadcast(T.int16(128), lanes * 2),
+                        dtype=f"int32x{lanes}",
+                    )
+                )
+
+        return dot_pmadd
 
     TensorIntrin.register(VNNI_16x4, desc(16), vnni(16, "llvm.x86.avx512.vpdpbusd.512"))
     TensorIntrin.register(VNNI_8x4, desc(8), vnni(8, "llvm.x86.avx512.vpdpbusd.256"))
-    TensorIntrin.register(AVX512BW_16x4, desc(16), dot_avx512bw)
+    TensorIntrin.register(
+        AVX512BW_16x4, desc(16), pmadd(16, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")
+    )
+    TensorIntrin.register(AVX2_8x4, desc(8), pmadd(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"))

@@ -104,7 +104,7 @@ SCHEMA: dict[str, Any] = {
         "int8": {
             "type": "object",
             "properties": {
-                "dot": {"enum": ["vnni", "avx512bw"]},
+                "dot": {"enum": ["vnni", "avx512bw", "avx2"]},
                 "mattr": _STR_LIST,
                 "requires_cpu_flags": _STR_LIST,
                 "schedules": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},

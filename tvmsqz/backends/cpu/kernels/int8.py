@@ -23,12 +23,14 @@ DOT_BLOCKS = {
     "conv2d_nchwc_vnni": ("tvmsqz_vnni_16x4", 16),
     "conv2d_nchwc_vnni8": ("tvmsqz_vnni_8x4", 8),
     "conv2d_nchwc_avx512bw": ("tvmsqz_avx512bw_16x4", 16),
+    "conv2d_nchwc_avx2": ("tvmsqz_avx2_8x4", 8),
 }
 
 #: Target data `int8.dot` -> the block name for 16-lane and for 8-lane output blocks.
 DOT_FLAVOURS = {
     "vnni": {16: "conv2d_nchwc_vnni", 8: "conv2d_nchwc_vnni8"},
-    "avx512bw": {16: "conv2d_nchwc_avx512bw"},
+    "avx512bw": {16: "conv2d_nchwc_avx512bw", 8: "conv2d_nchwc_avx2"},
+    "avx2": {8: "conv2d_nchwc_avx2"},
 }
 
 
