@@ -217,6 +217,19 @@ def test_requantization_bit_exact_first_and_padded_convs(flavour):
     assert np.abs(out - _run_ort(model, x)).max() <= 0.02 * 1.0001
 
 
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_prime_output_width_computes_wider_and_crops(flavour):
+    """SqueezeNet 1.0's first conv shape in small: 3 channels, 7x7, stride 2, an output width
+    with no register-tile divisor (29, prime) that the kernel computes 32 wide and crops."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 3, 63, 63)).astype(f32)
+    b = QDQBuilder(x, rng)
+    b.conv(32, 7, stride=2, sx=0.02, zx=128)
+    assert b.shape[3] == 29
+    b.quantize_output(0.03)
+    np.testing.assert_array_equal(compile_and_run(b.model(x.shape), x, flavour), b.ref)
+
+
 def test_padded_conv_with_zero_point_pads_the_code():
     """A padded conv on an asymmetric input: the padding must hold the zero point's code."""
     rng = np.random.default_rng(1)

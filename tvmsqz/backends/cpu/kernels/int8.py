@@ -18,6 +18,8 @@ traces, depend on the workload alone.
 
 from __future__ import annotations
 
+from .constants import padded_width
+
 #: Reduction block name -> (tensor intrinsic, output lanes) for each dot-product flavour.
 DOT_BLOCKS = {
     "conv2d_nchwc_vnni": ("tvmsqz_vnni_16x4", 16),
@@ -81,7 +83,10 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
     """TE int8 convolution: data (N, C/x, H, W, x) uint8, kernel packed by `pack_weight`
     (K/y, C/x, R, S, x/4, y, 4) int8 -> (N, K/y, OH, OW, y) int32; the reduction block is
     named `block` (a key of `DOT_BLOCKS`); zero padding (the quantizer's zero point is 0 where
-    a padded conv reads, `passes.qdq` pads explicitly otherwise)."""
+    a padded conv reads, `passes.qdq` pads explicitly otherwise). An output width without a
+    usable divisor (`padded_width`: SqueezeNet 1.0's 109-wide first conv, whose 1-column
+    register tile left it a third of the int8 model's time) is computed wider and cropped, as
+    in the fp32 `direct.conv2d_nchwc`."""
     from tvm import te
     from tvm import tirx as tir
 
@@ -92,6 +97,8 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
     pad_t, pad_l, pad_b, pad_r = (int(v) for v in padding)
     out_h = (h + pad_t + pad_b - (r - 1) * dil_h - 1) // stride_h + 1
     out_w = (w + pad_l + pad_r - (s - 1) * dil_w - 1) // stride_w + 1
+    wide = padded_width(out_w)
+    pad_r += (wide - out_w) * stride_w
     if pad_t or pad_l or pad_b or pad_r:
         zero = tir.const(0, data.dtype)
         padded = te.compute(
@@ -108,8 +115,8 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
     kw = te.reduce_axis((0, s), "kw")
     icm = te.reduce_axis((0, groups), "icm")
     ici = te.reduce_axis((0, 4), "ici")
-    return te.compute(
-        (n, k_chunks, out_h, out_w, ob),
+    conv = te.compute(
+        (n, k_chunks, out_h, wide, ob),
         lambda b, oc, y, x, o: te.sum(
             padded[b, icc, y * stride_h + kh * dil_h, x * stride_w + kw * dil_w, icm * 4 + ici].astype("int32")
             * kernel[oc, icc, kh, kw, icm, o, ici].astype("int32"),
@@ -117,6 +124,9 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
         ),
         name=block,
     )
+    if wide == out_w:
+        return conv
+    return te.compute((n, k_chunks, out_h, out_w, ob), lambda *i: conv(*i), name="conv2d_nchwc_crop")
 
 
 def int8_block(sch):
