@@ -8,7 +8,9 @@ Evaluation: `--views` crops/flips of each of `images.EVALUATION_PHOTOS` (4 objec
 160 inputs by default); calibration sets that share no source photo with them:
   objects   8 views of each of `images.CALIBRATION_PHOTOS` (3 other object photos)
   textures  the 12 `images.TEXTURE_PHOTOS` (textures, scenes, microscopy: a user without ImageNet)
-Agreement is top-1 agreement and top-5 overlap with ONNX Runtime fp32 on the same inputs. Only
+Agreement is top-1 agreement and top-5 overlap with ONNX Runtime fp32 on the same inputs;
+`qdq_import_vs_onnxruntime_int8`: ONNX Runtime's QDQ model compiled by tvmsqz against ONNX Runtime
+running that same QDQ model (the QDQ import's parity). Only
 accuracy here: latency is `tvmsqz bench --precision int8`'s job (each runtime in its own process).
 """
 
@@ -87,6 +89,12 @@ def main() -> None:
             print(set_name, "onnxruntime_int8", row["onnxruntime_int8"], flush=True)
             row["openvino_int8"] = agreement(_ov_runs(openvino_int8.prepare(src), evaluation), reference)
             print(set_name, "openvino_int8", row["openvino_int8"], flush=True)
+            # QDQ import: ONNX Runtime's int8 model compiled by tvmsqz vs ONNX Runtime running it
+            ort_qdq = onnxruntime_int8.prepare(src)
+            art = tvmsqz.compile(tvmsqz.load_model(ort_qdq, name=f"{args.model}-ort-qdq"), args.target, tuning=False)
+            imported = np.concatenate([art.run(x) for x in evaluation])
+            row["qdq_import_vs_onnxruntime_int8"] = agreement(imported, _ort_runs(ort_qdq, evaluation))
+            print(set_name, "qdq import", row["qdq_import_vs_onnxruntime_int8"], flush=True)
             results["sets"][set_name] = row
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
