@@ -423,7 +423,10 @@ def test_cli_int8_for_arm_runs_on_the_emulated_device(emu, tmp_path):
     so = tmp_path / "sq11-int8-arm.so"
     run_cli("compile", "squeezenet1_1", "--target", "arm", "--precision", "int8", "-o", str(so))
     assert cross.elf_machine(so) == "aarch64"
-    assert json.loads(so.with_name(so.name + ".json").read_text())["precision"] == "int8"
+    manifest = json.loads(so.with_name(so.name + ".json").read_text())
+    assert manifest["precision"] == "int8"
+    kernels = manifest["kernels"]["tuned"] + manifest["kernels"]["untuned"]
+    assert sum("conv2d_nchwc_neon" in k for k in kernels) >= 18  # the NEON dot kernels, not TVM's generic conv
     x = preprocess(photo("astronaut.png"), "torchvision", 224)
     on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
     model = tvmsqz.load_model("squeezenet1_1", import_now=False)
@@ -432,6 +435,35 @@ def test_cli_int8_for_arm_runs_on_the_emulated_device(emu, tmp_path):
     reference = sess.run(None, {model.onnx.graph.input[0].name: x})[0]
     assert on_device.argmax() == reference.argmax()
     assert np.abs(on_device - reference).max() <= 0.05 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize(("target", "block"), [("arm", "conv2d_nchwc_neon"), ("arm-a76", "conv2d_nchwc_sdot")])
+def test_int8_kernels_bit_exact_on_the_emulated_device(emu, tmp_path, target, block):
+    """The ARM int8 kernels (NEON on the A72, sdot on the A76: int8 x int8, so the uint8 codes
+    are shifted and the weight sums added back) equal the numpy integer reference bit for bit:
+    first conv (3 channels, zero point 128), 1x1, padded 3x3, strided 3x3, and a padded conv on
+    an asymmetric input (its padding holds the zero point's code)."""
+    from test_int8 import QDQBuilder
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvmsqz.build import compile_module
+    from tvmsqz.targets import get_target
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 3, 23, 23)).astype(np.float32)
+    b = QDQBuilder(x, rng)
+    b.conv(32, 3, sx=0.02, zx=128)
+    b.conv(16, 1, sx=0.05, zx=0)
+    b.conv(32, 3, pad=1, sx=0.03, zx=0)
+    b.conv(48, 3, stride=2, sx=0.04, zx=0, relu=False)
+    b.conv(16, 3, pad=1, sx=0.03, zx=100)
+    b.quantize_output(0.02)
+    mod = from_onnx(b.model(x.shape), shape_dict={"x": list(x.shape)}, keep_params_in_input=False)
+    spec = get_target(target).for_precision("int8")
+    executable, report = compile_module(mod, spec)
+    assert sum(block in k for k in report.kernels) == 5
+    so = cross.export_cross(executable, tmp_path / "int8-kernels.so", spec.cc)
+    np.testing.assert_array_equal(D.run_remote(so, emu.tracker.address, EMU_KEY, x), b.ref)
 
 
 # Keep last: it kills the module's emulated servers.

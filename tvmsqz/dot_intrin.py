@@ -22,7 +22,9 @@ AVX2_8x4 = "tvmsqz_avx2_8x4"
 
 @functools.cache
 def register_intrinsics() -> None:
-    """Register the dot-product tensor intrinsics (once per process)."""
+    """Register the dot-product tensor intrinsics (once per process): ours, and TVM's ARM ones
+    (registered when their module is imported), which the ARM int8 kernels name."""
+    import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401 - registers sdot / NEON dot intrinsics
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T  # noqa: N812 - TVMScript's own spelling
 

@@ -69,7 +69,8 @@ class TargetSpec:
 
     def for_precision(self, precision: str) -> TargetSpec:
         """The spec int8 builds use: the target data's `int8` section adds its LLVM attributes
-        (`mattr`, e.g. +avx512vnni, which the portable x86-64-v4 target lacks), its CPU flags and
+        (`mattr`, e.g. +avx512vnni, which the portable x86-64-v4 target lacks), its layout (ARM's
+        int8 kernels run NCHW4c where its fp32 graph stays NCHW), its CPU flags and
         its own schedule folder (a database applies only to the exact target it was tuned for,
         so int8 records never mix with fp32 ones); fp32, or a target without the section: self."""
         section = self.data.get("int8") if precision == "int8" else None
@@ -86,6 +87,8 @@ class TargetSpec:
             section.get("requires_cpu_flags") or []
         )
         data["precision"] = "int8"
+        if section.get("layout"):  # int8 kernels may want a blocked layout the fp32 graph does not use
+            data["layout"] = section["layout"]
         schedules = section.get("schedules", self.schedules)
         return dataclasses.replace(self, tvm_config=config, schedules=schedules, data=data)
 

@@ -27,6 +27,22 @@ _ALIASES = {"auto-x86": ("x86-avx512", "x86-avx2")}
 
 _STR = {"type": "string", "maxLength": 256}
 _STR_LIST = {"type": "array", "items": _STR, "maxItems": 64}
+
+#: A graph layout (target data `layout`, and an `int8` section's own).
+_LAYOUT = {
+    "type": "object",
+    "required": ["conv2d"],
+    "properties": {
+        "conv2d": {"enum": ["NCHW", "NCHWc", "NHWC"]},
+        "block": {"enum": [4, 8, 16]},
+        "winograd": {"enum": [0, 2, 4]},
+        "winograd_min_size": {"type": "integer", "minimum": 0, "maximum": 4096},
+        "classifier_pad": {"type": "integer", "minimum": 0, "maximum": 256},
+    },
+    "if": {"properties": {"conv2d": {"const": "NCHWc"}}},
+    "then": {"required": ["block"]},
+}
+
 #: Bounds on the numbers a target file may give TVM (a core count of 10**30 is a typo, and TVM's
 #: C++ would refuse it with a traceback).
 _CORES = {"type": "integer", "minimum": 1, "maximum": 4096}
@@ -84,19 +100,7 @@ SCHEMA: dict[str, Any] = {
         },
         "rpc": {"type": "object", "properties": {"default_key": _STR, "required_for_tuning": {"type": "boolean"}}},
         "emulator": {"type": "object", "properties": {"qemu": _STR, "runnable": {"type": "boolean"}, "why": _STR}},
-        "layout": {
-            "type": "object",
-            "required": ["conv2d"],
-            "properties": {
-                "conv2d": {"enum": ["NCHW", "NCHWc", "NHWC"]},
-                "block": {"enum": [4, 8, 16]},
-                "winograd": {"enum": [0, 2, 4]},
-                "winograd_min_size": {"type": "integer", "minimum": 0, "maximum": 4096},
-                "classifier_pad": {"type": "integer", "minimum": 0, "maximum": 256},
-            },
-            "if": {"properties": {"conv2d": {"const": "NCHWc"}}},
-            "then": {"required": ["block"]},
-        },
+        "layout": _LAYOUT,
         "space": {"enum": ["blocked", "generic"]},
         # int8 (`--precision int8`): the dot-product kernels of the blocked uint8 x int8 convs
         # (`backends/cpu/kernels/int8.py`), the TVM target attributes they need, the CPU flags
@@ -104,7 +108,8 @@ SCHEMA: dict[str, Any] = {
         "int8": {
             "type": "object",
             "properties": {
-                "dot": {"enum": ["vnni", "avx512bw", "avx2"]},
+                "dot": {"enum": ["vnni", "avx512bw", "avx2", "sdot", "neon"]},
+                "layout": _LAYOUT,
                 "mattr": _STR_LIST,
                 "requires_cpu_flags": _STR_LIST,
                 "schedules": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},

@@ -20,19 +20,30 @@ from __future__ import annotations
 
 from .constants import padded_width
 
-#: Reduction block name -> (tensor intrinsic, output lanes) for each dot-product flavour.
+#: Reduction block name -> (tensor intrinsic, output lanes) for each dot-product flavour. The
+#: ARM ones are TVM's (`tvm.s_tir.tensor_intrin.arm_cpu`): `sdot` (Armv8.2 dot product:
+#: Cortex-A55/A76) and a NEON `smull`/`sadalp` sequence (Cortex-A53/A72), both int8 x int8.
 DOT_BLOCKS = {
     "conv2d_nchwc_vnni": ("tvmsqz_vnni_16x4", 16),
     "conv2d_nchwc_vnni8": ("tvmsqz_vnni_8x4", 8),
     "conv2d_nchwc_avx512bw": ("tvmsqz_avx512bw_16x4", 16),
     "conv2d_nchwc_avx2": ("tvmsqz_avx2_8x4", 8),
+    "conv2d_nchwc_sdot": ("dot_4x4_i8i8s32_sdot", 4),
+    "conv2d_nchwc_neon": ("dot_4x4_i8i8s32_neon", 4),
 }
+
+#: Blocks whose instruction multiplies int8 x int8: the uint8 activation codes are shifted
+#: to int8 (x - 128) as they are read, and 128 x each output channel's weight sum is added back
+#: (`weight_compensation`, a constant), so the accumulator is the uint8 x int8 one.
+SIGNED_BLOCKS = frozenset({"conv2d_nchwc_sdot", "conv2d_nchwc_neon"})
 
 #: Target data `int8.dot` -> the block name for 16-lane and for 8-lane output blocks.
 DOT_FLAVOURS = {
     "vnni": {16: "conv2d_nchwc_vnni", 8: "conv2d_nchwc_vnni8"},
     "avx512bw": {16: "conv2d_nchwc_avx512bw", 8: "conv2d_nchwc_avx2"},
     "avx2": {8: "conv2d_nchwc_avx2"},
+    "sdot": {4: "conv2d_nchwc_sdot"},
+    "neon": {4: "conv2d_nchwc_neon"},
 }
 
 
@@ -79,14 +90,34 @@ def pack_data(data):
     )
 
 
-def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
+def weight_compensation(kernel):
+    """(K/y, 1, 1, 1, y) int32: 128 x the sum of each output channel's packed weights, what a
+    signed-data kernel (`SIGNED_BLOCKS`) adds back for the 128 it took from every input code."""
+    from tvm import te
+
+    k_chunks, c_chunks, r, s, groups, ob, _ = (int(d) for d in kernel.shape)
+    c = te.reduce_axis((0, c_chunks), "c")
+    y = te.reduce_axis((0, r), "y")
+    x = te.reduce_axis((0, s), "x")
+    m = te.reduce_axis((0, groups), "m")
+    i = te.reduce_axis((0, 4), "i")
+    return te.compute(
+        (k_chunks, 1, 1, 1, ob),
+        lambda o, _a, _b, _c, j: te.sum(kernel[o, c, y, x, m, j, i].astype("int32") * 128, axis=[c, y, x, m, i]),
+        name="int8_weight_sum",
+    )
+
+
+def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str, compensation=None):
     """TE int8 convolution: data (N, C/x, H, W, x) uint8, kernel packed by `pack_weight`
     (K/y, C/x, R, S, x/4, y, 4) int8 -> (N, K/y, OH, OW, y) int32; the reduction block is
     named `block` (a key of `DOT_BLOCKS`); zero padding (the quantizer's zero point is 0 where
     a padded conv reads, `passes.qdq` pads explicitly otherwise). An output width without a
     usable divisor (`padded_width`: SqueezeNet 1.0's 109-wide first conv, whose 1-column
     register tile left it a third of the int8 model's time) is computed wider and cropped, as
-    in the fp32 `direct.conv2d_nchwc`."""
+    in the fp32 `direct.conv2d_nchwc`. A signed-data block (`SIGNED_BLOCKS`) reads the codes
+    shifted to int8 (the shift is part of the padding stage, so padding holds 0 - 128) and adds
+    `compensation` (`weight_compensation` of the same kernel)."""
     from tvm import te
     from tvm import tirx as tir
 
@@ -99,12 +130,18 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
     out_w = (w + pad_l + pad_r - (s - 1) * dil_w - 1) // stride_w + 1
     wide = padded_width(out_w)
     pad_r += (wide - out_w) * stride_w
-    if pad_t or pad_l or pad_b or pad_r:
-        zero = tir.const(0, data.dtype)
+    signed = block in SIGNED_BLOCKS
+    if pad_t or pad_l or pad_b or pad_r or signed:
+
+        def code(b, c, y, x, i):
+            value = data[b, c, y - pad_t, x - pad_l, i]
+            return (value.astype("int32") - 128).astype("int8") if signed else value
+
+        zero = tir.const(-128 if signed else 0, "int8" if signed else data.dtype)
         padded = te.compute(
             (n, c_chunks, h + pad_t + pad_b, w + pad_l + pad_r, ib),
             lambda b, c, y, x, i: tir.if_then_else(
-                tir.all(y >= pad_t, y < h + pad_t, x >= pad_l, x < w + pad_l), data[b, c, y - pad_t, x - pad_l, i], zero
+                tir.all(y >= pad_t, y < h + pad_t, x >= pad_l, x < w + pad_l), code(b, c, y, x, i), zero
             ),
             name="data_pad",
         )
@@ -124,6 +161,12 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, block: str):
         ),
         name=block,
     )
+    if signed:
+        return te.compute(
+            (n, k_chunks, out_h, out_w, ob),
+            lambda b, oc, y, x, o: conv[b, oc, y, x, o] + compensation[oc, 0, 0, 0, o],
+            name="conv2d_nchwc_compensate",
+        )
     if wide == out_w:
         return conv
     return te.compute((n, k_chunks, out_h, out_w, ob), lambda *i: conv(*i), name="conv2d_nchwc_crop")

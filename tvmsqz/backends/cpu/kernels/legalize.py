@@ -49,7 +49,7 @@ def _int8_conv(bb, call, dot: str | None):
     the target names a dot-product flavour for its output block, else None. The weight packing
     is its own call on the constant weights (FoldConstant evaluates it at compile time); a
     first conv with fewer than 4 input lanes gets its data regrouped by a small kernel."""
-    from .int8 import DOT_FLAVOURS, conv2d_nchwc_int8, pack_data, pack_weight
+    from .int8 import DOT_FLAVOURS, SIGNED_BLOCKS, conv2d_nchwc_int8, pack_data, pack_weight, weight_compensation
 
     attrs = call.attrs
     data_shape = [int(d) for d in call.args[0].ty.shape]
@@ -61,6 +61,9 @@ def _int8_conv(bb, call, dot: str | None):
     if data_shape[4] % 4:
         data = bb.emit_te(pack_data, data, primfunc_name_hint="int8_data_pack")
     packed = bb.emit_te(pack_weight, call.args[1], primfunc_name_hint="int8_weight_pack")
+    compensation = None
+    if block in SIGNED_BLOCKS:  # a constant too (FoldConstant)
+        compensation = bb.emit_te(weight_compensation, packed, primfunc_name_hint="int8_weight_sum")
     return bb.call_te(
         conv2d_nchwc_int8,
         data,
@@ -69,6 +72,7 @@ def _int8_conv(bb, call, dot: str | None):
         attrs.padding,
         attrs.dilation,
         block,
+        compensation,
         primfunc_name_hint=block,
     )
 
