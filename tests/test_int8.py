@@ -351,3 +351,39 @@ def test_ort_qdq_squeezenet_agrees_with_onnxruntime():
         step = float(np.abs(theirs).max()) / 64  # a few output codes at most
         assert np.abs(ours - theirs).max() <= step
     assert agree == len(photos)
+
+
+def test_untuned_elementwise_kernels_get_a_parallel_schedule():
+    """A kernel without a reduction (never tuned: the int8 input's quantize + regroup) gets the
+    parallel elementwise default, with the same result; one with a reduction is left alone."""
+    import tvm
+    from tvm import te, tirx
+    from tvm.s_tir import Schedule
+
+    from tvmsqz.backends.cpu.kernels.elementwise import schedule_elementwise
+    from tvmsqz.backends.cpu.kernels.int8 import pack_data
+
+    data = te.placeholder((1, 3, 40, 40), "float32", name="data")
+    codes = te.compute(
+        data.shape, lambda n, c, y, x: te.max(te.min(te.round(data[n, c, y, x] * 20.0) + 100.0, 255.0), 0.0), "q"
+    )
+    blocked = te.compute((1, 3, 40, 40, 1), lambda n, c, y, x, i: codes[n, c, y, x].astype("uint8"), "layout")
+    func = te.create_prim_func([data, pack_data(blocked)])
+    scheduled = schedule_elementwise(func)
+    assert scheduled is not None
+    sch = Schedule(scheduled)
+    (block,) = sch.get_child_blocks(sch.get_sblock("root"))  # every other block inlined
+    assert tirx.ForKind.PARALLEL in [sch.get(loop).kind for loop in sch.get_loops(block)]
+    x = np.random.default_rng(4).normal(size=(1, 3, 40, 40)).astype(f32) * 5
+    outs = []
+    for f in (func, scheduled):
+        lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm").jit()
+        out = tvm.runtime.tensor(np.zeros((1, 1, 40, 40, 4), np.uint8))
+        lib["main"](tvm.runtime.tensor(x), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[0][..., 3].max() == 0 and outs[0][..., :3].max() > 0
+
+    k = te.reduce_axis((0, 40), "k")
+    total = te.compute((1, 3, 40), lambda n, c, y: te.sum(data[n, c, y, k], axis=k), "total")
+    assert schedule_elementwise(te.create_prim_func([data, total])) is None

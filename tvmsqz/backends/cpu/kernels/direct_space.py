@@ -21,6 +21,7 @@ values is the untuned default.
 from __future__ import annotations
 
 from .constants import CONV_BLOCK, MAX_ACCUMULATORS
+from .elementwise import schedule_elementwise
 from .int8 import int8_block, schedule_int8
 from .sched import block_named, epilogue_at, sample_unroll
 from .winograd import is_winograd, schedule_winograd
@@ -102,7 +103,8 @@ def is_blocked_conv(func) -> bool:
 
 
 def apply_default(mod):
-    """Give every unscheduled blocked-conv kernel the heuristic schedule (no tuning record)."""
+    """Give every unscheduled blocked-conv kernel the heuristic schedule (no tuning record), and
+    every kernel without a reduction (never tuned) the parallel elementwise one."""
     from tvm import tirx as tir
     from tvm.s_tir import Schedule
 
@@ -119,6 +121,9 @@ def apply_default(mod):
         elif block is not None:
             schedule_conv(sch, block)
         else:
+            scheduled = schedule_elementwise(func)
+            if scheduled is not None:
+                mod[gv] = scheduled.with_attr("tirx.is_scheduled", True)
             continue
         mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return mod
