@@ -67,6 +67,7 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
         # chosen by measurement; tuning and compiling read the same ones, so workloads match.
         options = {k: v for k, v in spec.data.get("fuse", {}).items() if k != "enabled"}
         mod = fuse_fire(mod, **options)
+    from .passes.params import lift_weights
     from .passes.qdq import FoldQDQ
 
     with spec.target:
@@ -78,6 +79,7 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
                 *layout,
                 relax.get_pipeline("zero"),
                 *after_fusion,
+                lift_weights,  # a --compress build: weight packing moves to a load-time function
                 *backend.pre_tuning_passes(spec),
             ]
         )
@@ -85,9 +87,20 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
 
 
 def kernel_names(mod) -> list[str]:
+    """The kernels `main` runs (a `--compress` build's load-time weight packing is not one)."""
+    from tvm import relax
     from tvm import tirx as tir
 
-    return sorted(gv.name_hint for gv, func in mod.functions.items() if isinstance(func, tir.PrimFunc))
+    called: set[str] = set()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.GlobalVar):
+            called.add(expr.name_hint)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return sorted(
+        gv.name_hint for gv, func in mod.functions.items() if isinstance(func, tir.PrimFunc) and gv.name_hint in called
+    )
 
 
 def _is_scheduled(func) -> bool:
@@ -107,7 +120,7 @@ def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: Bui
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         report.database = str(database_dir)
     for gv, func in mod.functions.items():
-        if isinstance(func, tir.PrimFunc):
+        if isinstance(func, tir.PrimFunc) and gv.name_hint in report.kernels:
             (report.tuned if _is_scheduled(func) else report.untuned).append(gv.name_hint)
     report.tuned.sort()
     report.untuned.sort()
@@ -151,6 +164,8 @@ def compile_module(
     """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
     import tvm
 
+    from .passes.params import compose_loader, park, unpark
+
     start = time.perf_counter()
     backend = backend or get_backend(spec)
     fuse = resolve_fuse(spec, fuse)
@@ -159,8 +174,10 @@ def compile_module(
     report.kernels = kernel_names(mod)
     mod = apply_database(mod, spec, database, report)
     with spec.target:
-        mod = tvm.transform.Sequential(backend.post_database_passes(spec))(mod)
+        mod, parked = park(mod)  # a --compress build's first-stage weight packing sits these out
+        mod = unpark(tvm.transform.Sequential(backend.post_database_passes(spec))(mod), parked)
         mod = backend.default_schedule(mod, spec)
+    mod = compose_loader(mod)  # a --compress build: one load-time function for the weights
     report.activation_bytes = planned_activation_bytes(mod)
     report.constant_bytes = constant_bytes(mod)
     if report.activation_bytes > max_memory:
@@ -216,6 +233,7 @@ def export_artifact(
     report: BuildReport,
     extra: dict | None = None,
     backend=None,
+    extra_files: list[Path] = (),
 ) -> dict:
     """Write the `.so` and its manifest (what a device needs to check what it got)."""
     from .fsutil import check_free_space
@@ -238,6 +256,7 @@ def export_artifact(
             "activation_bytes": report.activation_bytes,
             **(extra or {}),
         },
+        extra_files=extra_files,
     )
 
 

@@ -258,6 +258,20 @@ def compile_cmd(
     calibrate: Optional[Path] = CalibrateOpt,
     calibration_method: Optional[str] = CalibrationMethodOpt,
     fp32_layers: Optional[str] = Fp32LayersOpt,
+    compress: bool = typer.Option(
+        False,
+        "--compress",
+        help="Keep the conv weights out of the .so in MODEL.weights beside it (Deep Compression: "
+        "pruning, weight sharing, Huffman coding), decoded at load.",
+    ),
+    compress_bits: Optional[int] = typer.Option(
+        None,
+        "--compress-bits",
+        help="Weight-sharing codebook bits per layer, 1-8 (default 8: lossless for the Deep Compression model).",
+    ),
+    compress_density: Optional[float] = typer.Option(
+        None, "--compress-density", help="Share of weights kept by magnitude pruning, (0, 1] (default 1)."
+    ),
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     api = _api()
@@ -278,6 +292,11 @@ def compile_cmd(
             calibration_method=calibration_method,
             fp32_layers=_layers(fp32_layers),
             log=err_console,
+            **(
+                {"compress": True, "compress_bits": compress_bits, "compress_density": compress_density}
+                if compress or compress_bits is not None or compress_density is not None
+                else {}
+            ),
         )
     _say_default_database(target, database, no_tuning)
     manifest = artifact.manifest

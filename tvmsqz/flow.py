@@ -75,25 +75,75 @@ class TVMPipeline:
         fuse: bool | None = None,
         max_memory: str | int | None = None,
         log=None,
+        compress: bool = False,
+        compress_bits: int | None = None,
+        compress_density: float | None = None,
         **options: Any,
     ) -> dict:
-        """Build `model` (applying the target's database) and export it; returns the manifest."""
+        """Build `model` (applying the target's database) and export it; returns the manifest.
+
+        With `compress`, the convolution weights go to a weight file beside the `.so`
+        (`tvmsqz.compress`: weight sharing at `compress_bits`, pruning to `compress_density`,
+        Huffman coded) and the artifact binds them at load; the manifest's `weights` names it."""
         from .build import DEFAULT_MAX_MEMORY, compile_module, export_artifact, parse_size
 
         _no_options(spec, options)
+        if not compress and (compress_bits is not None or compress_density is not None):
+            raise TvmsqzError("--compress-bits and --compress-density need --compress")
         limit = DEFAULT_MAX_MEMORY if max_memory is None else parse_size(str(max_memory))
         db = resolve_database(spec, database, tuning)
-        executable, report = compile_module(model.mod, spec, database=db, fuse=fuse, max_memory=limit, backend=backend)
-        manifest = export_artifact(
-            executable,
-            spec,
-            output,
-            model=model.name,
-            input_spec=model.input,
-            report=report,
-            backend=backend,
-            extra={"compile_seconds": round(report.seconds, 2), **precision_fields(model)},
-        )
+        packed = None
+        mod = model.mod
+        if compress:
+            from .compress.model import compress as compress_weights
+
+            if model.quantized:
+                raise TvmsqzError("--compress with --precision int8 is not supported yet: compress the fp32 model")
+            packed = compress_weights(
+                model,
+                8 if compress_bits is None else compress_bits,
+                1.0 if compress_density is None else compress_density,
+            )
+            mod = packed.mod
+            if not packed.lossless:
+                from .compress.model import measure_agreement
+
+                size = int(model.input.shape[-1])
+                packed.agreement = measure_agreement(model.onnx, packed.onnx, model.preprocess, size)
+                if log is not None:
+                    a = packed.agreement
+                    log.print(
+                        f"compressed weights: {len(packed.blob)} bytes; agreement with the uncompressed model on "
+                        f"{a['inputs']} photo views: top-1 {a['top1_agreement']:.1%}, "
+                        f"top-5 overlap {a['top5_overlap']:.1%}"
+                    )
+        executable, report = compile_module(mod, spec, database=db, fuse=fuse, max_memory=limit, backend=backend)
+        extra = {"compile_seconds": round(report.seconds, 2), **precision_fields(model)}
+        files = []
+        if packed is not None:
+            from .compress.model import weights_path
+            from .fsutil import atomic_write
+
+            weights = weights_path(output)
+            atomic_write(weights, packed.blob)
+            files.append(weights)
+            extra["weights"] = packed.manifest_fields(weights.name)
+        try:
+            manifest = export_artifact(
+                executable,
+                spec,
+                output,
+                model=model.name,
+                input_spec=model.input,
+                report=report,
+                backend=backend,
+                extra=extra,
+                extra_files=files,
+            )
+        except BaseException:
+            for path in files:  # no weight file without its artifact and manifest
+                path.unlink(missing_ok=True)
+            raise
         if log is not None:
             for line in tuning_report_lines(report):
                 log.print(line)

@@ -111,11 +111,13 @@ def check_input_bounds(name: str, shape: tuple[int, ...]) -> None:
                 )
 
 
-def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
+def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None, *, weights_as_params: bool = False):
     """Import an ONNX classifier as a Relax IRModule whose weights are constants.
 
     Weights stay constants (not parameters) so the artifact is self-contained and the compiler
-    can prepack them into the layouts tuned kernels want.
+    can prepack them into the layouts tuned kernels want. With `weights_as_params` (a `--compress`
+    build, `tvmsqz.compress.model`), the graph's initializers become `main`'s parameters after
+    its input instead (attribute `num_input`), bound at load time (`passes.params`).
     """
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -127,7 +129,13 @@ def import_onnx(model: onnx.ModelProto, input_shape: str | tuple | None = None):
     # the half-built module is freed (stderr): both stay inside this block, so a failure is one line.
     with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
         try:
-            mod = from_onnx(model, shape_dict={spec.name: spec.shape}, opset=opset or None, keep_params_in_input=False)
+            mod = from_onnx(
+                model, shape_dict={spec.name: spec.shape}, opset=opset or None, keep_params_in_input=weights_as_params
+            )
+            if weights_as_params:
+                from tvm import relax
+
+                mod, _ = relax.frontend.detach_params(mod)  # the values go to the weight file, not the code
         except Exception as exc:  # noqa: BLE001 - the importer raises many types; all mean "cannot import"
             failure = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         if failure is not None:

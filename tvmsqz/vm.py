@@ -129,14 +129,65 @@ def embedded_input_shape(vm) -> tuple[int, ...] | None:
         return None
 
 
-class VMArtifact(ArtifactBase):
-    """A loaded `.so` with a Relax VM on one device (the `Artifact` protocol of `tvmsqz.artifact`)."""
+#: The functions a `--compress` artifact adds (`tvmsqz.passes.params`, named here too because the
+#: runtime side imports no compiler module): the load-time weight packing, and the weights' shapes.
+LOADER_FUNC = "tvmsqz_load_params"
+WEIGHT_SHAPES_FUNC = "tvmsqz_weight_shapes"
 
-    def __init__(self, path: Path, vm, manifest: dict | None, device=None):
+
+def _function(vm, name: str):
+    try:
+        return vm[name]
+    except (AttributeError, KeyError, RuntimeError, ValueError):
+        return None
+
+
+def bind_weights(vm, path: Path, manifest: dict | None, device, tvm) -> tuple[list, float]:
+    """Decode a `--compress` artifact's weight file and run its load-time packing: the tensors
+    `main` takes after its input, and the seconds it took. A plain artifact gives ([], 0.0).
+
+    The file is the one the manifest names, beside the `.so` (its size and sha256 were checked
+    with the manifest); every tensor's name and shape must be what the artifact was built for."""
+    from .weightfile import WeightFileError, read
+
+    loader = _function(vm, LOADER_FUNC)
+    fields = (manifest or {}).get("weights")
+    if loader is None:
+        if fields:
+            raise TvmsqzError(f"{path} does not load a weight file, yet its manifest names {fields.get('file')}")
+        return [], 0.0
+    if not isinstance(fields, dict) or not isinstance(fields.get("file"), str):
+        raise TvmsqzError(f"{path} keeps its weights in a weight file, and its manifest (naming it) is missing")
+    start = time.perf_counter()
+    try:
+        tensors = read(path.with_name(fields["file"]))
+    except WeightFileError as exc:
+        raise TvmsqzError(str(exc)) from None
+    names = fields.get("tensors")
+    if list(tensors) != names:
+        raise TvmsqzError(f"{fields['file']} holds other tensors than {path.name} was built for (a swapped file?)")
+    shapes = [tuple(v.shape) for v in tensors.values()]
+    expected = _function(vm, WEIGHT_SHAPES_FUNC)
+    flat = [len(shapes)] + [d for s in shapes for d in (len(s), *s)]
+    if expected is None or [int(d) for d in expected()] != flat:
+        raise TvmsqzError(f"{fields['file']} holds tensors of other shapes than {path.name} takes (a swapped file?)")
+    args = [tvm.runtime.tensor(np.ascontiguousarray(v), device=device) for v in tensors.values()]
+    packed = loader(*args)
+    return list(packed), time.perf_counter() - start
+
+
+class VMArtifact(ArtifactBase):
+    """A loaded `.so` with a Relax VM on one device (the `Artifact` protocol of `tvmsqz.artifact`).
+
+    A `--compress` artifact's weights are decoded and packed once, here (`bind_weights`), and
+    passed to every call of `main` after the input."""
+
+    def __init__(self, path: Path, vm, manifest: dict | None, device=None, weights: list | None = None):
         self.path = path
         self.vm = vm
         self.manifest = manifest or {}
         self.device = device
+        self.weights = weights or []
         self._embedded_shape = None if manifest else embedded_input_shape(vm)
 
     @classmethod
@@ -153,7 +204,13 @@ class VMArtifact(ArtifactBase):
             vm = VirtualMachine(lib, tvm.device(device_type, 0))
         except Exception as exc:  # noqa: BLE001 - TVM's loader raises many types for a foreign file
             raise TvmsqzError(f"cannot load {path} as a TVM artifact: {str(exc).strip().splitlines()[-1]}") from None
-        return cls(path, vm, manifest, tvm.device(device_type, 0))
+        weights, seconds = bind_weights(vm, path, manifest, tvm.device(device_type, 0), tvm)
+        artifact = cls(path, vm, manifest, tvm.device(device_type, 0), weights)
+        artifact.load_seconds = seconds
+        return artifact
+
+    #: Seconds spent decoding and packing the weight file at load (0 without one).
+    load_seconds = 0.0
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -169,7 +226,7 @@ class VMArtifact(ArtifactBase):
 
         arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
         try:
-            out = self.vm["main"](arg)
+            out = self.vm["main"](arg, *self.weights)
         except Exception as exc:  # noqa: BLE001 - shapes were checked above: this is the kernel's own failure
             lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
             detail = lines[-1] if lines else type(exc).__name__
@@ -185,9 +242,10 @@ class VMArtifact(ArtifactBase):
 
         arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
         main = self.vm["main"]
+        weights = self.weights
 
         def run_once() -> None:
-            main(arg)
+            main(arg, *weights)
 
         return run_once
 
@@ -214,11 +272,11 @@ class VMArtifact(ArtifactBase):
             return VMInstrumentReturnKind.NO_OP
 
         arg = tvm.runtime.tensor(self.check_input(x), device=self.device)
-        self.vm["main"](arg)  # warm-up outside the profile
+        self.vm["main"](arg, *self.weights)  # warm-up outside the profile
         self.vm.set_instrument(instrument)
         try:
             for _ in range(repeat):
-                self.vm["main"](arg)
+                self.vm["main"](arg, *self.weights)
         finally:
             self.vm.set_instrument(None)
         rows = [

@@ -35,6 +35,10 @@ RUNNER_CPP = Path(__file__).with_name("runner.cpp")
 RUNNER_PY = Path(__file__).with_name("pyrunner.py")
 CPP_RUNNER = "bin/tvmsqz-run"
 PY_RUNNER = "bin/tvmsqz-run.py"
+#: The weight-file decoder (`tvmsqz/weightfile.py`, numpy only) beside the Python runner, which
+#: imports it for a `--compress` model.
+WEIGHTFILE_PY = Path(__file__).parent.parent / "weightfile.py"
+PY_WEIGHTFILE = "bin/tvmsqz_weightfile.py"
 LABELS = "share/labels.txt"
 #: Progress lines (the CLI prints them dimmed on stderr).
 Log = Callable[[str], None]
@@ -458,6 +462,7 @@ def build_bundle(
                 shutil.copyfile(artifact.with_name(name), stage / "model" / name)
             shutil.copyfile(exe, stage / CPP_RUNNER)
             shutil.copyfile(RUNNER_PY, stage / PY_RUNNER)
+            shutil.copyfile(WEIGHTFILE_PY, stage / PY_WEIGHTFILE)
             for rel in (CPP_RUNNER, PY_RUNNER):
                 (stage / rel).chmod(0o755)
             (stage / LABELS).write_text("\n".join(class_names()) + "\n")
@@ -465,7 +470,7 @@ def build_bundle(
             files = (
                 [_entry(stage, f"lib/{n}", "runtime") for n in lib_files]
                 + [_entry(stage, f"model/{n}", "model") for n in model_files]
-                + [_entry(stage, rel, "runner") for rel in (CPP_RUNNER, PY_RUNNER)]
+                + [_entry(stage, rel, "runner") for rel in (CPP_RUNNER, PY_RUNNER, PY_WEIGHTFILE)]
                 + [_entry(stage, rel, "other") for rel in (LABELS, "README.txt")]
             )
             sizes = {
@@ -484,6 +489,17 @@ def build_bundle(
                     "sha256": manifest["artifact"]["sha256"],
                     # the manifest as bundled: compare with `sha256sum NAME.so.json` where it was compiled
                     "manifest_sha256": sha256(manifest_path(artifact)),
+                    # a --compress model: its weight file, decoded by the runners at load
+                    **(
+                        {
+                            "weights": {
+                                "file": f"model/{manifest['weights']['file']}",
+                                "tensors": manifest["weights"]["tensors"],
+                            }
+                        }
+                        if isinstance(manifest.get("weights"), dict)
+                        else {}
+                    ),
                 },
                 "target": manifest["target"]["name"],
                 "target_config": manifest["target"].get("tvm"),

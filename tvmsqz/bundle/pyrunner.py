@@ -218,11 +218,17 @@ class Runtime:
         result = _Any()
         if self.ffi.TVMFFIFunctionCall(ctypes.c_void_p(func), packed, len(args), ctypes.byref(result)):
             self.raise_error(what)
-        return Owned(self, result.type_index, result.v.v_ptr if result.type_index >= T_OBJECT_BEGIN else None)
+        owned = Owned(self, result.type_index, result.v.v_ptr if result.type_index >= T_OBJECT_BEGIN else None)
+        if result.type_index in (T_INT, T_BOOL):
+            owned.value = result.v.v_int64
+        return owned
 
 
 class Owned:
     """A value returned by tvm-ffi; object values hold one reference, dropped by `release`."""
+
+    #: The result itself when it is an int or a bool (no object to own).
+    value: int | None = None
 
     def __init__(self, runtime: Runtime, type_index: int, handle: int | None):
         self.runtime, self.type_index, self.handle = runtime, type_index, handle
@@ -346,7 +352,7 @@ class Model:
 
     def close(self) -> None:
         """Drop the VM and the module (in that order) while the library is still loaded."""
-        for obj in (self.main, self.vm, self.lib):
+        for obj in (*self.weights, self.main, self.vm, self.lib):
             obj.release()
 
     def _to_host(self, out: Owned) -> Owned:
@@ -367,8 +373,44 @@ class Model:
         self.sync()
         return host
 
+    #: The tensors `main` takes after its input (a `--compress` model; see `bind_weights`).
+    weights: list = []
+
+    def bind_weights(self, path: str, names: list) -> float:
+        """Decode a `--compress` model's weight file (`tvmsqz_weightfile.py`, beside this runner)
+        and run the model's load-time packing once, as `tvmsqz.vm.bind_weights` does; seconds."""
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        try:
+            from tvmsqz_weightfile import WeightFileError, read
+        except ImportError:
+            raise Refusal("bin/tvmsqz_weightfile.py is missing: copy the bundle again") from None
+        finally:
+            sys.path.pop(0)
+        get = self.rt.global_func("ffi.ModuleGetFunction")
+        loader = self.rt.call(get, self.vm, "tvmsqz_load_params", True)
+        if not loader.handle:
+            raise Refusal("bundle.json names a weight file, and the model loads none")
+        start = time.perf_counter()
+        try:
+            tensors = read(path)
+        except WeightFileError as exc:
+            raise Refusal(str(exc)) from None
+        if list(tensors) != list(names):
+            raise Refusal(f"{os.path.basename(path)} holds other tensors than the model was built for")
+        arrays = [aligned_copy(v) for v in tensors.values()]
+        args = [self.tensor(a) for a in arrays]
+        packed = self.rt.call(loader.handle, *args, what=f"cannot bind {os.path.basename(path)} to the model")
+        if packed.type_index != T_ARRAY:
+            raise Refusal("the model's weight packing returned something other than a tuple")
+        count = self.rt.call(self.rt.global_func("ffi.ArraySize"), packed).value
+        self.weights = [self.rt.call(self.rt.global_func("ffi.ArrayGetItem"), packed, i) for i in range(count)]
+        for a in args:
+            a.release()
+        packed.release()
+        return time.perf_counter() - start
+
     def __call__(self, arg: Owned) -> Owned:
-        return self.rt.call(self.main.handle, arg, what="the model failed on this input")
+        return self.rt.call(self.main.handle, arg, *self.weights, what="the model failed on this input")
 
     def to_numpy(self, out: Owned):
         import numpy as np
@@ -726,6 +768,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime = Runtime(os.path.join(BUNDLE, "lib"), manifest.get("runtime", {}).get("device_libs", []))
     model = Model(runtime, os.path.join(BUNDLE, model_info["file"]), manifest.get("device", "cpu"))
+    load_ms = 0.0
+    if isinstance(model_info.get("weights"), dict):
+        w = model_info["weights"]
+        path = inside_bundle(BUNDLE, w.get("file"), "model.weights.file")
+        load_ms = model.bind_weights(path, w.get("tensors") or []) * 1e3
     xa = aligned_copy(x)
     arg = model.tensor(xa)
     for _ in range(args.warmup):
@@ -779,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
                     "top": [list(t) for t in top],
                     "latency_ms": lat,
                     "peak_rss_bytes": peak_rss_bytes(),
+                    "weights_load_ms": round(load_ms, 3),
                 }
             )
         )

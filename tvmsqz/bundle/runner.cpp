@@ -214,6 +214,8 @@ struct Bundle {
   std::string input_dtype;
   std::string labels_file;
   std::vector<std::string> files;  // every file bundle.json lists, relative to dir
+  std::string weights_file;        // a --compress model's weight file ("" for weights inside the model)
+  std::vector<std::string> weight_tensors;
 };
 
 // The real path of `path`, or "" when it does not exist.
@@ -307,7 +309,216 @@ Bundle ReadBundle(const std::string& dir) {
     }
   }
   if (!model_listed) Refuse("bundle.json lists no size and sha256 for the model " + b.model_file);
+  if (model.find(ffi::String("weights")) != model.end()) {
+    ffi::json::Object w = AsObject(Get(model, "weights", "model"), "model.weights");
+    b.weights_file = GetString(w, "file", "model.weights");
+    CheckInsideBundle(dir, b.weights_file, "model.weights.file");
+    if (std::find(b.files.begin(), b.files.end(), b.weights_file) == b.files.end()) {
+      Refuse("bundle.json lists no size and sha256 for the weight file " + b.weights_file);
+    }
+    auto names = Get(w, "tensors", "model.weights").try_cast<ffi::json::Array>();
+    if (!names.has_value()) Refuse("bundle.json is invalid: model.weights.tensors is not a list");
+    for (const ffi::Any& n : *names) {
+      auto text = n.try_cast<ffi::String>();
+      if (!text.has_value()) Refuse("bundle.json is invalid: model.weights.tensors holds a non-string");
+      b.weight_tensors.push_back(std::string(*text));
+    }
+  }
   return b;
+}
+
+struct CPUAlloc {
+  void AllocData(DLTensor* t) {
+    size_t n = ffi::GetDataSize(*t);
+    t->data = std::aligned_alloc(64, (n + 63) / 64 * 64);
+    if (t->data == nullptr) Refuse("out of memory allocating the input");
+  }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+// ------------------------------------------------------------------------ the weight file
+// tvmsqz/weightfile.py is the reference: the same format, the same checks, the same result.
+
+uint32_t Crc32(const uint8_t* p, size_t n) {
+  static uint32_t table[256];
+  static bool ready = false;
+  if (!ready) {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      table[i] = c;
+    }
+    ready = true;
+  }
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+struct WeightReader {
+  const uint8_t* data;
+  size_t off, end;
+  std::string name;
+  const uint8_t* Take(size_t n) {
+    if (n > end - off) Refuse(name + " is truncated (a field at byte " + std::to_string(off) + " runs past its end)");
+    const uint8_t* p = data + off;
+    off += n;
+    return p;
+  }
+  uint32_t U(int bytes) {
+    const uint8_t* p = Take(bytes);
+    uint32_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
+    return v;
+  }
+};
+
+// A canonical Huffman decode table: the next `bits` bits of a stream -> (symbol, code length).
+struct HuffTable {
+  int bits = 1;
+  std::vector<int32_t> sym;
+  std::vector<uint8_t> len;
+};
+
+HuffTable MakeTable(const uint8_t* lengths, int n, const std::string& what) {
+  const int kMaxBits = 15;
+  HuffTable t;
+  int64_t kraft = 0;
+  for (int i = 0; i < n; ++i) {
+    if (lengths[i] > kMaxBits) Refuse(what + ": a Huffman code is longer than 15 bits");
+    if (lengths[i]) kraft += int64_t{1} << (kMaxBits - lengths[i]);
+    t.bits = std::max<int>(t.bits, lengths[i]);
+  }
+  if (kraft > (int64_t{1} << kMaxBits)) Refuse(what + ": its Huffman code lengths do not form a prefix code");
+  t.sym.assign(size_t{1} << t.bits, 0);
+  t.len.assign(size_t{1} << t.bits, 0);
+  size_t at = 0;
+  for (int length = 1; length <= t.bits; ++length) {
+    for (int s = 0; s < n; ++s) {
+      if (lengths[s] != length) continue;
+      size_t width = size_t{1} << (t.bits - length);
+      std::fill(t.sym.begin() + at, t.sym.begin() + at + width, s);
+      std::fill(t.len.begin() + at, t.len.begin() + at + width, static_cast<uint8_t>(length));
+      at += width;
+    }
+  }
+  return t;
+}
+
+struct BitStream {
+  const uint8_t* data;
+  uint64_t pos, end;  // in bits
+  uint64_t limit;     // bytes readable at data (the streams of this tensor): zeros past it
+  int Next(const HuffTable& t) {
+    uint64_t byte = pos >> 3;
+    uint32_t word = 0;
+    for (int i = 0; i < 4; ++i) word = (word << 8) | (byte + i < limit ? data[byte + i] : 0);
+    uint32_t peek = static_cast<uint32_t>((static_cast<uint64_t>(word) << (pos & 7)) & 0xFFFFFFFFu) >> (32 - t.bits);
+    int length = t.len[peek];
+    if (length == 0) Refuse("the weight file is corrupt (an invalid Huffman code)");
+    pos += length;
+    if (pos > end) Refuse("the weight file is corrupt (a stream reads past its bytes)");
+    return t.sym[peek];
+  }
+};
+
+std::vector<std::pair<std::string, ffi::Tensor>> DecodeWeights(const std::string& path) {
+  std::string blob;
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) Refuse("cannot read the weight file " + path);
+    blob.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::string name = path.substr(path.find_last_of('/') + 1);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(blob.data());
+  if (blob.size() < 16 || std::memcmp(bytes, "TVSQZW01", 8) != 0) {
+    Refuse(name + " is not a tvmsqz weight file (bad magic or too short)");
+  }
+  size_t body = blob.size() - 4;
+  uint32_t stored = bytes[body] | (bytes[body + 1] << 8) | (bytes[body + 2] << 16) | (uint32_t{bytes[body + 3]} << 24);
+  if (Crc32(bytes, body) != stored) Refuse(name + " is corrupt or truncated (CRC-32 mismatch)");
+  WeightReader rd{bytes, 8, body, name};
+  uint32_t count = rd.U(4);
+  if (count > 4096) Refuse(name + " claims " + std::to_string(count) + " tensors (at most 4096)");
+  std::vector<std::pair<std::string, ffi::Tensor>> out;
+  for (uint32_t t = 0; t < count; ++t) {
+    uint32_t name_len = rd.U(2);
+    const uint8_t* np = rd.Take(name_len);
+    std::string tname(reinterpret_cast<const char*>(np), name_len);
+    uint32_t ndim = rd.U(1);
+    if (ndim > 8) Refuse(name + ": " + tname + " has " + std::to_string(ndim) + " dimensions");
+    std::vector<int64_t> dims;
+    int64_t size = 1;
+    for (uint32_t d = 0; d < ndim; ++d) {
+      dims.push_back(rd.U(4));
+      size *= dims.back();
+      if (size > (int64_t{1} << 28)) Refuse(name + ": " + tname + " has over 2^28 elements");
+    }
+    for (const auto& seen : out) {
+      if (seen.first == tname) Refuse(name + " holds " + tname + " twice");
+    }
+    ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(dims), DLDataType{kDLFloat, 32, 1},
+                                                  DLDevice{kDLCPU, 0});
+    float* dst = static_cast<float*>(tensor.data_ptr());
+    uint32_t kind = rd.U(1);
+    if (kind == 0) {
+      const uint8_t* raw = rd.Take(static_cast<size_t>(size) * 4);
+      std::memcpy(dst, raw, static_cast<size_t>(size) * 4);  // little-endian float32, as the hosts we build for
+    } else if (kind == 1) {
+      std::string what = name + ": " + tname;
+      uint32_t entries = rd.U(4);
+      if (entries > size) Refuse(what + " claims more entries than weights");
+      uint32_t k = rd.U(2);
+      std::vector<float> codebook(k);
+      std::memcpy(codebook.data(), rd.Take(size_t{k} * 4), size_t{k} * 4);
+      uint32_t escape = rd.U(1);
+      if (escape < 1) Refuse(what + " has gap escape 0");
+      const uint8_t* code_len = rd.Take(k);
+      const uint8_t* gap_len = rd.Take(escape + 1);
+      uint32_t chunk = rd.U(4);
+      uint32_t streams = rd.U(4);
+      if (entries && (chunk < 1 || streams != (entries + chunk - 1) / chunk)) Refuse(what + " has a bad stream count");
+      if (!entries && streams) Refuse(what + " has streams but no entries");
+      std::vector<uint64_t> sizes(streams);
+      uint64_t total = 0;
+      for (uint32_t i = 0; i < streams; ++i) total += sizes[i] = rd.U(4);
+      if (total > rd.end - rd.off) Refuse(name + " is truncated (a field at byte " + std::to_string(rd.off) + " runs past its end)");
+      const uint8_t* data = rd.Take(total);
+      std::memset(dst, 0, static_cast<size_t>(size) * 4);
+      if (entries) {
+        if (k < 1) Refuse(what + " has entries but an empty codebook");
+        HuffTable codes = MakeTable(code_len, k, what), gaps = MakeTable(gap_len, escape + 1, what);
+        int64_t position = -1;
+        uint64_t start = 0;
+        uint32_t left = entries;
+        for (uint32_t i = 0; i < streams; ++i) {
+          BitStream bs{data, start * 8, (start + sizes[i]) * 8, total};
+          uint32_t n = std::min(chunk, left);
+          for (uint32_t e = 0; e < n; ++e) {
+            int64_t gap = 0;
+            for (;;) {
+              int g = bs.Next(gaps);
+              gap += g;
+              if (static_cast<uint32_t>(g) != escape) break;
+            }
+            int c = bs.Next(codes);
+            position += gap + 1;
+            if (position >= size) Refuse(name + ": " + tname + " addresses a weight beyond its " + std::to_string(size));
+            if (static_cast<uint32_t>(c) >= k) Refuse(name + " is corrupt (a codebook index out of range)");
+            dst[position] = codebook[c];
+          }
+          if (bs.end - bs.pos >= 8) Refuse(name + " is corrupt (a stream has bytes it does not use)");
+          left -= n;
+          start += sizes[i];
+        }
+      }
+    } else {
+      Refuse(name + ": " + tname + " has unknown kind " + std::to_string(kind));
+    }
+    out.emplace_back(tname, tensor);
+  }
+  if (rd.off != rd.end) Refuse(name + " has unexpected bytes after its last tensor");
+  return out;
 }
 
 // Refuse an -o that would replace what this run reads: the input, bundle.json or a bundle file.
@@ -466,14 +677,6 @@ void SeededInput(uint64_t seed, float* out, int64_t n) {
   }
 }
 
-struct CPUAlloc {
-  void AllocData(DLTensor* t) {
-    size_t n = ffi::GetDataSize(*t);
-    t->data = std::aligned_alloc(64, (n + 63) / 64 * 64);
-    if (t->data == nullptr) Refuse("out of memory allocating the input");
-  }
-  void FreeData(DLTensor* t) { std::free(t->data); }
-};
 
 int64_t PeakRssBytes() {
   std::ifstream in("/proc/self/status");
@@ -585,6 +788,57 @@ int Run(int argc, char** argv) {
     Refuse("cannot load " + model_path + " as a TVM artifact: " + e.what());
   }
 
+  // A --compress model: decode its weight file and run its load-time packing once (the tensors
+  // main takes after its input), as tvmsqz.vm.bind_weights does.
+  std::vector<ffi::Any> weights;
+  double load_ms = 0.0;
+  {
+    auto loader = (*vm)->GetFunction("tvmsqz_load_params", true);
+    if (b.weights_file.empty() != !loader.has_value()) {
+      Refuse(b.weights_file.empty() ? "the model loads a weight file, and bundle.json names none"
+                                    : "bundle.json names a weight file, and the model loads none");
+    }
+    if (loader.has_value()) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto decoded = DecodeWeights(b.dir + "/" + b.weights_file);
+      std::vector<std::string> names;
+      for (const auto& d : decoded) names.push_back(d.first);
+      if (names != b.weight_tensors) Refuse(b.weights_file + " holds other tensors than the model was built for");
+      std::vector<int64_t> flat{static_cast<int64_t>(decoded.size())};
+      for (const auto& d : decoded) {
+        const DLTensor* t = d.second.GetDLTensorPtr();
+        flat.push_back(t->ndim);
+        flat.insert(flat.end(), t->shape, t->shape + t->ndim);
+      }
+      try {
+        auto shapes_fn = (*vm)->GetFunction("tvmsqz_weight_shapes", true);
+        ffi::Shape expected = shapes_fn.has_value() ? shapes_fn.value()().cast<ffi::Shape>() : ffi::Shape();
+        if (std::vector<int64_t>(expected.begin(), expected.end()) != flat) {
+          Refuse(b.weights_file + " holds tensors of other shapes than the model takes");
+        }
+        std::vector<ffi::AnyView> args;
+        for (const auto& d : decoded) args.emplace_back(d.second);
+        ffi::Any packed;
+        ffi::Function load_fn = loader.value();
+        load_fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &packed);
+        auto arr = packed.try_cast<ffi::Array<ffi::Any>>();
+        if (!arr.has_value()) Refuse("the model's weight packing returned something other than a tuple");
+        for (const ffi::Any& w : *arr) weights.push_back(w);
+      } catch (const ffi::Error& e) {
+        Refuse("cannot bind " + b.weights_file + " to the model: " + std::string(e.message()));
+      }
+      load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    }
+  }
+  std::vector<ffi::AnyView> main_args;
+  main_args.emplace_back(x);
+  for (const ffi::Any& w : weights) main_args.emplace_back(w);
+  auto call_main = [&]() {
+    ffi::Any out;
+    main_fn.CallPacked(main_args.data(), static_cast<int32_t>(main_args.size()), &out);
+    return out;
+  };
+
   auto first_output = [](const ffi::Any& out) -> ffi::Tensor {
     if (auto t = out.try_cast<ffi::Tensor>()) return *t;
     if (auto arr = out.try_cast<ffi::Array<ffi::Any>>()) {
@@ -597,10 +851,10 @@ int Run(int argc, char** argv) {
   std::optional<ffi::Tensor> result;
   std::vector<double> ms;
   try {
-    for (int i = 0; i < opt.warmup; ++i) main_fn(x);
+    for (int i = 0; i < opt.warmup; ++i) call_main();
     for (int i = 0; i < opt.repeat; ++i) {
       auto t0 = std::chrono::steady_clock::now();
-      ffi::Any out = main_fn(x);
+      ffi::Any out = call_main();
       auto t1 = std::chrono::steady_clock::now();
       ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       if (i + 1 == opt.repeat) result = first_output(out);
@@ -660,8 +914,8 @@ int Run(int argc, char** argv) {
       std::printf("%s[%lld, %.9g]", i ? ", " : "", static_cast<long long>(top[i].first), top[i].second);
     }
     std::printf("], \"latency_ms\": {\"min\": %.6f, \"median\": %.6f, \"p90\": %.6f, \"mean\": %.6f, \"runs\": %d}, "
-                "\"peak_rss_bytes\": %s}\n",
-                sorted[0], median, p90, mean, opt.repeat, rss < 0 ? "null" : std::to_string(rss).c_str());
+                "\"peak_rss_bytes\": %s, \"weights_load_ms\": %.3f}\n",
+                sorted[0], median, p90, mean, opt.repeat, rss < 0 ? "null" : std::to_string(rss).c_str(), load_ms);
   }
   std::fflush(stdout);
   return 0;

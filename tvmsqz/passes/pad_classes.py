@@ -47,13 +47,41 @@ def _const(expr, bindings: dict):
     return None
 
 
+def _weight(expr, bindings: dict, params: set):
+    """The constant behind `expr` (as `_const`), or `expr` itself when it is a weight parameter
+    of `main` (a `--compress` build: `passes.params`) or a reshape of one; else None."""
+    found = _const(expr, bindings)
+    if found is not None:
+        return found
+    inner = bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+    if inner in params or (_op(inner) == "relax.reshape" and inner.args[0] in params):
+        return expr
+    return None
+
+
+def _padded(expr, axis: int, extra: int):
+    """`expr` (a constant or a weight parameter) zero padded by `extra` along `axis`: numpy for a
+    constant, a Relax pad for a parameter (lifted to load time with the other weight packing)."""
+    if isinstance(expr, _CONST):
+        value = expr.value.numpy()
+        grow = [(0, 0)] * value.ndim
+        grow[axis] = (0, extra)
+        return relax.const(np.pad(value, grow), str(value.dtype))
+    ndim = len(expr.ty.shape)
+    width = [0] * (2 * ndim)
+    width[2 * axis + 1] = extra
+    return relax.op.nn.pad(expr, width)
+
+
 def _classifier_chain(func: relax.Function) -> dict | None:
     """{name: binding var} of the conv -> bias -> relu -> mean -> reshape chain ending `func`, or None."""
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
+    num_input = func.attrs.get("num_input") if func.attrs else None
+    params = set(func.params[int(num_input) :]) if num_input is not None else set()
     out = func.body.body
     if not isinstance(out, relax.Var) or out not in bindings:
         return None
-    chain: dict = {}
+    chain: dict = {"params": params}
     var = out
     for name in _CHAIN:
         value = bindings.get(var)
@@ -64,15 +92,18 @@ def _classifier_chain(func: relax.Function) -> dict | None:
             return None
         chain[name] = var
         if name == "relax.add":
-            bias = [a for a in value.args if _const(a, bindings) is not None]
+            bias = [a for a in value.args if _weight(a, bindings, params) is not None]
             if len(bias) != 1:
                 return None
-            chain["bias"] = _const(bias[0], bindings)
+            chain["bias"] = _weight(bias[0], bindings, params)
             var = next(a for a in value.args if a is not bias[0])
         else:
             var = value.args[0]
     conv = bindings[chain["relax.nn.conv2d"]]
-    if not isinstance(conv.args[1], _CONST) or conv.attrs.groups != 1 or conv.attrs.kernel_layout != "OIHW":
+    weight = conv.args[1]
+    if not (isinstance(weight, _CONST) or weight in params):
+        return None
+    if conv.attrs.groups != 1 or conv.attrs.kernel_layout != "OIHW":
         return None
     mean = bindings[chain["relax.mean"]]
     if sorted(int(a) for a in mean.attrs.axis) != [2, 3] or not mean.attrs.keepdims:
@@ -195,17 +226,15 @@ def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -
         return mod if int8 is None else _pad_int8(mod, func, int8, multiple, block)
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
     conv = bindings[chain["relax.nn.conv2d"]]
-    weight = conv.args[1].value.numpy()
-    classes = weight.shape[0]
+    classes = int(conv.args[1].ty.shape[0])
     padded = -(-classes // multiple) * multiple
     if padded == classes or (block and classes % block == 0):
         return mod
-    grow = [(0, padded - classes)] + [(0, 0)] * (weight.ndim - 1)
-    new_weight = relax.const(np.pad(weight, grow))
-    new_bias = None
-    if chain.get("bias") is not None:
-        bias = chain["bias"].value.numpy().reshape(-1)
-        new_bias = relax.const(np.pad(bias, (0, padded - classes)).reshape(1, padded, 1, 1))
+    new_weight = _padded(conv.args[1], 0, padded - classes)
+    bias = chain.get("bias")
+    if bias is not None and isinstance(bias, _CONST):
+        value = bias.value.numpy().reshape(-1)
+        bias = relax.const(np.pad(value, (0, padded - classes)).reshape(1, padded, 1, 1))
     targets = {chain[k]: k for k in _CHAIN if chain.get(k) is not None}
 
     @relax.expr_functor.mutator
@@ -217,9 +246,14 @@ def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -
                 return
             value = binding.value
             if kind == "relax.nn.conv2d":
-                new = relax.op.nn.conv2d(self.visit_expr(value.args[0]), new_weight, **_conv_kwargs(value.attrs))
+                weight = new_weight if isinstance(new_weight, _CONST) else self.builder_.emit(new_weight)
+                new = relax.op.nn.conv2d(self.visit_expr(value.args[0]), weight, **_conv_kwargs(value.attrs))
             elif kind == "relax.add":
                 conv_var = chain["relax.nn.conv2d"]
+                new_bias = bias
+                if not isinstance(bias, _CONST):  # a weight parameter: reshaped to (1, C, 1, 1), padded
+                    shaped = self.builder_.emit(relax.op.reshape(self.visit_expr(bias), (1, classes, 1, 1)))
+                    new_bias = self.builder_.emit(_padded(shaped, 1, padded - classes))
                 new = relax.op.add(self.get_var_remap(conv_var), new_bias)
             elif kind == "relax.nn.relu":
                 new = relax.op.nn.relu(self.visit_expr(value.args[0]))

@@ -71,7 +71,7 @@ def matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return a_t, g, b_t
 
 
-def _const(matrix: np.ndarray, name: str):
+def _const(matrix: np.ndarray, name: str, dtype: str = "float32"):
     """A small constant matrix as a TE compute (Select chain: folds to constants once unrolled)."""
     from tvm import te
     from tvm import tirx as tir
@@ -79,31 +79,65 @@ def _const(matrix: np.ndarray, name: str):
     rows, cols = matrix.shape
 
     def value(i, j):
-        out = tir.const(0.0, "float32")
+        out = tir.const(0.0, dtype)
         for a in range(rows):
             for b in range(cols):
                 if matrix[a, b] != 0.0:
-                    out = tir.Select(tir.all(i == a, j == b), tir.const(float(matrix[a, b]), "float32"), out)
+                    out = tir.Select(tir.all(i == a, j == b), tir.const(float(matrix[a, b]), dtype), out)
         return out
 
     return te.compute((rows, cols), value, name=name, attrs={"const_matrix": True})
 
 
 def weight_transform(kernel, tile: int):
-    """U[e, n, kb, cb, i, o] = sum_{kh, kw} G[e, kh] g[kb, cb, kh, kw, i, o] G[n, kw] (compile time)."""
+    """U[e, n, kb, cb, i, o] = sum_{kh, kw} G[e, kh] g[kb, cb, kh, kw, i, o] G[n, kw] (compile time,
+    or at load for a `--compress` artifact).
+
+    Computed so that the bits of U do not depend on how the code computing it was compiled (FMA
+    contraction, vector width, summation order): FoldConstant at compile time and a `--compress`
+    artifact's load-time packing then give the same U. Each row of G is a small integer row over
+    a common denominator (F(4,3): 1, 3, 3, 15, 15, 1), so the sum runs over integer multiples of
+    float32 weights in float64, where it is exact (9 terms of at most 24 + 9 significant bits);
+    one correctly rounded division by the two rows' denominators and one rounding to float32 follow."""
     from tvm import te
 
     k_chunks, c_chunks, r, s, ib, ob = (int(d) for d in kernel.shape)
     _, g, _ = matrices(tile, r)
     alpha = tile + r - 1
-    gm = _const(g, "G")
+    numer, denom = integer_rows(g)
+    gm = _const(numer, "G", "float64")
+    dm = _const(denom[:, None] * denom[None, :], "G_denominator", "float64")
     kh = te.reduce_axis((0, r), "kh")
     kw = te.reduce_axis((0, s), "kw")
-    return te.compute(
+    wide = te.compute(
         (alpha, alpha, k_chunks, c_chunks, ib, ob),
-        lambda e, n, kb, cb, i, o: te.sum(gm[e, kh] * kernel[kb, cb, kh, kw, i, o] * gm[n, kw], axis=[kh, kw]),
+        lambda e, n, kb, cb, i, o: te.sum(
+            gm[e, kh] * gm[n, kw] * kernel[kb, cb, kh, kw, i, o].astype("float64"), axis=[kh, kw]
+        ),
+        name="wino_weight64",
+    )
+    return te.compute(
+        wide.shape,
+        lambda e, n, *rest: (wide(e, n, *rest) / dm[e, n]).astype(kernel.dtype),
         name="wino_weight",
     )
+
+
+def integer_rows(g: np.ndarray, limit: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(N, d) with g = N / d[:, None], N integer, d the smallest positive integer per row (<= limit)."""
+    from fractions import Fraction
+    from math import lcm
+
+    numer = np.zeros_like(g, dtype=np.float64)
+    denom = np.ones(g.shape[0], dtype=np.float64)
+    for row in range(g.shape[0]):
+        fractions = [Fraction(float(v)).limit_denominator(limit) for v in g[row]]
+        d = lcm(*(f.denominator for f in fractions))
+        numer[row] = [float(f * d) for f in fractions]
+        denom[row] = d
+        if not np.allclose(numer[row] / d, g[row], rtol=0, atol=1e-12):
+            raise ValueError(f"row {row} of G is not a small rational row")
+    return numer, denom
 
 
 def conv2d_nchwc_winograd(data, packed, padding, tile: int):
