@@ -103,3 +103,38 @@ def test_bench_int8_reports_int8_peers_and_agreement(tmp_path):
     assert report["agreement"]["tvm_int8"]["top1_agreement"] >= 0.75
     assert report["quantization"]["quantized_convs"] == 26 and "ncnn_int8" in report["peers_skipped"]
     assert "agreement with fp32" in proc.stdout and "fastest int8 peer" in proc.stdout
+
+
+def test_bench_compress_reports_the_weight_file_against_the_plain_artifact(tmp_path):
+    """`bench --compress`: the compressed artifact is the one measured; the plain artifact of the
+    same model is timed in the same run, the weight file's decode and load time, its size against
+    the entropy bound, and its outputs against the plain artifact's."""
+    import json
+
+    out = tmp_path / "compress.json"
+    proc = run_cli(
+        "bench",
+        "squeezenet1_1",
+        "--target",
+        "x86",
+        "--compress",
+        "--compress-bits",
+        "6",
+        "--repeat",
+        "3",
+        "--no-torch",
+        "--no-tuning",
+        "--json",
+        str(out),
+    )
+    report = json.loads(out.read_text())
+    c = report["compress"]
+    assert c["bits"] == 6 and c["lossless"] is False
+    assert c["entropy_bound_bytes"] <= c["weight_file_bytes"] < c["plain_artifact_bytes"]
+    assert c["code_bytes"] < c["plain_artifact_bytes"]
+    assert 0 < c["decode_ms_1thread"] <= c["load_ms_1thread"]
+    assert c["ratio_vs_plain"] > 0 and c["ratio_vs_plain_1thread"] > 0
+    assert 0.0 <= c["agreement_with_uncompressed"]["top1_agreement"] <= 1.0
+    assert c["outputs_bit_identical_to_plain"] is False  # 6-bit sharing changes the weights
+    assert report["bundle"] is not None  # the bundle runners decoded the weight file
+    assert "--compress" in proc.stdout

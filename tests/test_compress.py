@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, require, run_cli
+from conftest import VNNI_FLAGS, assert_one_line_error, require, require_cpu, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +78,10 @@ def test_hostile_tensors_roundtrip_bit_for_bit():
     for name in ("empty", "single_symbol", "one_weight", "negative_zero", "sparse", "last_only"):
         assert same_bits(out[name], cases[name]), name  # few distinct values: lossless at 8 bits
     assert np.array_equal(out["bias"], np.arange(5, dtype=np.float32))
+    codes = np.random.default_rng(2).integers(-128, 128, (8, 4, 3, 3)).astype(np.int8)
+    codes[codes > 100] = 0
+    decoded = roundtrip([("q", share(codes, 6))])["q"]  # int8 tensors are shared losslessly whatever the bits
+    assert decoded.dtype == np.int8 and np.array_equal(decoded, codes)
 
 
 @settings(max_examples=40, deadline=None)
@@ -205,6 +209,22 @@ def test_six_bit_build_is_small_and_reports_its_agreement(dc_builds):
     inputs = photos()
     measured = agreement(np.concatenate([six.run(x) for x in inputs]), np.concatenate([plain.run(x) for x in inputs]))
     assert measured["inputs"] == 6 and measured["top5_overlap"] >= 0.5
+
+
+def test_int8_build_runs_from_the_same_weight_file(dc_builds, tmp_path):
+    """`--precision int8 --compress` quantizes at load from the fp32 build's weight file (the very
+    same bytes), and matches the plain int8 artifact bit for bit."""
+    import tvmsqz
+
+    require_cpu(VNNI_FLAGS, "the x86-avx512 int8 kernels run VNNI")
+    plain, packed = tmp_path / "dci.so", tmp_path / "dciz.so"
+    run_cli("compile", "squeezenet1_0_dc", "--target", "x86", "--precision", "int8", "-o", str(plain))
+    run_cli("compile", "squeezenet1_0_dc", "--target", "x86", "--precision", "int8", "--compress", "-o", str(packed))
+    assert packed.with_suffix(".weights").read_bytes() == Path(dc_builds["z8"]).with_suffix(".weights").read_bytes()
+    a, b = tvmsqz.load(plain), tvmsqz.load(packed)
+    assert b.manifest["precision"] == "int8" and b.manifest["weights"]["lossless"] is True
+    for x in photos():
+        assert same_bits(b.run(x), a.run(x))
 
 
 def test_cli_run_refuses_bad_weight_files(dc_builds, tmp_path):

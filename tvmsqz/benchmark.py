@@ -149,6 +149,9 @@ def run_bench(
     calibrate=None,
     calibration_method: str | None = None,
     fp32_layers: tuple[str, ...] = (),
+    compress: bool = False,
+    compress_bits: int | None = None,
+    compress_density: float | None = None,
 ) -> dict[str, Any]:
     """The whole bench as one JSON-able dict (keys documented in README).
 
@@ -184,7 +187,19 @@ def run_bench(
             log=log,
             backend=backend,
             int8=_int8_options(precision, calibrate, calibration_method, fp32_layers, prebuilt),
+            compress=_compress_options(compress, compress_bits, compress_density, prebuilt),
         )
+
+
+def _compress_options(compress: bool, bits, density, prebuilt) -> dict | None:
+    """`bench --compress`'s options, or None (a prebuilt artifact is measured as it is)."""
+    if not compress:
+        if bits is not None or density is not None:
+            raise TvmsqzError("--compress-bits and --compress-density need --compress")
+        return None
+    if prebuilt is not None:
+        raise TvmsqzError("--compress applies when bench compiles the model, not to a prebuilt artifact")
+    return {"bits": 8 if bits is None else int(bits), "density": 1.0 if density is None else float(density)}
 
 
 def _int8_options(precision, calibrate, method, fp32_layers, prebuilt) -> dict | None:
@@ -230,6 +245,7 @@ def _bench(
     log,
     backend,
     int8: dict | None = None,
+    compress: dict | None = None,
 ) -> dict[str, Any]:
     from .build import compile_module, export_artifact
     from .runtime import load
@@ -257,6 +273,11 @@ def _bench(
         manifest = export_artifact(
             executable, spec, so_path, model=loaded.name, input_spec=loaded.input, report=report, backend=backend
         )
+        if compress is not None:  # the compressed artifact is the one measured; the plain one beside it
+            plain_path, so_path = so_path, workdir / "compressed" / "model.so"
+            so_path.parent.mkdir()
+            say(f"compiling it with --compress (bits {compress['bits']}, density {compress['density']})")
+            manifest, report, packed = _compressed_artifact(loaded, spec, so_path, database, fuse, backend, compress)
     shape = loaded.input.shape
     onnx_path.write_bytes(fp32_model.onnx.SerializeToString())  # what the peers run (int8 ones quantize it)
 
@@ -394,7 +415,95 @@ def _bench(
     }
     if int8 is not None:
         _int8_report(result, got, thread_counts, comparable, calibration_source, loaded.quant_report, names)
+    if compress is not None:
+        result["compress"] = _compress_report(
+            packed, so_path, plain_path, sources, inputs_path, repeat, thread_counts, got, bundle, tvm_mem, say
+        )
     return result
+
+
+def _compressed_artifact(loaded, spec, path: Path, database, fuse, backend, options: dict):
+    """Compile `loaded` with its weights in a weight file (`flow`'s `--compress` path)."""
+    from .build import compile_module, export_artifact
+    from .compress.model import compress, measure_agreement, weights_path
+    from .fsutil import atomic_write
+
+    packed = compress(loaded, options["bits"], options["density"])
+    if not packed.lossless:
+        packed.agreement = measure_agreement(loaded.onnx, packed.onnx, loaded.preprocess, int(loaded.input.shape[-1]))
+    executable, report = compile_module(packed.mod, spec, database=database, fuse=fuse, backend=backend)
+    weights = weights_path(path)
+    atomic_write(weights, packed.blob)
+    manifest = export_artifact(
+        executable,
+        spec,
+        path,
+        model=loaded.name,
+        input_spec=loaded.input,
+        report=report,
+        backend=backend,
+        extra={"weights": packed.manifest_fields(weights.name)},
+        extra_files=[weights],
+    )
+    return manifest, report, packed
+
+
+#: A fresh process loading a compressed artifact on one thread: decode alone, then the whole load.
+_LOAD_PROBE = (
+    "import json, sys, time\n"
+    "from pathlib import Path\n"
+    "from tvmsqz import vm, weightfile\n"
+    "vm.prefer_runtime_lib()\n"
+    "from tvmsqz.runtime import load\n"
+    "p = Path(sys.argv[1]); t = time.perf_counter(); weightfile.read(p.with_suffix('.weights'))\n"
+    "d = time.perf_counter() - t; a = load(p)\n"
+    "print(json.dumps({'decode_ms': d * 1e3, 'load_ms': a.load_seconds * 1e3}))\n"
+)
+
+
+def _compress_report(packed, so_path, plain_path, sources, inputs_path, repeat, thread_counts, got, bundle, mem, say):
+    """`bench --compress`: what the weight file costs and saves against the plain artifact of the
+    same model (measured in this run, each in its own process), and its agreement."""
+    import dataclasses
+
+    say("timing the plain (uncompressed) artifact and the weight file's decoding")
+    plain = peers.measure(
+        dataclasses.replace(sources, artifact=plain_path), inputs_path, repeat, thread_counts, runtimes=["tvm"], say=say
+    )
+    loads = []
+    for _ in range(5):
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOAD_PROBE, str(so_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TVM_NUM_THREADS": "1"},
+        )
+        if proc.returncode != 0:
+            raise TvmsqzError(f"loading the compressed artifact failed: {proc.stderr.strip().splitlines()[-1:]}")
+        loads.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out: dict[str, Any] = {
+        "weight_file_bytes": len(packed.blob),
+        "entropy_bound_bytes": round(packed.stats.entropy_bytes),
+        "code_bytes": so_path.stat().st_size,
+        "plain_artifact_bytes": plain_path.stat().st_size,
+        "runtime_bytes": (bundle or {}).get("sizes", {}).get("runtime_bytes"),
+        "bits": packed.bits,
+        "density": packed.density,
+        "lossless": packed.lossless,
+        "decode_ms_1thread": float(np.median([r["decode_ms"] for r in loads])),
+        "load_ms_1thread": float(np.median([r["load_ms"] for r in loads])),
+        "peak_rss_bytes": mem.get("peak_rss_bytes"),
+        "agreement_with_uncompressed": packed.agreement or {"top1_agreement": 1.0, "top5_overlap": 1.0, "exact": True},
+    }
+    for threads, key in ((thread_counts[0], ""), (thread_counts[-1], "_1thread")):
+        mine = got.latency.get(threads, {}).get("tvm")
+        theirs = plain.latency.get(threads, {}).get("tvm")
+        out["plain_latency_ms" + key] = theirs
+        out["ratio_vs_plain" + key] = mine["median"] / theirs["median"] if mine and theirs else None
+    if "tvm" in got.outputs and "tvm" in plain.outputs:
+        a, b = got.outputs["tvm"], plain.outputs["tvm"]
+        out["outputs_bit_identical_to_plain"] = bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
+    return out
 
 
 def _int8_model(loaded, workdir: Path, options: dict, say):
@@ -548,6 +657,8 @@ def print_report(report: dict[str, Any], console) -> None:
         _mib(mem["artifact_bytes"]),
     )
     console.print(memt)
+    if report.get("compress"):
+        _print_compress(report["compress"], console)
     from .bundle.bench import print_bundle
 
     print_bundle(report, console)
@@ -641,3 +752,28 @@ def _print_latency(report: dict[str, Any], console, title: str) -> None:
         )
     for name, why in (report.get("peers_skipped") or {}).items():
         console.print(f"[dim]skipped {name}: {why}[/dim]")
+
+
+def _print_compress(c: dict[str, Any], console) -> None:
+    """`bench --compress`: the weight file against the plain artifact."""
+    from rich.table import Table
+
+    t = Table(
+        title=f"--compress ({c['bits']} bits, density {c['density']}, {'lossless' if c['lossless'] else 'lossy'})"
+    )
+    for col in ("weight file", "entropy bound", "code", "plain artifact", "decode / load (1 thread)", "vs plain"):
+        t.add_column(col, justify="right")
+    ratio = c.get("ratio_vs_plain")
+    ratio_1t = c.get("ratio_vs_plain_1thread")
+    ag = c["agreement_with_uncompressed"]
+    t.add_row(
+        f"{c['weight_file_bytes']:,} B",
+        f"{c['entropy_bound_bytes']:,} B",
+        f"{c['code_bytes']:,} B",
+        f"{c['plain_artifact_bytes']:,} B",
+        f"{c['decode_ms_1thread']:.1f} / {c['load_ms_1thread']:.1f} ms",
+        (f"{ratio:.3f}x" if ratio else "-")
+        + (f", {ratio_1t:.3f}x 1T" if ratio_1t else "")
+        + f"; top-1 {ag['top1_agreement']:.1%}",
+    )
+    console.print(t)

@@ -69,6 +69,27 @@ Fp32LayersOpt = typer.Option(
     "--fp32-layers",
     help="Comma-separated conv names (or first, last) kept fp32 in an int8 model (default: none).",
 )
+CompressOpt = typer.Option(
+    False,
+    "--compress",
+    help="Keep the conv weights out of the .so in MODEL.weights beside it (Deep Compression: "
+    "pruning, weight sharing, Huffman coding), decoded at load.",
+)
+CompressBitsOpt = typer.Option(
+    None,
+    "--compress-bits",
+    help="Weight-sharing codebook bits per layer, 1-8 (default 8: lossless for the Deep Compression model).",
+)
+CompressDensityOpt = typer.Option(
+    None, "--compress-density", help="Share of weights kept by magnitude pruning, (0, 1] (default 1)."
+)
+
+
+def _compress(compress: bool, bits: int | None, density: float | None) -> dict:
+    """The compress keywords for the API: none unless one of the three options was given."""
+    if not compress and bits is None and density is None:
+        return {}
+    return {"compress": True, "compress_bits": bits, "compress_density": density}
 
 
 def _layers(text: str | None) -> tuple[str, ...]:
@@ -258,20 +279,9 @@ def compile_cmd(
     calibrate: Optional[Path] = CalibrateOpt,
     calibration_method: Optional[str] = CalibrationMethodOpt,
     fp32_layers: Optional[str] = Fp32LayersOpt,
-    compress: bool = typer.Option(
-        False,
-        "--compress",
-        help="Keep the conv weights out of the .so in MODEL.weights beside it (Deep Compression: "
-        "pruning, weight sharing, Huffman coding), decoded at load.",
-    ),
-    compress_bits: Optional[int] = typer.Option(
-        None,
-        "--compress-bits",
-        help="Weight-sharing codebook bits per layer, 1-8 (default 8: lossless for the Deep Compression model).",
-    ),
-    compress_density: Optional[float] = typer.Option(
-        None, "--compress-density", help="Share of weights kept by magnitude pruning, (0, 1] (default 1)."
-    ),
+    compress: bool = CompressOpt,
+    compress_bits: Optional[int] = CompressBitsOpt,
+    compress_density: Optional[float] = CompressDensityOpt,
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     api = _api()
@@ -292,11 +302,7 @@ def compile_cmd(
             calibration_method=calibration_method,
             fp32_layers=_layers(fp32_layers),
             log=err_console,
-            **(
-                {"compress": True, "compress_bits": compress_bits, "compress_density": compress_density}
-                if compress or compress_bits is not None or compress_density is not None
-                else {}
-            ),
+            **_compress(compress, compress_bits, compress_density),
         )
     _say_default_database(target, database, no_tuning)
     manifest = artifact.manifest
@@ -396,9 +402,13 @@ def bench_cmd(
     calibrate: Optional[Path] = CalibrateOpt,
     calibration_method: Optional[str] = CalibrationMethodOpt,
     fp32_layers: Optional[str] = Fp32LayersOpt,
+    compress: bool = CompressOpt,
+    compress_bits: Optional[int] = CompressBitsOpt,
+    compress_density: Optional[float] = CompressDensityOpt,
 ) -> None:
     """Latency, memory, accuracy parity and per-kernel profile against ONNX Runtime and PyTorch
-    (with --precision int8: against ONNX Runtime's and OpenVINO's int8, and agreement with fp32)."""
+    (with --precision int8: against ONNX Runtime's and OpenVINO's int8, and agreement with fp32;
+    with --compress: the weight file's bytes, decode time and cost against the plain artifact)."""
     api = _api()
     spec = api.resolve_target(target)
     if json_out is not None:
@@ -423,6 +433,7 @@ def bench_cmd(
         calibration_method=calibration_method,
         fp32_layers=_layers(fp32_layers),
         log=err_console,
+        **_compress(compress, compress_bits, compress_density),
     )
     _say_default_database(target, database, no_tuning)
     report.print(console)

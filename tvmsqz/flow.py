@@ -97,8 +97,6 @@ class TVMPipeline:
         if compress:
             from .compress.model import compress as compress_weights
 
-            if model.quantized:
-                raise TvmsqzError("--compress with --precision int8 is not supported yet: compress the fp32 model")
             packed = compress_weights(
                 model,
                 8 if compress_bits is None else compress_bits,
@@ -174,6 +172,9 @@ class TVMPipeline:
             "calibrate",
             "calibration_method",
             "fp32_layers",
+            "compress",
+            "compress_bits",
+            "compress_density",
         }
         _no_options(spec, {k: v for k, v in options.items() if k not in known})
         if options.get("precision") == "int8" and prebuilt is None:

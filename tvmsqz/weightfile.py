@@ -16,7 +16,8 @@ Format (little-endian, sequential, no padding):
     count        u32      number of tensors
     per tensor:
       name       u16 length, UTF-8 bytes
-      ndim       u8, then u32 dims[ndim]          (float32, C order)
+      ndim       u8, then u32 dims[ndim]          (C order)
+      dtype      u8: 0 float32, 1 int8            (int8: integer values, stored as float32 below)
       kind       u8: 0 raw, 1 shared
       raw:       float32[prod(dims)]
       shared:    u32 entries                      (stored nonzero weights)
@@ -47,6 +48,8 @@ import numpy as np
 
 MAGIC = b"TVSQZW01"
 RAW, SHARED = 0, 1
+#: dtype codes: what the decoded tensor is (values are stored as float32 either way).
+DTYPES = ("float32", "int8")
 #: The longest Huffman code the format allows (decode tables have 2**length entries).
 MAX_CODE_BITS = 15
 #: Bounds a reader checks before allocating (far beyond any SqueezeNet-class model).
@@ -186,6 +189,7 @@ def decode(blob: bytes, name: str = "weight file") -> dict[str, np.ndarray]:
     if count > MAX_TENSORS:
         raise WeightFileError(f"{name} claims {count} tensors (at most {MAX_TENSORS})")
     out: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
     shared: list[tuple[str, tuple[int, ...], _Shared]] = []
     for _ in range(count):
         try:
@@ -201,6 +205,10 @@ def decode(blob: bytes, name: str = "weight file") -> dict[str, np.ndarray]:
             raise WeightFileError(f"{name}: {tname} has {size} elements (at most {MAX_ELEMENTS})")
         if tname in out or any(tname == s[0] for s in shared):
             raise WeightFileError(f"{name} holds {tname} twice")
+        code = rd.u("B")
+        if code >= len(DTYPES):
+            raise WeightFileError(f"{name}: {tname} has unknown dtype {code}")
+        dtypes[tname] = DTYPES[code]
         kind = rd.u("B")
         if kind == RAW:
             out[tname] = rd.array("<f4", size).astype(np.float32).reshape(dims)
@@ -219,6 +227,14 @@ def decode(blob: bytes, name: str = "weight file") -> dict[str, np.ndarray]:
         flat = np.zeros(size, dtype=np.float32)
         flat[positions] = fields.codebook[codes]
         out[tname] = flat.reshape(dims)
+    for tname, dtype in dtypes.items():
+        if dtype != "float32":
+            value = out[tname]
+            info = np.iinfo(dtype)
+            in_range = value.min(initial=0) >= info.min and value.max(initial=0) <= info.max
+            if not (in_range and np.all(value == np.round(value))):
+                raise WeightFileError(f"{name}: {tname} holds values that are not {dtype}")
+            out[tname] = value.astype(dtype)
     return out
 
 

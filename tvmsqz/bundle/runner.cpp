@@ -457,9 +457,10 @@ std::vector<std::pair<std::string, ffi::Tensor>> DecodeWeights(const std::string
     for (const auto& seen : out) {
       if (seen.first == tname) Refuse(name + " holds " + tname + " twice");
     }
-    ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(dims), DLDataType{kDLFloat, 32, 1},
-                                                  DLDevice{kDLCPU, 0});
-    float* dst = static_cast<float*>(tensor.data_ptr());
+    uint32_t dtype = rd.U(1);  // 0 float32, 1 int8 (integer values stored as float32)
+    if (dtype > 1) Refuse(name + ": " + tname + " has unknown dtype " + std::to_string(dtype));
+    std::vector<float> values(static_cast<size_t>(size));
+    float* dst = values.data();
     uint32_t kind = rd.U(1);
     if (kind == 0) {
       const uint8_t* raw = rd.Take(static_cast<size_t>(size) * 4);
@@ -514,6 +515,20 @@ std::vector<std::pair<std::string, ffi::Tensor>> DecodeWeights(const std::string
       }
     } else {
       Refuse(name + ": " + tname + " has unknown kind " + std::to_string(kind));
+    }
+    DLDataType dl = dtype == 0 ? DLDataType{kDLFloat, 32, 1} : DLDataType{kDLInt, 8, 1};
+    ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(dims), dl, DLDevice{kDLCPU, 0});
+    if (dtype == 0) {
+      std::memcpy(tensor.data_ptr(), values.data(), values.size() * 4);
+    } else {
+      int8_t* q = static_cast<int8_t*>(tensor.data_ptr());
+      for (size_t i = 0; i < values.size(); ++i) {
+        float v = values[i];
+        if (!(v >= -128.0f && v <= 127.0f) || v != std::nearbyint(v)) {
+          Refuse(name + ": " + tname + " holds values that are not int8");
+        }
+        q[i] = static_cast<int8_t>(v);
+      }
     }
     out.emplace_back(tname, tensor);
   }

@@ -65,9 +65,25 @@ def check_options(bits: int, density: float) -> None:
 
 
 def conv_initializers(model: onnx.ModelProto) -> list[str]:
-    """Float32 initializers read by a Conv (weight or bias), in initializer order."""
-    read = {name for node in model.graph.node if node.op_type == "Conv" for name in node.input[1:]}
-    return [t.name for t in model.graph.initializer if t.name in read and t.data_type == onnx.TensorProto.FLOAT]
+    """The convolution weights a weight file holds: float32 initializers a Conv reads as its
+    weight, and int8 initializers a DequantizeLinear feeding a Conv's weight reads (a QDQ model
+    quantized outside tvmsqz), in initializer order. Biases stay in the code (a few KB): then the
+    fp32 and the int8 build of a model take the same file."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    wanted: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        weight = node.input[1]
+        dq = producers.get(weight)
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            weight = dq.input[0]
+            q = producers.get(weight)
+            if q is not None and q.op_type == "QuantizeLinear":  # quantized at load (`_quantize_at_load`)
+                weight = q.input[0]
+        wanted.add(weight)
+    kinds = (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8)
+    return [t.name for t in model.graph.initializer if t.name in wanted and t.data_type in kinds and len(t.dims) == 4]
 
 
 def _split(model: onnx.ModelProto, keep: set[str]) -> onnx.ModelProto:
@@ -89,36 +105,66 @@ def _split(model: onnx.ModelProto, keep: set[str]) -> onnx.ModelProto:
     return out
 
 
+def _quantize_at_load(qdq: onnx.ModelProto, fp32: onnx.ModelProto, sources: dict[str, str]) -> onnx.ModelProto:
+    """tvmsqz's QDQ graph with each int8 weight initializer replaced by a QuantizeLinear of the
+    fp32 weight it was made from (same scale, zero point and axis as its DequantizeLinear): the
+    int8 build then reads the fp32 build's weight file and quantizes once, at load (the Relax
+    quantize is lifted with the rest of the weight packing). The quantizer's codes are exactly
+    round(w / scale) clipped to +-127, which is what QuantizeLinear computes (saturating to -128
+    only for a weight below -127.5 scales: none, the scale is max|w| / 127)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(qdq)
+    graph = out.graph
+    fp32_inits = {t.name: t for t in fp32.graph.initializer}
+    dq_of = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    replaced = {name for name in sources if name in dq_of and sources[name] in fp32_inits}
+    quantizers = []
+    for name in sorted(replaced):
+        dq = dq_of[name]
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        quantizers.append(
+            helper.make_node("QuantizeLinear", [sources[name], *dq.input[1:]], [name], axis=axis, name=f"{name}/load")
+        )
+    kept = [t for t in graph.initializer if t.name not in replaced]
+    del graph.initializer[:]
+    lifted = {sources[n] for n in replaced}  # in the fp32 graph's order: the fp32 build's file order
+    graph.initializer.extend(kept + [t for t in fp32.graph.initializer if t.name in lifted])
+    nodes = quantizers + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
 def compress(model, bits: int = 8, density: float = 1.0) -> Compressed:
     """`model` (a `frontend.Model`) prepared for a `--compress` build (see the module docstring)."""
     from ..frontend import import_onnx
 
     check_options(bits, density)
-    names = conv_initializers(model.onnx)
+    graph = model.onnx
+    sources = getattr(model, "weight_sources", None)
+    fp32 = getattr(model, "fp32_onnx", None)
+    if model.quantized and sources and fp32 is not None:
+        graph = _quantize_at_load(graph, fp32, sources)
+    names = conv_initializers(graph)
     if not names:
         raise TvmsqzError(f"{model.name} has no convolution weights to compress")
-    split = _split(model.onnx, set(names))
+    split = _split(graph, set(names))
     mod, _ = import_onnx(split, tuple(model.input.shape), weights_as_params=True)
     order = [p.name for p in mod["main"].params[1:]]
     if sorted(order) != sorted(names):
         raise TvmsqzError("the TVM import did not keep the convolution weights as parameters; cannot compress")
-    values = {t.name: numpy_helper.to_array(t) for t in model.onnx.graph.initializer if t.name in set(names)}
+    values = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer if t.name in set(names)}
     tensors: list[tuple[str, np.ndarray | Shared]] = []
     lossless = True
     decoded: dict[str, np.ndarray] = {}
     for name in order:
-        value = np.asarray(values[name], dtype=np.float32)
-        if value.ndim == 4:
-            shared = share(value, bits, density)
-            lossless &= shared.lossless
-            tensors.append((name, shared))
-            decoded[name] = shared.dense()
-        else:
-            tensors.append((name, value))
-            decoded[name] = value
+        shared = share(values[name], bits, density)
+        lossless &= shared.lossless
+        tensors.append((name, shared))
+        decoded[name] = shared.dense()
     blob, stats = encode(tensors)
     rebuilt = onnx.ModelProto()
-    rebuilt.CopyFrom(model.onnx)
+    rebuilt.CopyFrom(graph)
     for t in rebuilt.graph.initializer:
         if t.name in decoded:
             t.CopyFrom(numpy_helper.from_array(decoded[t.name], t.name))

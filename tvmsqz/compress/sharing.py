@@ -20,12 +20,13 @@ class Shared:
     codes: np.ndarray
     codebook: np.ndarray
     lossless: bool
+    dtype: str = "float32"  # what the decoder makes of it ("int8": integer codebook values)
 
     def dense(self) -> np.ndarray:
         """The float32 tensor the decoder rebuilds."""
         flat = np.zeros(int(np.prod(self.shape, dtype=np.int64)), dtype=np.float32)
         flat[self.positions] = self.codebook[self.codes]
-        return flat.reshape(self.shape)
+        return flat.reshape(self.shape).astype(self.dtype)
 
 
 def prune(weight: np.ndarray, density: float) -> np.ndarray:
@@ -82,6 +83,11 @@ def share(weight: np.ndarray, bits: int, density: float = 1.0) -> Shared:
     """
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
+    dtype = str(np.asarray(weight).dtype)
+    if dtype == "int8":  # at most 256 integer values: shared losslessly, decoded back to int8
+        out = share(np.asarray(weight, dtype=np.float32), 8)
+        out.dtype = "int8"
+        return out
     weight = np.asarray(weight, dtype=np.float32)
     pruned = prune(weight, density) if density < 1.0 else weight
     flat = np.ascontiguousarray(pruned).ravel()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..weightfile import MAGIC, MAX_CODE_BITS, RAW, SHARED
+from ..weightfile import DTYPES, MAGIC, MAX_CODE_BITS, RAW, SHARED
 from .huffman import canonical_codes, code_lengths, pack_bits
 from .sharing import Shared
 
@@ -132,6 +132,8 @@ def encode(tensors: list[tuple[str, np.ndarray | Shared]], chunk: int = DEFAULT_
         shape = value.shape if isinstance(value, Shared) else np.asarray(value).shape
         head = struct.pack("<H", len(raw_name)) + raw_name + struct.pack("<B", len(shape))
         head += np.asarray(shape, dtype="<u4").tobytes()
+        dtype = value.dtype if isinstance(value, Shared) else str(np.asarray(value).dtype)
+        head += struct.pack("<B", DTYPES.index(dtype if dtype in DTYPES else "float32"))
         elements = int(np.prod(shape, dtype=np.int64))
         if isinstance(value, Shared):
             t = TensorStats(name, "shared", elements)

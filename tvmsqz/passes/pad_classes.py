@@ -135,7 +135,7 @@ def _int8_chain(func: relax.Function) -> tuple[list, set] | None:
         if op == "relax.nn.conv2d":
             ok = (
                 mean
-                and isinstance(value.args[1], _CONST)
+                and isinstance(value.args[1], (_CONST, relax.Var))  # a Var: weights bound at load
                 and str(value.args[1].ty.dtype) == "int8"
                 and value.attrs.groups == 1
                 and value.attrs.kernel_layout == "OIHW"
@@ -178,13 +178,11 @@ def _pad_int8(mod: tvm.IRModule, func: relax.Function, found: tuple, multiple: i
     chain, after = found
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
     conv = bindings[chain[-1]]
-    weight = conv.args[1].value.numpy()
-    classes = weight.shape[0]
+    classes = int(conv.args[1].ty.shape[0])
     padded = -(-classes // multiple) * multiple
     if padded == classes or (block and classes % block == 0):
         return mod
-    grow = [(0, padded - classes)] + [(0, 0)] * (weight.ndim - 1)
-    new_weight = relax.const(np.pad(weight, grow), "int8")
+    new_weight = _padded(conv.args[1], 0, padded - classes)
     members = set(chain) - after
     final = next(v for v in chain if _op(bindings[v]) == "relax.reshape")
 
@@ -196,7 +194,10 @@ def _pad_int8(mod: tvm.IRModule, func: relax.Function, found: tuple, multiple: i
                 return
             value = binding.value
             if binding.var.same_as(chain[-1]):
-                new = relax.op.nn.conv2d(self.visit_expr(value.args[0]), new_weight, **_conv_kwargs(value.attrs))
+                weight = new_weight
+                if not isinstance(weight, _CONST):  # a weight expression: pad the (remapped) variable
+                    weight = self.builder_.emit(_padded(self.visit_expr(value.args[1]), 0, padded - classes))
+                new = relax.op.nn.conv2d(self.visit_expr(value.args[0]), weight, **_conv_kwargs(value.attrs))
             elif binding.var.same_as(final):
                 batch = int(binding.var.ty.shape[0])
                 flat = self.builder_.emit(relax.op.reshape(self.visit_expr(value.args[0]), (batch, padded)))
@@ -246,7 +247,9 @@ def pad_classifier(mod: tvm.IRModule, multiple: int, block: int | None = None) -
                 return
             value = binding.value
             if kind == "relax.nn.conv2d":
-                weight = new_weight if isinstance(new_weight, _CONST) else self.builder_.emit(new_weight)
+                weight = new_weight
+                if not isinstance(weight, _CONST):  # a weight expression: pad the (remapped) variable
+                    weight = self.builder_.emit(_padded(self.visit_expr(value.args[1]), 0, padded - classes))
                 new = relax.op.nn.conv2d(self.visit_expr(value.args[0]), weight, **_conv_kwargs(value.attrs))
             elif kind == "relax.add":
                 conv_var = chain["relax.nn.conv2d"]

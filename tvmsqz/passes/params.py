@@ -97,7 +97,8 @@ def compose_loader(mod: tvm.IRModule) -> tvm.IRModule:
     names = {gv.name_hint for gv in mod.functions.keys()}
     if STAGE0 not in names:
         return mod
-    shapes = [tuple(int(d) for d in f.shape) for f in mod[STAGE0].params[0].ty.fields]
+    fields = list(mod[STAGE0].params[0].ty.fields)
+    shapes = [tuple(int(d) for d in f.shape) for f in fields]
     stage0 = mod.get_global_var(STAGE0)
     stage1 = mod.get_global_var(_LIFTED) if _LIFTED in names else None
     if stage1 is not None:
@@ -110,7 +111,10 @@ def compose_loader(mod: tvm.IRModule) -> tvm.IRModule:
         if gv is not None:
             _update_type(gv, mod[gv].ty)
     bb = relax.BlockBuilder(mod)
-    params = [relax.Var(f"w{i}", relax.TensorType([int(d) for d in s], "float32")) for i, s in enumerate(shapes)]
+    params = [
+        relax.Var(f"w{i}", relax.TensorType(list(shape), str(field.dtype)))
+        for i, (shape, field) in enumerate(zip(shapes, fields))
+    ]
     with bb.function(LOADER, params):
         out = bb.emit(relax.Call(stage0, [relax.Tuple(params)]))
         if stage1 is not None:

@@ -193,11 +193,16 @@ class _Folder(relax.PyExprMutator):
         qw, sw, zw = weight.args
         sx, zx = _scalar(sx), _scalar(zx) if _const(zx) is not None else None
         w_codes, w_scale, w_zero = _const(qw), _const(sw), _const(zw)
-        if sx is None or zx is None or w_codes is None or w_scale is None or w_zero is None:
+        # The weights are a constant, or (a `--compress` build) an int8 expression of `main`'s weight
+        # parameters (quantized at load: `compress.model`), which is only known by its type here.
+        if w_codes is None and (not isinstance(qw, relax.Var) or _dtype(qw) != "int8"):
             return None
-        if np.any(w_zero) or str(w_codes.dtype) != "int8" or _dtype(qx) not in ("uint8", "int8"):
+        if sx is None or zx is None or w_scale is None or w_zero is None:
             return None
-        if w_scale.size not in (1, w_codes.shape[0]) or (w_scale.size > 1 and int(weight.attrs.axis) != 0):
+        if np.any(w_zero) or _dtype(qw) != "int8" or _dtype(qx) not in ("uint8", "int8"):
+            return None
+        out_channels = int(qw.ty.shape[0])
+        if w_scale.size not in (1, out_channels) or (w_scale.size > 1 and int(weight.attrs.axis) != 0):
             return None
         if _dtype(qx) == "int8":  # VNNI multiplies unsigned codes: shift them by 128
             shifted = relax.op.add(self._emit(relax.op.astype(qx, "int32")), relax.const(128, "int32"))
@@ -209,20 +214,26 @@ class _Folder(relax.PyExprMutator):
             width = [0, 0, 0, 0, top, bottom, left, right]
             qx = self._emit(relax.op.nn.pad(qx, width, pad_value=float(zx)))
             padding = [0, 0, 0, 0]
+        w = relax.const(w_codes, "int8") if w_codes is not None else qw
         acc = self._emit(
             relax.op.nn.conv2d(
                 qx,
-                relax.const(w_codes, "int8"),
+                w,
                 strides=[int(v) for v in a.strides],
                 padding=padding,
                 dilation=[int(v) for v in a.dilation],
                 out_dtype="int32",
             )
         )
-        out_channels = w_codes.shape[0]
-        if zx:
+        if zx and w_codes is not None:
             sums = w_codes.astype(np.int64).reshape(out_channels, -1).sum(axis=1) * int(zx)
             acc = self._emit(relax.op.subtract(acc, relax.const(sums.astype(np.int32).reshape(1, -1, 1, 1), "int32")))
+        elif zx:  # the same sums as Relax operations on the weights (lifted to load time)
+            wide = self._emit(relax.op.astype(qw, "int32"))
+            sums = self._emit(relax.op.sum(wide, axis=[1, 2, 3], keepdims=True))
+            sums = self._emit(relax.op.reshape(sums, (1, out_channels, 1, 1)))
+            sums = self._emit(relax.op.multiply(sums, relax.const(np.int32(zx), "int32")))
+            acc = self._emit(relax.op.subtract(acc, sums))
         scale = (np.float32(sx) * np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (out_channels,))).astype(
             np.float32
         )

@@ -129,6 +129,7 @@ def quantize_onnx(
     new_nodes_for: dict[str, list] = {}  # tensor -> Q/DQ nodes placed right after its producer
     weight_nodes = []
     report_layers = []
+    weight_sources: dict[str, str] = {}
     for node in convs:
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         amax = np.abs(w).reshape(w.shape[0], -1).max(axis=1) if per_channel else np.full(w.shape[0], np.abs(w).max())
@@ -145,6 +146,7 @@ def quantize_onnx(
         weight_nodes.append(
             helper.make_node("DequantizeLinear", [base + "_q", base + "_scale", base + "_zero"], [base + "_dq"], axis=0)
         )
+        weight_sources[base + "_q"] = node.input[1]  # the int8 codes' fp32 weights (`compress` reads them)
         node.input[1] = base + "_dq"
         s, z = params[node.input[0]]
         report_layers.append(
@@ -219,6 +221,7 @@ def quantize_onnx(
         "quantized_convs": len(convs),
         "fp32_layers": [{"name": n, "why": why} for n, why in kept],
         "layers": report_layers,
+        "weight_sources": weight_sources,
     }
     return model, report
 
@@ -257,5 +260,9 @@ def quantize_model(model, calibrate: Any = None, *, method: str = "mse", fp32_la
     )
     report["calibration"] = source
     out = Model(model.name, qdq, model.info, model.input, model._input_shape, model.source)  # noqa: SLF001
+    # What a `--compress` int8 build needs to quantize at load from the fp32 weight file: the fp32
+    # graph, and which of its weights each int8 initializer was quantized from.
+    out.weight_sources = report.pop("weight_sources")
+    out.fp32_onnx = model.onnx
     out.quant_report = report
     return out
