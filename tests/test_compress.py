@@ -280,6 +280,29 @@ def test_bundle_runners_decode_the_weight_file(dc_builds, tmp_path):
         assert_one_line_error(proc, "sha256")
 
 
+def test_package_compress_rebuilds_a_plain_artifact(dc_builds, tmp_path):
+    """`package --compress` of an artifact with its weights inside: compiled again from the model its
+    manifest names (same target), bundled with the weight file; the runner's output is the plain
+    artifact's, bit for bit."""
+    x = photos()[2]
+    np.save(tmp_path / "x.npy", x)
+    run_cli("run", str(dc_builds["plain"]), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "ref.npy"))
+    bundle = tmp_path / "bundle"
+    run_cli("package", str(dc_builds["plain"]), "-o", str(bundle), "--compress")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["model"]["weights"]["file"] == "model/dc.weights"
+    assert meta["sizes"]["model_bytes"] < Path(dc_builds["plain"]).stat().st_size
+    out = tmp_path / "y.npy"
+    proc = subprocess.run(
+        [str(bundle / "bin/tvmsqz-run"), "--input", str(tmp_path / "x.npy"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert same_bits(np.load(out), np.load(tmp_path / "ref.npy"))
+
+
 def test_compress_options_are_checked(tmp_path):
     out = str(tmp_path / "m.so")
     assert_one_line_error(

@@ -516,19 +516,71 @@ def package(
     strip: bool = True,
     runtime_from: str | Path | None = None,
     log=None,
+    compress: bool = False,
+    compress_bits: int | None = None,
+    compress_density: float | None = None,
 ) -> dict[str, Any]:
     """A runtime-only bundle of a compiled artifact (model, TVM runtime libraries, C++ and Python
-    runners, labels, a manifest with sha256): what a device needs without TVM installed."""
-    from .bundle import build_bundle
+    runners, labels, a manifest with sha256): what a device needs without TVM installed.
 
-    return build_bundle(
-        Path(artifact),
-        Path(output),
-        tar=tar,
-        strip=strip,
-        runtime_from=Path(runtime_from) if runtime_from else None,
-        log=log,
+    With `compress`, an artifact whose weights are inside is compiled again from the source model
+    its manifest names, for the same target and database, with its weights in a weight file
+    (`compile --compress`), and that is bundled; an artifact compiled with `--compress` is bundled
+    as it is."""
+    from .bundle import build_bundle
+    from .fsutil import temp_dir
+
+    artifact = Path(artifact)
+    if not compress and (compress_bits is not None or compress_density is not None):
+        raise TvmsqzError("--compress-bits and --compress-density need --compress")
+    with temp_dir("tvmsqz-package-") as tmp:
+        if compress:
+            artifact = _compressed_for_package(artifact, tmp, compress_bits, compress_density, log)
+        return build_bundle(
+            artifact,
+            Path(output),
+            tar=tar,
+            strip=strip,
+            runtime_from=Path(runtime_from) if runtime_from else None,
+            log=log,
+        )
+
+
+def _compressed_for_package(artifact: Path, tmp: Path, bits, density, log) -> Path:
+    """`package --compress`: the artifact itself when it has a weight file (and no new bits or
+    density are asked), else the same model compiled again with `--compress` into `tmp`."""
+    from .manifest import read_manifest
+
+    if not artifact.is_file():
+        raise TvmsqzError(f"no such file: {artifact}")
+    manifest = read_manifest(artifact)
+    if manifest is None:
+        raise TvmsqzError(f"{artifact} has no manifest ({artifact.name}.json): a bundle needs its input and target")
+    if "weights" in manifest and bits is None and density is None:
+        return artifact
+    if manifest.get("precision") == "int8":
+        raise TvmsqzError(
+            f"{artifact.name} is int8: its calibration cannot be repeated here; "
+            "compile it with --precision int8 --compress and package that"
+        )
+    spec = resolve_target(manifest["target"]["name"])
+    model = _prebuilt_model(artifact, spec)
+    database = manifest.get("database")
+    if log is not None:
+        log(f"compiling {model.name} for {spec.name} again with --compress (the weights leave the .so)")
+    out = tmp / artifact.name
+    compile(
+        model,
+        spec,
+        output=out,
+        database=database if database and Path(database).is_dir() else None,
+        tuning=database is not None,
+        fuse=manifest.get("fused"),
+        compress=True,
+        compress_bits=bits,
+        compress_density=density,
     )
+    return out
 
 
 def serve_device(

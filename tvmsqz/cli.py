@@ -543,6 +543,14 @@ def package_cmd(
         "--runtime-from",
         help="Take the TVM runtime from this site-packages folder, install prefix or wheel file (e.g. armv7).",
     ),
+    compress: bool = typer.Option(
+        False,
+        "--compress",
+        help="Bundle the model with its weights in a weight file (an artifact compiled without --compress "
+        "is compiled again from its source model, same target and database).",
+    ),
+    compress_bits: Optional[int] = CompressBitsOpt,
+    compress_density: Optional[float] = CompressDensityOpt,
 ) -> None:
     """Bundle ARTIFACT with the TVM runtime and runners for its architecture: no TVM install needed."""
     bundle = _api().package(
@@ -552,6 +560,7 @@ def package_cmd(
         strip=strip,
         runtime_from=runtime_from,
         log=lambda msg: err_console.print(Text(msg, style="dim"), highlight=False, soft_wrap=True),
+        **_compress(compress, compress_bits, compress_density),
     )
     sizes = bundle["sizes"]
     console.print(
