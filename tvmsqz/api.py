@@ -47,6 +47,7 @@ __all__ = [
     "artifact_files",
     "default_database_note",
     "emulate_devices",
+    "image_inputs",
     "list_models",
     "list_targets",
     "load",
@@ -237,6 +238,7 @@ def compile(
     calibrate: Any = None,
     calibration_method: str | None = None,
     fp32_layers: tuple[str, ...] | list[str] = (),
+    preprocess: str | None = None,
     log=None,
     **options: Any,
 ) -> Artifact:
@@ -254,11 +256,20 @@ def compile(
     of input tensors, or None for the built-in photos; `calibration_method`: mse, minmax,
     percentile or entropy; `fp32_layers`: conv names, or "first"/"last", kept fp32); a QDQ model
     (ONNX Runtime, NNCF) compiles at int8 as it is. The artifact's input and output stay fp32.
+
+    `preprocess` ("torchvision" or "caffe") is recorded in the manifest for `tvmsqz run --image`
+    (default: the built-in model's own convention, torchvision for a user's ONNX file).
     """
     from .build import check_writable
 
     spec = resolve_target(target)
     loaded = _as_model(model)
+    if preprocess is not None:
+        from .images import CONVENTIONS
+
+        if preprocess not in CONVENTIONS:
+            raise TvmsqzError(f"unknown --preprocess {preprocess!r}: expected one of {', '.join(CONVENTIONS)}")
+        loaded.convention = preprocess
     backend, pipe = _pipeline(spec)
     loaded, spec = _at_precision(loaded, spec, backend, precision, calibrate, calibration_method, fp32_layers, log)
     path = Path(output) if output is not None else _Scratch.path(_file_name(loaded.name) + ".so")
@@ -616,9 +627,9 @@ def default_database_note(target: Target) -> str | None:
     return note(resolve_target(target))
 
 
-def top_classes(y, top: int = 5) -> list[tuple[int, int, str, float]]:
-    """(rank, class, name, score) of the `top` classes of output `y` (first sample), with ImageNet
-    names for 1000-class outputs."""
+def top_classes(y, top: int = 5, index: int = 0) -> list[tuple[int, int, str, float]]:
+    """(rank, class, name, score) of the `top` classes of sample `index` of output `y`, with
+    ImageNet names for 1000-class outputs."""
     from .runtime import top_k
 
     names = None
@@ -626,7 +637,27 @@ def top_classes(y, top: int = 5) -> list[tuple[int, int, str, float]]:
         from .images import class_names
 
         names = class_names()
-    return [(rank, cls, names[cls] if names else "", score) for rank, (cls, score) in enumerate(top_k(y, top), 1)]
+    ranked = enumerate(top_k(y, top, index), 1)
+    return [(rank, cls, names[cls] if names else "", score) for rank, (cls, score) in ranked]
+
+
+def image_inputs(paths, manifest: dict, convention: str | None = None) -> tuple[list, str]:
+    """Photos (jpg, png, anything Pillow reads) as the artifact's input tensors, one (1, ...)
+    array per photo, preprocessed as its manifest records (`preprocess`: the convention and
+    size; a manifest without it, from an older tvmsqz or a user's ONNX file: torchvision at the
+    input's size). `convention` overrides the recorded one. Returns (arrays, convention used)."""
+    from .images import image_input
+
+    spec = manifest.get("input") or {}
+    shape = spec.get("shape")
+    if not shape:
+        raise TvmsqzError("the artifact has no manifest input shape; --image needs one")
+    layout = spec.get("layout", "NCHW")
+    recorded = manifest.get("preprocess") or {}
+    convention = convention or recorded.get("convention") or "torchvision"
+    size = int(recorded.get("size") or (shape[1] if layout == "NHWC" else shape[2]))
+    dtype = spec.get("dtype", "float32")
+    return [image_input(p, convention, size, layout=layout, dtype=dtype) for p in paths], convention
 
 
 def check_writable(path: str | Path, inputs: list[str | Path] = (), *, manifest: bool = False) -> None:

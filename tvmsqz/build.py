@@ -6,6 +6,7 @@ the ones the compiler later looks up, so both go through the same function with 
 
 from __future__ import annotations
 
+import gc
 import math
 import tempfile
 import time
@@ -34,6 +35,8 @@ class BuildReport:
     seconds: float = 0.0
     activation_bytes: int = 0
     constant_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)  # one line each, printed by the CLI
+    layout_fallback: str | None = None  # the pass that declined the blocked layout, if one did
 
 
 def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
@@ -41,20 +44,60 @@ def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
     return bool(spec.data.get("fuse", {}).get("enabled", True)) if fuse is None else fuse
 
 
-def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
+def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None, report: BuildReport | None = None):
     """High-level Relax -> legalized Relax with one PrimFunc per kernel (the tuning input).
 
     The target's backend names its activation layout (`layout_passes`: NCHW[x]c on x86, nothing
     for NCHW targets). With `fuse` (the Fire modules without a concat copy), a blocked layout
     gets `concat_free.WriteIntoConcat` after fusion (each expand conv writes its own channel
     blocks of one buffer); an NCHW target gets `fuse.fuse_fire` (one kernel per Fire module).
+
+    A graph the layout or fusion passes cannot handle (TVM fails inside one of them) is not the
+    user's problem: it is prepared again in plain NCHW without Fire fusion (correct, slower),
+    and `report.warnings` (else a Python warning) names the pass that declined it. Only when the
+    plain pipeline fails as well is it an `InternalCompilerError` naming the failing pass.
     """
+    from .passes.guard import Tracker, first_line
+    from .quiet import quiet_stderr
+
+    backend = backend or get_backend(spec)
+    tracker = Tracker()
+    layout = backend.layout_passes(spec)
+    fire = resolve_fuse(spec, fuse)
+    if not layout and not fire:
+        with tracker.guard("the graph passes"):
+            return _prepare(mod, spec, backend, layout=[], fire=False)
+    message = where = None
+    # TVM's C++ warns on stderr when a failed pass's half-built blocks are freed: that stays
+    # inside, the user gets the one warning line below.
+    with quiet_stderr():
+        try:
+            with tracker.context():
+                return _prepare(mod, spec, backend, layout=layout, fire=fire)
+        except Exception as exc:
+            if isinstance(exc, (KeyboardInterrupt, MemoryError, RecursionError)):
+                raise
+            where = tracker.where("the layout and fusion passes")
+            message = (
+                f"{where} cannot handle this graph ({first_line(exc)[:160]}); it is compiled in plain NCHW "
+                "without Fire fusion instead (same results, slower kernels)"
+            )
+        gc.collect()
+    if report is not None:
+        report.warnings.append(message)
+        report.layout_fallback = where
+    else:
+        import warnings
+
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    with tracker.guard("the NCHW graph passes"):
+        return _prepare(mod, spec, backend, layout=[], fire=False)
+
+
+def _prepare(mod, spec: TargetSpec, backend, *, layout: list, fire: bool):
     import tvm
     from tvm import relax
 
-    backend = backend or get_backend(spec)
-    layout = backend.layout_passes(spec)
-    fire = resolve_fuse(spec, fuse)
     after_fusion = []
     if fire and layout:
         from .passes.concat_free import WriteIntoConcat
@@ -67,6 +110,7 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
         # chosen by measurement; tuning and compiling read the same ones, so workloads match.
         options = {k: v for k, v in spec.data.get("fuse", {}).items() if k != "enabled"}
         mod = fuse_fire(mod, **options)
+    from .passes.inference import strip_dropout
     from .passes.params import lift_weights
     from .passes.qdq import FoldQDQ
 
@@ -75,6 +119,7 @@ def prepare(mod, spec: TargetSpec, *, fuse: bool | None = None, backend=None):
             [
                 FoldQDQ(),  # an int8 (QDQ) model: integer convs, requantisation as epilogues
                 relax.transform.DecomposeOpsForInference(),
+                strip_dropout(),  # Caffe2-era graphs: ConvertLayout cannot take R.nn.dropout's tuple
                 relax.transform.CanonicalizeBindings(),
                 *layout,
                 relax.get_pipeline("zero"),
@@ -164,20 +209,25 @@ def compile_module(
     """Compile an imported model for a target; returns (`relax.Executable`, `BuildReport`)."""
     import tvm
 
+    from .passes.guard import Tracker
     from .passes.params import compose_loader, park, unpark
 
     start = time.perf_counter()
     backend = backend or get_backend(spec)
     fuse = resolve_fuse(spec, fuse)
     report = BuildReport(fused=fuse)
-    mod = prepare(mod, spec, fuse=fuse, backend=backend)
+    mod = prepare(mod, spec, fuse=fuse, backend=backend, report=report)
+    report.fused = fuse and report.layout_fallback is None
     report.kernels = kernel_names(mod)
-    mod = apply_database(mod, spec, database, report)
-    with spec.target:
+    tracker = Tracker()
+    with tracker.guard("applying the tuning database"):
+        mod = apply_database(mod, spec, database, report)
+    with tracker.guard("the post-database passes"), spec.target:
         mod, parked = park(mod)  # a --compress build's first-stage weight packing sits these out
         mod = unpark(tvm.transform.Sequential(backend.post_database_passes(spec))(mod), parked)
         mod = backend.default_schedule(mod, spec)
-    mod = compose_loader(mod)  # a --compress build: one load-time function for the weights
+    with tracker.guard("the weight loader"):
+        mod = compose_loader(mod)  # a --compress build: one load-time function for the weights
     report.activation_bytes = planned_activation_bytes(mod)
     report.constant_bytes = constant_bytes(mod)
     if report.activation_bytes > max_memory:
@@ -186,11 +236,8 @@ def compile_module(
             f"the {max_memory / 2**20:.0f} MiB limit; pass --max-memory to raise it"
         )
     mod = with_input_shape(mod)
-    try:
-        with tvm.transform.PassContext(opt_level=3, config=backend.pass_config(spec)):
-            executable = tvm.compile(mod, target=spec.target)
-    except Exception as exc:  # noqa: BLE001 - TVM's compiler raises many types; each is one line for the user
-        raise TvmsqzError(f"compilation for {spec.name} failed: {str(exc).strip().splitlines()[-1]}") from None
+    with tracker.guard(f"code generation for {spec.name}", opt_level=3, config=backend.pass_config(spec)):
+        executable = tvm.compile(mod, target=spec.target)
     report.seconds = time.perf_counter() - start
     return executable, report
 
@@ -251,6 +298,7 @@ def export_artifact(
             "target": spec.to_json(),
             "input": input_spec.to_json(),
             "fused": report.fused,
+            "layout_fallback": report.layout_fallback,
             "database": report.database,
             "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
             "activation_bytes": report.activation_bytes,

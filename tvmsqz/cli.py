@@ -282,6 +282,11 @@ def compile_cmd(
     compress: bool = CompressOpt,
     compress_bits: Optional[int] = CompressBitsOpt,
     compress_density: Optional[float] = CompressDensityOpt,
+    preprocess: Optional[str] = typer.Option(
+        None,
+        "--preprocess",
+        help="Photo preprocessing `run --image` applies: torchvision or caffe (default: the model's own; torchvision).",
+    ),
 ) -> None:
     """Compile MODEL for a target into a self-contained .so (weights inside) plus a manifest."""
     api = _api()
@@ -301,6 +306,7 @@ def compile_cmd(
             calibrate=calibrate,
             calibration_method=calibration_method,
             fp32_layers=_layers(fp32_layers),
+            preprocess=preprocess,
             log=err_console,
             **_compress(compress, compress_bits, compress_density),
         )
@@ -326,47 +332,104 @@ def compile_cmd(
 def run_cmd(
     artifact: Path = typer.Argument(..., help="A .so written by `tvmsqz compile`."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input .npy (default: a seeded random tensor)."),
+    image: Optional[list[Path]] = typer.Option(
+        None,
+        "--image",
+        help="A photo (jpg, png, ...), preprocessed as the manifest records; repeat for several.",
+    ),
+    preprocess: Optional[str] = typer.Option(
+        None, "--preprocess", help="Override the manifest's photo preprocessing: torchvision or caffe."
+    ),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the raw output array to this .npy."),
     top: int = typer.Option(5, "--top", min=1, help="How many classes to print."),
+    as_json: bool = typer.Option(False, "--json", help="Print the top classes as JSON instead of a table."),
     cast: bool = typer.Option(False, "--cast", help="Convert an input of another dtype to the model's."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Run inputs holding NaN or inf."),
 ) -> None:
-    """Run an artifact on this host and print the top classes."""
+    """Run an artifact on this host and print the top classes (of each --image)."""
     import numpy as np
 
     api = _api()
     api.prefer_runtime_lib()  # as on a device: libtvm_runtime.so only, when tvm is not imported yet
+    if image and input is not None:
+        raise TvmsqzError("give --input or --image, not both")
+    if preprocess is not None and not image:
+        raise TvmsqzError("--preprocess applies to --image only")
+    if preprocess is not None and preprocess not in ("torchvision", "caffe"):
+        raise TvmsqzError(f"unknown --preprocess {preprocess!r}: expected torchvision or caffe")
     if output is not None:
-        _check_writable(output, [*api.artifact_files(artifact)] + ([input] if input is not None else []))
+        _check_writable(
+            output, [*api.artifact_files(artifact)] + ([input] if input is not None else []) + list(image or [])
+        )
     runner = api.load(
         artifact, warn=lambda msg: err_console.print(Text(msg, style="yellow"), highlight=False, soft_wrap=True)
     )
-    if input is not None:
-        if not input.is_file():
-            raise TvmsqzError(f"no such file: {input}")
-        try:
-            x = np.load(input, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - numpy's loader raises many types for a bad file
-            raise TvmsqzError(f"cannot read {input} as a .npy array: {exc}") from None
+    labels: list[str]
+    convention = None
+    if image:
+        photos, convention = api.image_inputs(image, runner.manifest, preprocess)
+        y = _run_photos(api, runner, photos)
+        labels = [str(p) for p in image]
     else:
-        shape = runner.input_shape
-        if shape is None:
-            raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
-        x = _random_input(shape, runner.input_dtype or "float32")
-    x = api.check_input(x, runner.input_shape, runner.input_dtype, cast=cast, allow_nonfinite=allow_nonfinite)
-    y = runner.run(x)
+        if input is not None:
+            if not input.is_file():
+                raise TvmsqzError(f"no such file: {input}")
+            try:
+                x = np.load(input, allow_pickle=False)
+            except Exception as exc:  # noqa: BLE001 - numpy's loader raises many types for a bad file
+                raise TvmsqzError(f"cannot read {input} as a .npy array: {exc}") from None
+        else:
+            shape = runner.input_shape
+            if shape is None:
+                raise TvmsqzError(f"{artifact} has no manifest beside it; pass --input x.npy")
+            x = _random_input(shape, runner.input_dtype or "float32")
+        x = api.check_input(x, runner.input_shape, runner.input_dtype, cast=cast, allow_nonfinite=allow_nonfinite)
+        y = runner.run(x)
+        labels = [str(input) if input is not None else "random input"]
     if output is not None:
         from .fsutil import atomic_path
 
         with atomic_path(output) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, y)
-    table = Table(title=f"top-{top} ({artifact.name})")
-    for col in ("rank", "class", "name", "score"):
-        table.add_column(col)
-    for rank, cls, name, score in api.top_classes(y, top):
-        table.add_row(str(rank), str(cls), name, f"{score:.5g}")
-    console.print(table)
+    results = [
+        {
+            "input": label,
+            "top": [
+                {"rank": rank, "class": cls, "name": name, "score": score}
+                for rank, cls, name, score in api.top_classes(y, top, index)
+            ],
+        }
+        for index, label in enumerate(labels)
+    ]
+    if as_json:
+        import json
+
+        doc = {"artifact": str(artifact), "preprocess": convention, "results": results}
+        console.print_json(json.dumps(doc))
+        return
+    for result in results:
+        table = Table(title=f"top-{top}: {Path(result['input']).name} ({artifact.name})")
+        for col in ("rank", "class", "name", "score"):
+            table.add_column(col)
+        for row in result["top"]:
+            table.add_row(str(row["rank"]), str(row["class"]), row["name"], f"{row['score']:.5g}")
+        console.print(table)
+
+
+def _run_photos(api, runner, photos: list):
+    """Each photo through the artifact in batches of its compiled batch size (the last batch
+    padded by repeating its last photo): one (len(photos), ...) output."""
+    import numpy as np
+
+    batch = int((runner.input_shape or [1])[0])
+    outputs = []
+    for start in range(0, len(photos), batch):
+        chunk = photos[start : start + batch]
+        x = np.concatenate(chunk + [chunk[-1]] * (batch - len(chunk)))
+        x = api.check_input(x, runner.input_shape, runner.input_dtype)
+        outputs.append(np.asarray(runner.run(x))[: len(chunk)])
+    return np.concatenate(outputs)
 
 
 def _random_input(shape, dtype: str):
@@ -635,19 +698,24 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _internal_error(exc: BaseException) -> str:
-    """An exception no command anticipated (a TVM error, a bug) as one line; TVMSQZ_DEBUG=1 prints
-    the traceback first."""
-    if os.environ.get("TVMSQZ_DEBUG"):
-        import traceback
-
-        traceback.print_exception(exc)
+    """An exception no command anticipated (a TVM error, a bug) as one line; TVMSQZ_VERBOSE=1
+    prints the traceback first."""
+    _print_traceback(exc)
     if isinstance(exc, MemoryError):
         return "out of memory (the model or input is too large for this machine)"
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     detail = lines[-1] if lines else ""
     if "bad_alloc" in detail or "Cannot allocate memory" in detail:
         return "out of memory (the model or input is too large for this machine)"
-    return f"internal error ({type(exc).__name__}): {detail} (TVMSQZ_DEBUG=1 shows the traceback)"
+    return f"internal error ({type(exc).__name__}): {detail} (rerun with TVMSQZ_VERBOSE=1 for the traceback)"
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """With TVMSQZ_VERBOSE=1 (or TVMSQZ_DEBUG=1): the whole traceback, before the one line."""
+    if any(os.environ.get(k, "") not in ("", "0") for k in ("TVMSQZ_VERBOSE", "TVMSQZ_DEBUG")):
+        import traceback
+
+        traceback.print_exception(exc)
 
 
 def main() -> None:
@@ -656,6 +724,8 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
     except TvmsqzError as exc:
+        if exc.__cause__ is not None:  # an internal compiler error: TVM's own traceback on request
+            _print_traceback(exc.__cause__)
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
@@ -673,7 +743,7 @@ def main() -> None:
         _fail(str(os_error(exc.filename or "a file", exc)))
     except RecursionError:
         _fail("input nested too deeply")
-    except Exception as exc:  # noqa: BLE001 - a TVM error or a bug: still one line (TVMSQZ_DEBUG shows it)
+    except Exception as exc:  # noqa: BLE001 - a TVM error or a bug: still one line (TVMSQZ_VERBOSE shows it)
         _fail(_internal_error(exc))
     if isinstance(rc, int) and rc:  # typer returns Exit codes (Ctrl-C: 130) instead of raising
         if rc == 130:

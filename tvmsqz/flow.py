@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from rich.markup import escape
+
 from .errors import TvmsqzError
 from .frontend import Model
 from .spec import TargetSpec
@@ -39,10 +41,14 @@ def precision_fields(model: Model) -> dict:
 
 
 def tuning_report_lines(report) -> list[str]:
-    """What the build applied, for the CLI's stderr (rich markup)."""
+    """What the build applied, for the CLI's stderr (rich markup); its warnings first."""
+    warned = [f"[yellow]warning: {escape(w)}[/yellow]" for w in getattr(report, "warnings", [])]
     if report.database is None:
-        return [f"[dim]tuning: none applied ({len(report.kernels)} kernels untuned)[/dim]"]
-    lines = [f"[dim]tuning: {len(report.tuned)}/{len(report.kernels)} kernels tuned from {report.database}[/dim]"]
+        return [*warned, f"[dim]tuning: none applied ({len(report.kernels)} kernels untuned)[/dim]"]
+    lines = [
+        *warned,
+        f"[dim]tuning: {len(report.tuned)}/{len(report.kernels)} kernels tuned from {report.database}[/dim]",
+    ]
     if report.untuned:
         lines.append(f"[yellow]no tuned record for: {', '.join(report.untuned)}[/yellow]")
     return lines
@@ -116,7 +122,12 @@ class TVMPipeline:
                         f"top-5 overlap {a['top5_overlap']:.1%}"
                     )
         executable, report = compile_module(mod, spec, database=db, fuse=fuse, max_memory=limit, backend=backend)
-        extra = {"compile_seconds": round(report.seconds, 2), **precision_fields(model)}
+        extra = {
+            "compile_seconds": round(report.seconds, 2),
+            # what `tvmsqz run --image` applies to a photo before this artifact sees it
+            "preprocess": {"convention": model.preprocess, "size": int(model.input.nchw[2])},
+            **precision_fields(model),
+        }
         files = []
         if packed is not None:
             from .compress.model import weights_path
@@ -144,7 +155,12 @@ class TVMPipeline:
             raise
         if log is not None:
             for line in tuning_report_lines(report):
-                log.print(line)
+                log.print(line, soft_wrap=True, highlight=False)
+        else:
+            import warnings
+
+            for text in report.warnings:  # API callers without a log still hear of a fallback
+                warnings.warn(text, RuntimeWarning, stacklevel=3)
         return manifest
 
     def bench(

@@ -27,9 +27,40 @@ class InputSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+    layout: str = "NCHW"  # "NHWC": the graph starts with a Transpose to NCHW (TF/Keras-style exports)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.layout != "NCHW":
+            out["layout"] = self.layout
+        return out
+
+    @property
+    def nchw(self) -> tuple[int, ...]:
+        """The shape as (N, C, H, W), whatever the input's layout."""
+        return nhwc_to_nchw(self.shape) if self.layout == "NHWC" else tuple(self.shape)
+
+
+def nhwc_to_nchw(shape) -> tuple[int, ...]:
+    n, h, w, c = shape
+    return (n, c, h, w)
+
+
+def nhwc_to_nchw_inverse(shape) -> tuple[int, ...]:
+    n, c, h, w = shape
+    return (n, h, w, c)
+
+
+def _transposed_to_nchw(model: onnx.ModelProto, name: str) -> bool:
+    """Whether every use of input `name` is a `Transpose` with perm (0, 3, 1, 2): an NHWC input."""
+    uses = [node for node in model.graph.node if name in node.input]
+    if not uses:
+        return False
+    for node in uses:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if node.op_type != "Transpose" or perm != [0, 3, 1, 2]:
+            return False
+    return True
 
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
@@ -74,7 +105,10 @@ def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = Non
         )
     declared = _declared_shape(value)
     if declared is not None and len(declared) != 4:
-        raise TvmsqzError(f"input {value.name!r} has {len(declared)} dimensions; expected a 4-D NCHW image input")
+        raise TvmsqzError(
+            f"input {value.name!r} has {len(declared)} dimensions; expected a 4-D NCHW (or NHWC) image input"
+        )
+    layout = "NHWC" if _transposed_to_nchw(model, value.name) else "NCHW"
 
     if input_shape is not None:
         name, shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else (None, tuple(input_shape))
@@ -91,23 +125,27 @@ def discover_input(model: onnx.ModelProto, input_shape: str | tuple | None = Non
         if declared is None or any(d is None for d in declared[1:]):
             raise TvmsqzError(f"input {value.name!r} has no static shape; pass --input-shape {value.name}:1,3,224,224")
         shape = (declared[0] or default_batch, *declared[1:])
-    check_input_bounds(value.name, shape)
-    return InputSpec(value.name, tuple(int(d) for d in shape), _ONNX_DTYPES[elem])
+    shape = tuple(int(d) for d in shape)
+    check_input_bounds(value.name, nhwc_to_nchw(shape) if layout == "NHWC" else shape, layout)
+    return InputSpec(value.name, shape, _ONNX_DTYPES[elem], layout)
 
 
 #: What an image classifier's input may be: batch, channels, height/width (inclusive bounds).
 INPUT_BOUNDS = {"batch": (1, 4096), "channels": (1, 4), "size": (8, 4096)}
 
 
-def check_input_bounds(name: str, shape: tuple[int, ...]) -> None:
-    """Refuse shapes no image classifier has (a typo like 1,3,100000,100000 plans terabytes)."""
+def check_input_bounds(name: str, shape: tuple[int, ...], layout: str = "NCHW") -> None:
+    """Refuse shapes no image classifier has (a typo like 1,3,100000,100000 plans terabytes);
+    `shape` is (N, C, H, W), `layout` only words the message."""
     n, c, h, w = shape
     for what, values in (("batch", (n,)), ("channels", (c,)), ("size", (h, w))):
         low, high = INPUT_BOUNDS[what]
         for v in values:
             if not low <= v <= high:
+                shown = list(nhwc_to_nchw_inverse(shape)) if layout == "NHWC" else list(shape)
                 raise TvmsqzError(
-                    f"input {name!r} shape {list(shape)}: {what} {v} is outside {low}..{high} for an image classifier"
+                    f"input {name!r} shape {shown} ({layout}): {what} {v} is outside {low}..{high} "
+                    "for an image classifier"
                 )
 
 
@@ -257,6 +295,7 @@ class Model:
         self.source = source
         self._input_shape = input_shape
         self._mod = None
+        self.convention: str | None = None  # the user's --preprocess, over the built-in's own
 
     @property
     def mod(self):
@@ -278,7 +317,7 @@ class Model:
     @property
     def preprocess(self) -> str:
         """The input convention of the model's photos ("torchvision" or "caffe")."""
-        return getattr(self.info, "preprocess", None) or "torchvision"
+        return self.convention or getattr(self.info, "preprocess", None) or "torchvision"
 
     @property
     def torch_name(self) -> str | None:

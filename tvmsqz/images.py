@@ -28,6 +28,8 @@ __all__ = [
     "TEXTURE_PHOTOS",
     "preprocess",
     "class_names",
+    "read_image",
+    "image_input",
     "CONVENTIONS",
     "TORCHVISION_MEAN",
     "TORCHVISION_STD",
@@ -129,6 +131,33 @@ def preprocess(img: np.ndarray, convention: str, size: int) -> np.ndarray:
     else:
         x = crop[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def read_image(path) -> np.ndarray:
+    """An image file (jpg, png, bmp, ... anything Pillow reads) as HxWx3 uint8 RGB; a missing,
+    truncated or non-image file is one `TvmsqzError` line."""
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise TvmsqzError(f"no such image file: {path}")
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (4096, 4096))  # a huge JPEG decodes at a reduced scale, not at full size
+            return _as_rgb_uint8(np.asarray(im.convert("RGB")))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TvmsqzError(f"cannot read {path} as an image: {exc}") from None
+
+
+def image_input(path, convention: str, size: int, *, layout: str = "NCHW", dtype: str = "float32") -> np.ndarray:
+    """An image file as one network input: `preprocess` (1, 3, size, size), transposed to NHWC
+    for a model whose input is NHWC, in the input's dtype."""
+    x = preprocess(read_image(path), convention, size)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x.astype(dtype)
 
 
 @lru_cache(maxsize=1)

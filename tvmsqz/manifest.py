@@ -110,18 +110,26 @@ SCHEMA: dict[str, Any] = {
             "required": ["shape"],
             "properties": {
                 "name": {"type": "string", "maxLength": 256},
-                "shape": {
-                    "type": "array",
-                    "prefixItems": [_dim("batch"), _dim("channels"), _dim("size"), _dim("size")],
-                    "minItems": 4,
-                    "maxItems": 4,
-                },
+                "shape": {"type": "array", "minItems": 4, "maxItems": 4},
                 "dtype": {"enum": list(DTYPES)},
+                "layout": {"enum": ["NCHW", "NHWC"]},
+            },
+            # The shape's axes in the input's layout (NCHW unless it says NHWC).
+            "if": {"required": ["layout"], "properties": {"layout": {"const": "NHWC"}}},
+            "then": {
+                "properties": {"shape": {"prefixItems": [_dim("batch"), _dim("size"), _dim("size"), _dim("channels")]}}
+            },
+            "else": {
+                "properties": {"shape": {"prefixItems": [_dim("batch"), _dim("channels"), _dim("size"), _dim("size")]}}
             },
         },
         "artifact": {"type": "object", "required": ["bytes", "sha256"], "properties": _FILE_ENTRY["properties"]},
         "files": {"type": "array", "items": _FILE_ENTRY, "maxItems": 64},
         "precision": {"enum": ["fp32", "int8"]},
+        "preprocess": {
+            "type": "object",
+            "properties": {"convention": {"enum": ["torchvision", "caffe"]}, "size": _dim("size")},
+        },
         "quantization": {"type": "object"},
     },
 }

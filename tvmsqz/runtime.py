@@ -55,7 +55,8 @@ def load(path: str | Path, *, warn=None) -> Artifact:
     return backend_for_family(manifest["target"]["family"]).load_artifact(path, manifest)
 
 
-def top_k(scores: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
-    flat = np.asarray(scores).reshape(scores.shape[0], -1)[0]
+def top_k(scores: np.ndarray, k: int = 5, index: int = 0) -> list[tuple[int, float]]:
+    """The `k` best (class, score) of sample `index` of a batch of scores."""
+    flat = np.asarray(scores).reshape(scores.shape[0], -1)[index]
     order = np.argsort(-flat)[:k]
     return [(int(i), float(flat[i])) for i in order]

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from ..errors import TvmsqzError
 from ..fsutil import LOCK_NAME, folder_lock
 from ..spec import TargetSpec, host_cores
@@ -359,7 +361,9 @@ class Session:
 
         from tvm.s_tir import meta_schedule as ms
 
-        extracted, self.skipped = extract(mod, self.spec, fuse=fuse)
+        extracted, self.skipped = extract(
+            mod, self.spec, fuse=fuse, warn=lambda line: self.say(f"[yellow]warning: {escape(line)}[/yellow]")
+        )
         if not extracted:
             raise TvmsqzError("nothing to tune: the model has no kernel with a reduction (conv, dense, pool)")
         self.sizing = sizing_trials(trials, self.time_budget)

@@ -24,13 +24,18 @@ def worth_tuning(mod) -> bool:
         return True
 
 
-def extract(mod, spec: TargetSpec, *, fuse: bool | None = None):
-    """(tasks to tune, names skipped) for `mod` as `compile_module` will see it."""
+def extract(mod, spec: TargetSpec, *, fuse: bool | None = None, warn=None):
+    """(tasks to tune, names skipped) for `mod` as `compile_module` will see it; `warn(line)`
+    hears of a graph the layout passes declined (it is tuned as plain NCHW, as it compiles)."""
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
-    from ..build import prepare
+    from ..build import BuildReport, prepare
 
-    prepared = prepare(mod, spec, fuse=fuse)
+    report = BuildReport()
+    prepared = prepare(mod, spec, fuse=fuse, report=report)
+    for line in report.warnings:
+        if warn is not None:
+            warn(line)
     tasks, skipped = [], []
     for task in [*extract_tasks(prepared, spec.target), *inplace_tasks(prepared, spec)]:
         (tasks if worth_tuning(task.dispatched[0]) else skipped).append(task)

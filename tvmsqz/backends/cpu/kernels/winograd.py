@@ -172,27 +172,41 @@ def conv2d_nchwc_winograd(data, packed, padding, tile: int):
         name=INPUT_ROWS,
     )
     rb = te.reduce_axis((0, alpha), "rb")
+    # A batch's images are more tiles of the same GEMMs (tile index = image x tiles + tile). At
+    # batch 1 the expressions stay exactly as they were, so tuned batch-1 records still apply.
+    all_tiles = n_ * tiles
+
+    def image_tile(t):
+        return (0, t) if n_ == 1 else (t // tiles, t % tiles)
+
+    def v_value(e, nu, c, t, i):
+        b, tt = image_tile(t)
+        return te.sum(rows[b, e, rb, c, tt, i] * bt[nu, rb], axis=rb)
+
     v = te.compute(  # (B^T d) B: along the columns
-        (alpha, alpha, c_chunks, tiles, ib),
-        lambda e, nu, c, t, i: te.sum(rows[0, e, rb, c, t, i] * bt[nu, rb], axis=rb),
+        (alpha, alpha, c_chunks, all_tiles, ib),
+        v_value,
         name=INPUT_BLOCK,
     )
     ic = te.reduce_axis((0, c_chunks * ib), "ic")
     gemm = te.compute(
-        (alpha, alpha, k_chunks, tiles, ob),
+        (alpha, alpha, k_chunks, all_tiles, ob),
         lambda e, nu, k, t, o: te.sum(v[e, nu, ic // ib, t, ic % ib] * packed[e, nu, k, ic // ib, ic % ib, o], axis=ic),
         name=GEMM_BLOCK,
     )
     rc = te.reduce_axis((0, alpha), "rc")
     out_rows = te.compute(  # A^T M: rows of each tile
-        (k_chunks, tiles, m, alpha, ob),
+        (k_chunks, all_tiles, m, alpha, ob),
         lambda k, t, y, nu, o: te.sum(at[y, rc] * gemm[rc, nu, k, t, o], axis=rc),
         name=OUTPUT_ROWS,
     )
     rd = te.reduce_axis((0, alpha), "rd")
     return te.compute(
         (n_, k_chunks, out_h, out_w, ob),
-        lambda b, k, y, x, o: te.sum(out_rows[k, (y // m) * tiles_w + x // m, y % m, rd, o] * at[x % m, rd], axis=rd),
+        lambda b, k, y, x, o: te.sum(
+            out_rows[k, (y // m) * tiles_w + x // m + (b * tiles if n_ > 1 else 0), y % m, rd, o] * at[x % m, rd],
+            axis=rd,
+        ),
         name=OUTPUT_BLOCK,
     )
 
