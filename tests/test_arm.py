@@ -311,6 +311,33 @@ def test_cli_compiles_squeezenet_for_arm_and_benches_it_on_the_emulated_device(e
     assert "EMULATED" in proc.stdout
 
 
+@pytest.mark.parametrize(
+    "model", ["squeezenext_1_0_23", "squeezenext_1_0_23v5", "squeezenext_2_0_23", "squeezenext_2_0_23v5"]
+)
+def test_squeezenext_cross_compiled_matches_pytorch_on_the_emulated_device(emu, tmp_path, model):
+    """SqueezeNext's 3x1/1x3 convs, strided 1x1s and residual epilogues, built for aarch64 by the CLI,
+    against PyTorch on a real photo and a random input."""
+    import torch
+    from conftest import run_cli
+
+    from tvmsqz.benchmark import parity
+    from tvmsqz.images import preprocess, sample_images
+    from tvmsqz.models import torch_model
+
+    so = tmp_path / f"{model}-arm.so"
+    run_cli("compile", model, "--target", "arm", "-o", str(so), "--no-tuning")
+    assert cross.elf_machine(so) == "aarch64"
+    photo = preprocess(dict(sample_images())["chelsea"], "caffe", 227)
+    noise = np.random.default_rng(5).uniform(-120, 120, (1, 3, 227, 227)).astype("float32")
+    net = torch_model(model)
+    for x in (photo, noise):
+        on_device = D.run_remote(so, emu.tracker.address, EMU_KEY, x)
+        with torch.inference_mode():
+            want = net(torch.from_numpy(x)).numpy()
+        report = parity(on_device, want, "torch")
+        assert report["max_rel_diff"] <= 1e-4 and report["top1_agreement"] == 1.0, report
+
+
 def test_tune_on_two_emulated_devices_then_compile_applies_records(emu, tmp_path):
     from tvm.s_tir import meta_schedule as ms
 

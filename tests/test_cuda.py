@@ -456,8 +456,9 @@ def test_cuda_graph_capture_is_compiled_in(tiny):
     assert "cuda_graph_capture" in stats
 
 
-def test_squeezenet_cli_artifact_holds_sm90_device_code(compiled, nvcc_path):
-    so = compiled("squeezenet1_1", target="cuda-sm90")
+@pytest.mark.parametrize("model", ["squeezenet1_1", "squeezenext_1_0_23"])
+def test_cli_artifact_holds_sm90_device_code(compiled, nvcc_path, model):
+    so = compiled(model, target="cuda-sm90")
     assert_device_code_for(so, "sm_90")
     manifest = json.loads(so.with_name(so.name + ".json").read_text())
     assert manifest["target"]["name"] == "cuda-sm90"
@@ -500,20 +501,26 @@ def test_tuned_kernels_are_left_alone():
     tvm.ir.assert_structural_equal(out[name], marked)
 
 
-def test_untuned_squeezenet_schedules_match_pytorch():
-    """The whole untuned CUDA module, threads run as loops on the CPU, equals PyTorch."""
+@pytest.mark.parametrize("model", ["squeezenet1_1", "squeezenext_1_0_23v5"])
+def test_untuned_schedules_match_pytorch(model):
+    """The whole untuned CUDA module, threads run as loops on the CPU, equals PyTorch (SqueezeNext:
+    its 3x1/1x3 convs and residual epilogues get GPU schedules too)."""
     from tvmsqz.frontend import load_model
-    from tvmsqz.models import torch_model
+    from tvmsqz.models import get_model_info, torch_model
 
     spec = get_target("cuda-sm90")
-    mod = prepare(load_model("squeezenet1_1").mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
+    mod = prepare(load_model(model).mod, spec, fuse=True)  # FusedConv (cuda-sm90 defaults to unfused)
     with serial_threads():
         mod = cuda.default_schedule(mod, spec)
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            assert func.attrs["tirx.is_scheduled"], gv.name_hint
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
+    scale = 50.0 if get_model_info(model).preprocess == "caffe" else 1.0
+    x = (np.random.default_rng(0).standard_normal(get_model_info(model).input_shape) * scale).astype("float32")
     y = vm["main"](tvm.runtime.tensor(x))
     y = (y if hasattr(y, "numpy") else y[0]).numpy()
-    want = torch_out(torch_model("squeezenet1_1"), x)
+    want = torch_out(torch_model(model), x)
     assert np.abs(y - want).max() <= 1e-4 * (want.max() - want.min())
     assert int(y.argmax()) == int(want.argmax())
 

@@ -44,6 +44,22 @@ def test_default_x86_graph_is_blocked_and_concat_free(target, block):
     assert all(f"{block}), dtype" in line for line in calls if "fire_expand_into_" in line)
 
 
+@pytest.mark.parametrize("model,bypassed", [("squeezenet1_0_bypass", 4), ("squeezenet1_0_complex_bypass", 8)])
+def test_bypass_adds_live_in_the_expand_epilogues(model, bypassed):
+    """No `concatenate_add` kernel: each expand conv of a bypassed Fire module writes its blocks
+    of the shared buffer and adds its blocks of the bypass in the same pass, reading the bypass
+    in place (no slice kernel, no copy)."""
+    names, mod = _graph("x86-avx512", model)
+    assert not [n for n in names if "concatenate" in n], names
+    kernels = [n for n in names if "strided_slice" in n and not n.startswith("fire_expand_into_")]
+    assert kernels == [n for n in kernels if "reshape" in n], kernels  # the classifier's 1024 -> 1000 only
+    calls = [line for line in mod["main"].script().splitlines() if "R.call_tir" in line]
+    assert sum("fire_expand_into_" in line for line in calls) == 16
+    with_bypass = [line for line in calls if "fire_expand_into_" in line and "relu" in line and line.count("_add") >= 2]
+    assert len(with_bypass) == 2 * bypassed, with_bypass
+    assert sum("layout_transform" in line for line in calls) == 2, calls
+
+
 def test_no_fuse_keeps_the_concatenate_kernels():
     names, _ = _graph("x86-avx512", "squeezenet1_1", fuse=False)
     assert len([n for n in names if n.startswith("concatenate")]) == 4, names  # distinct kernels (shapes)

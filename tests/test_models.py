@@ -56,6 +56,10 @@ def test_registry_matches_design():
         "squeezenet1_0_bypass",
         "squeezenet1_0_complex_bypass",
         "squeezenet1_0_dc",
+        "squeezenext_1_0_23",
+        "squeezenext_1_0_23v5",
+        "squeezenext_2_0_23",
+        "squeezenext_2_0_23v5",
     ]
     for info in list_models():
         assert isinstance(info, ModelInfo)
@@ -67,6 +71,13 @@ def test_registry_matches_design():
                 "caffe",
                 "caffe",
                 True,
+            )
+        elif info.name.startswith("squeezenext"):  # the authors' prototxts: 227 crop, Caffe's BGR mean
+            assert (info.input_shape, info.preprocess, info.source, info.trained) == (
+                (1, 3, 227, 227),
+                "caffe",
+                "torch",
+                False,
             )
         else:
             assert (info.input_shape, info.preprocess, info.source, info.trained) == (

@@ -18,6 +18,10 @@ BUILTINS = [
     "squeezenet1_0_bypass",
     "squeezenet1_0_complex_bypass",
     "squeezenet1_0_dc",
+    "squeezenext_1_0_23",
+    "squeezenext_1_0_23v5",
+    "squeezenext_2_0_23",
+    "squeezenext_2_0_23v5",
 ]
 
 

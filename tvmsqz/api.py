@@ -47,6 +47,7 @@ __all__ = [
     "artifact_files",
     "default_database_note",
     "emulate_devices",
+    "explore",
     "image_inputs",
     "list_models",
     "list_targets",
@@ -388,6 +389,54 @@ def tune(
         log=log,
         **extra,
         **options,
+    )
+
+
+def explore(
+    target: Target = "x86",
+    *,
+    output: str | Path,
+    time_budget: float | str | None = None,
+    points: int | None = None,
+    per_point: float | str | None = None,
+    trials: int | None = None,
+    say=None,
+) -> dict:
+    """Measure SqueezeNet and SqueezeNext design points on `target` (see `tvmsqz.explore`):
+    parameters, MACs, weight bytes and the target's latency per point, into `output`
+    (`explore.json`, `explore.png`; a rerun resumes). `time_budget` bounds the whole run (points
+    are measured most informative first), `points` caps how many, `per_point` caps one point's
+    tuning (default: an equal share of the budget left), `trials` caps its tuning trials.
+    `say(line)` receives progress lines."""
+    from . import explore as exploration
+    from .tuning.budget import parse_duration
+
+    if isinstance(time_budget, str):
+        time_budget = parse_duration(time_budget)
+    if isinstance(per_point, str):
+        per_point = parse_duration(per_point)
+    if points is not None and points < 1:
+        raise TvmsqzError(f"points must be at least 1, not {points}")
+    spec = resolve_target(target)
+    backend, pipe = _pipeline(spec)
+    if not hasattr(pipe, "measure"):
+        raise TvmsqzError(f"target {spec.name} cannot measure design points")
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TvmsqzError(f"cannot create {output}: {exc.strerror or exc}") from None
+    check_writable(Path(output) / exploration.RESULTS_FILE)
+    return exploration.run(
+        spec,
+        backend,
+        pipe,
+        load_model,
+        Path(output),
+        time_budget=time_budget,
+        max_points=points,
+        per_point=per_point,
+        trials=trials,
+        say=say or (lambda line: None),
     )
 
 

@@ -110,6 +110,7 @@ def _prepare(mod, spec: TargetSpec, backend, *, layout: list, fire: bool):
         # chosen by measurement; tuning and compiling read the same ones, so workloads match.
         options = {k: v for k, v in spec.data.get("fuse", {}).items() if k != "enabled"}
         mod = fuse_fire(mod, **options)
+    from .passes.batchnorm import fold_batchnorm
     from .passes.inference import strip_dropout
     from .passes.params import lift_weights
     from .passes.qdq import FoldQDQ
@@ -118,6 +119,7 @@ def _prepare(mod, spec: TargetSpec, backend, *, layout: list, fire: bool):
         seq = tvm.transform.Sequential(
             [
                 FoldQDQ(),  # an int8 (QDQ) model: integer convs, requantisation as epilogues
+                fold_batchnorm(),  # SqueezeNext exported with its BNs: into the conv weights and biases
                 relax.transform.DecomposeOpsForInference(),
                 strip_dropout(),  # Caffe2-era graphs: ConvertLayout cannot take R.nn.dropout's tuple
                 relax.transform.CanonicalizeBindings(),

@@ -584,6 +584,59 @@ def tune_cmd(
     console.print(_tune_line(summary), highlight=False, soft_wrap=True, markup=False)
 
 
+@app.command("explore")
+def explore_cmd(
+    target: str = TargetOpt,
+    output: Path = typer.Option(Path("explore"), "-o", "--output", help="Results folder (a rerun resumes it)."),
+    time_budget: Optional[str] = typer.Option(
+        None, "--time-budget", help="Wall-clock limit for the whole run, e.g. 30m: stops between points."
+    ),
+    points: Optional[int] = typer.Option(None, "--points", min=1, help="Measure at most this many design points."),
+    per_point: Optional[str] = typer.Option(
+        None, "--per-point", help="Tuning time per point, e.g. 60s (default: an equal share of the budget left)."
+    ),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Tuning trials per point (cap)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+) -> None:
+    """Measure SqueezeNet / SqueezeNext design points on TARGET: size, MACs, latency, Pareto front."""
+    api = _api()
+    data = api.explore(
+        target,
+        output=output,
+        time_budget=time_budget,
+        points=points,
+        per_point=per_point,
+        trials=trials,
+        say=lambda line: err_console.print(Text(line, style="dim"), highlight=False, soft_wrap=True),
+    )
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    front = set(data["pareto"])
+    table = Table(title=f"design points on {data['target']} ({data['note']})")
+    for column in ("point", "params M", "GMAC", "fp32 MB", "int8 MB", "DC MB", "latency ms", "Pareto"):
+        table.add_column(column, justify="left" if column == "point" else "right", overflow="fold")
+    for row in data["points"]:
+        latency = f"{row['latency_ms']:.3f}" if row.get("latency_ms") is not None else f"error: {row.get('error')}"
+        table.add_row(
+            row["label"] or row["key"],
+            f"{row['params'] / 1e6:.2f}",
+            f"{row['macs'] / 1e9:.2f}",
+            f"{row['bytes_fp32'] / 1e6:.2f}",
+            f"{row['bytes_int8'] / 1e6:.2f}",
+            f"{row['bytes_compressed'] / 1e6:.2f}",
+            latency,
+            "*" if row["key"] in front else "",
+        )
+    console.print(table)
+    console.print(
+        f"{len(data['points'])} points ({data['measured_this_run']} this run, stopped: {data['stopped']}); "
+        f"wrote {data['json']} and {data['plot']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _tune_line(summary: dict) -> str:
     """The closing line of `tune`: where the database is and what it holds."""
     if "records" not in summary:  # a pipeline with a summary of its own shape (VTA's tilings)

@@ -248,6 +248,60 @@ class TVMPipeline:
         summary["database"] = str(out)
         return summary
 
+    def measure(
+        self,
+        model: Model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        work_dir: Path,
+        *,
+        trials: int | None = None,
+        time_budget: float | None = None,
+        repeat: int = 20,
+    ) -> dict:
+        """One design point for `tvmsqz explore`: a short tune into `work_dir` (warm-started from
+        the shipped records), a compile with it, and the median of `repeat` timed runs here.
+
+        The latency is this host's: a target whose artifacts do not run here cannot be explored.
+        """
+        import time
+
+        import numpy as np
+
+        from .frontend import random_input
+        from .runtime import load as load_artifact
+
+        if not backend.runs_on_host(spec):
+            raise TvmsqzError(f"explore measures on this host, and {spec.name} artifacts do not run here")
+        from .database import WORKLOAD_FILE, merge_databases
+
+        database = Path(work_dir) / "tuning"
+        summary = self.tune(model, spec, backend, trials=trials, output=database, time_budget=time_budget)
+        # A short tune re-measures or tunes only some kernels: the others keep the default
+        # database's records (the shipped schedules), as a plain `compile` would apply them.
+        applied = Path(work_dir) / "applied"
+        sources = [d for d in (resolve_database(spec, None, True), database) if d and (d / WORKLOAD_FILE).is_file()]
+        merge_databases(sources, applied, keep=1)
+        so = Path(work_dir) / "model.so"
+        report = self.compile(model, spec, backend, so, database=applied, tuning=True)
+        artifact = load_artifact(so)
+        x = random_input(model.input)
+        for _ in range(3):
+            artifact.run(x)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            artifact.run(x)
+            times.append(time.perf_counter() - start)
+        return {
+            "latency_ms": float(np.median(times) * 1e3),
+            "latency_unit": "measured ms (median)",
+            "tuned_kernels": f"{len(report['kernels']['tuned'])}/{report['kernels']['total']}",
+            "tuned_this_run": f"{summary['tuned_tasks']}/{summary['tasks']}",
+            "tuning_trials": int(summary["trials"]),
+            "tuning_seconds": round(float(summary["seconds"]), 1),
+        }
+
     def print_report(self, report: dict, console) -> None:
         from .benchmark import print_report
 

@@ -220,6 +220,33 @@ class VTAPipeline:
         report["target"] = spec.name
         return report
 
+    def measure(
+        self,
+        model,
+        spec: TargetSpec,
+        backend: ModuleType,
+        work_dir: Path,
+        *,
+        trials: int | None = None,
+        time_budget: float | None = None,
+        repeat: int = 1,
+    ) -> dict:
+        """One design point for `tvmsqz explore`: compiled with the target's tilings and run on
+        one photo in the simulator; its latency is the simulated cycles at the configured clock
+        (deterministic: `trials`, `time_budget` and `repeat` do not apply)."""
+        from ..images import sample_images
+        from ..vta import bench_vta
+
+        so = Path(work_dir) / "model.so"
+        _compile(model, spec, so, tuning=True)
+        report = bench_vta(so, images=sample_images()[:1], fp32_model=_onnx_of(model, spec).SerializeToString())
+        return {
+            "latency_ms": float(report["simulated_ms_at_clock"]),
+            "latency_unit": f"simulated ms at {report['clock_mhz']} MHz",
+            "simulated_cycles": int(report["simulated_cycles"]),
+            "mac_offload_share": report["mac_offload_share"],
+        }
+
     def tune(
         self,
         model,

@@ -9,8 +9,10 @@ Registry (see docs/design.md):
 | squeezenet1_0_bypass | 1.0 + simple (identity) bypass | 1x3x224x224 | torchvision | torch | no |
 | squeezenet1_0_complex_bypass | 1.0 + simple and 1x1-conv bypass | 1x3x224x224 | torchvision | torch | no |
 | squeezenet1_0_dc | ImageNet-trained 1.0, Deep Compression | 1x3x227x227 | caffe | caffe | yes |
+| squeezenext_{1_0,2_0}_23[v5] | SqueezeNext (authors' prototxts) | 1x3x227x227 | caffe | torch | no |
 
-Torch models are randomly initialised from a seed (no pretrained weights are downloaded);
+Torch models are randomly initialised from a seed (no pretrained weights are downloaded;
+SqueezeNext's batch-norm statistics are calibrated on seeded random images);
 their ONNX export has input `data` and output `output` (logits). The Caffe model's ONNX graph
 has input `data` and output `prob` (softmax probabilities).
 """
@@ -42,7 +44,8 @@ class ModelInfo:
     trained: bool
 
 
-# name -> (ModelInfo, SqueezeNet version, bypass) ; version None for non-torch models
+# name -> (ModelInfo, torch family: a SqueezeNet version or "squeezenext", its bypass or SqueezeNext
+# variant); family None for non-torch models
 _REGISTRY: dict[str, tuple[ModelInfo, str | None, str | None]] = {
     "squeezenet1_0": (
         ModelInfo(
@@ -106,6 +109,16 @@ _REGISTRY: dict[str, tuple[ModelInfo, str | None, str | None]] = {
     ),
 }
 
+_SQUEEZENEXT_BLURB = {
+    "1_0_23": "SqueezeNext 1.0-SqNxt-23 (width 1.0, 6/6/8/1 blocks; seeded random weights)",
+    "1_0_23v5": "SqueezeNext 1.0-SqNxt-23v5 (width 1.0, 2/4/14/1 blocks, 5x5 stem; seeded random weights)",
+    "2_0_23": "SqueezeNext 2.0-SqNxt-23 (width 2.0, 6/6/8/1 blocks; seeded random weights)",
+    "2_0_23v5": "SqueezeNext 2.0-SqNxt-23v5 (width 2.0, 2/4/14/1 blocks, 5x5 stem; seeded random weights)",
+}
+for _variant, _blurb in _SQUEEZENEXT_BLURB.items():
+    _name = f"squeezenext_{_variant}"
+    _REGISTRY[_name] = (ModelInfo(_name, _blurb, (1, 3, 227, 227), "caffe", "torch", False), "squeezenext", _variant)
+
 
 def list_models() -> list[ModelInfo]:
     """Every built-in model, in registry order."""
@@ -130,6 +143,10 @@ def torch_model(name: str, seed: int = 0):
     _, version, bypass = _REGISTRY[name]
     if info.source != "torch":
         raise TvmsqzError(f"{name} is a {info.source} model with no torch module; use load_onnx({name!r})")
+    if version == "squeezenext":
+        from tvmsqz.models import squeezenext
+
+        return squeezenext.build(bypass, seed=int(seed))
     from tvmsqz.models.squeezenet import build
 
     return build(version=version, bypass=bypass, seed=int(seed))

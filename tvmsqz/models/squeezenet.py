@@ -38,6 +38,7 @@ __all__ = [
     "SIMPLE_BYPASS_FIRES",
     "COMPLEX_BYPASS_FIRES",
     "build",
+    "build_from_fires",
 ]
 
 # Paper fire number -> index in `features` (version 1.0).
@@ -181,4 +182,46 @@ def build(version: str = "1_0", bypass: str | None = None, seed: int = 0) -> Squ
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SqueezeNet(version=version, bypass=bypass)
+    return model.eval()
+
+
+class DesignSqueezeNet(nn.Module):
+    """SqueezeNet 1.0's macro-architecture with any Fire modules (the paper's design space):
+    conv 7x7/2 -> 96, max-pool, fire2-4, max-pool, fire5-8, max-pool, fire9, 1x1 classifier."""
+
+    def __init__(self, fires: list[tuple[int, int, int]], num_classes: int = 1000) -> None:
+        super().__init__()
+        if len(fires) != 8:
+            raise ValueError(f"SqueezeNet has 8 Fire modules, got {len(fires)}")
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 96, kernel_size=7, stride=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+        ]
+        cin = 96
+        for i, (s, e1, e3) in enumerate(fires):
+            layers.append(Fire(cin, s, e1, e3))
+            cin = e1 + e3
+            if i in (2, 6):  # after fire4 and fire8
+                layers.append(nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        final_conv = nn.Conv2d(cin, num_classes, kernel_size=1)
+        self.classifier = nn.Sequential(nn.Dropout(p=0.5), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                if m is final_conv:
+                    init.normal_(m.weight, mean=0.0, std=0.01)
+                else:
+                    init.kaiming_uniform_(m.weight)
+                init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def build_from_fires(fires: list[tuple[int, int, int]], seed: int = 0) -> DesignSqueezeNet:
+    """A design-space SqueezeNet (eval mode) whose weights depend only on `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DesignSqueezeNet(fires)
     return model.eval()

@@ -39,10 +39,18 @@ def _i32(value: int) -> tvm.tirx.IntImm:
 
 
 def into_view(func: tvm.tirx.PrimFunc, name: str, total_blocks: int, offset: int) -> tvm.tirx.PrimFunc:
-    """`func` writing its (N, k, H, W, x) output into blocks [offset, offset + k) of an
-    (N, total_blocks, H, W, x) buffer, through a root-block view.
+    """`func` writing its output into blocks [offset, offset + k) of a wider buffer (`_view`)."""
+    return _view(func, name, len(func.params) - 1, total_blocks, offset, "Out")
 
-    Built with TIR's API: the output parameter becomes `Out`, the whole concat buffer, and the
+
+def _view(
+    func: tvm.tirx.PrimFunc, name: str, index: int, total_blocks: int, offset: int, full_name: str
+) -> tvm.tirx.PrimFunc:
+    """`func` with its (N, k, H, W, x) parameter `index` (the output, or an input it reads)
+    replaced by blocks [offset, offset + k) of an (N, total_blocks, H, W, x) buffer, through a
+    root-block view.
+
+    Built with TIR's API: the parameter becomes `full_name` (`Out`: the whole concat buffer), and the
     root block gains `match_buffer(Out[:, offset:offset + k], elem_offset=offset * H * W * x)`
     bound to a buffer named like the old output, which replaces it in the body. The result is
     structurally equal (same `structural_hash`, the key of MetaSchedule workloads) to what the
@@ -53,12 +61,12 @@ def into_view(func: tvm.tirx.PrimFunc, name: str, total_blocks: int, offset: int
     """
     realize = func.body
     root = getattr(realize, "block", None)
-    out = func.params[-1] if func.params else None
+    out = func.params[index] if func.params else None
     ty = getattr(out, "ty", None)
     if not isinstance(realize, SBlockRealize) or root.iter_vars or not isinstance(ty, tirx.BufferType):
         raise ValueError(f"cannot rewrite {name}: expected an s_tir function with a root block and a buffer output")
     if len(ty.shape) != 5 or not all(isinstance(d, tirx.IntImm) for d in ty.shape) or ty.strides:
-        raise ValueError(f"cannot rewrite {name}: output is not a compact, static (N, k, H, W, x) buffer")
+        raise ValueError(f"cannot rewrite {name}: parameter {index} is not a compact, static (N, k, H, W, x) buffer")
     n, k, h, w, x = (int(d) for d in ty.shape)
     if not 0 <= offset <= total_blocks - k:
         raise ValueError(f"cannot rewrite {name}: blocks [{offset}, {offset + k}) outside 0..{total_blocks}")
@@ -69,7 +77,7 @@ def into_view(func: tvm.tirx.PrimFunc, name: str, total_blocks: int, offset: int
         "layout": None,
     }
     full = tirx.decl_buffer(
-        [_i32(d) for d in (n, total_blocks, h, w, x)], ty.dtype, "Out", elem_offset=_i32(0), **common
+        [_i32(d) for d in (n, total_blocks, h, w, x)], ty.dtype, full_name, elem_offset=_i32(0), **common
     )
     strides = [_i32(s) for s in (total_blocks * h * w * x, h * w * x, w * x, x, 1)] if n > 1 else None
     view = tirx.decl_buffer(
@@ -98,7 +106,7 @@ def into_view(func: tvm.tirx.PrimFunc, name: str, total_blocks: int, offset: int
         root.annotations,
     )
     return tirx.PrimFunc(
-        [*func.params[:-1], full],
+        [*func.params[:index], full, *func.params[index + 1 :]],
         SBlockRealize(realize.iter_values, realize.predicate, block),
         func.ret_type,
         func.attrs,
@@ -111,21 +119,86 @@ def _callee(value) -> str | None:
     return None
 
 
+def slice_blocks(func: tvm.tirx.PrimFunc) -> tuple[int, int] | None:
+    """(first block, input blocks) when `func` is a legalized `strided_slice` of whole channel
+    blocks of an (N, K, H, W, x) input (unit step, every other axis whole); else None.
+
+    Read from the TIR: the slice's one block reads `input[v0, v1 + offset, v2, v3, v4]`.
+    """
+    if len(func.params) != 2:
+        return None
+    src, dst = (getattr(p, "ty", None) for p in func.params)
+    if not all(isinstance(b, tirx.BufferType) and len(b.shape) == 5 for b in (src, dst)):
+        return None
+    try:
+        src_shape, dst_shape = [int(d) for d in src.shape], [int(d) for d in dst.shape]
+    except TypeError:
+        return None
+    if src_shape[:1] + src_shape[2:] != dst_shape[:1] + dst_shape[2:]:
+        return None
+    node = func.body.block.body
+    while not isinstance(node, SBlockRealize):
+        node = getattr(node, "body", None)
+        if node is None:
+            return None
+    block = node.block
+    if len(block.reads) != 1 or len(block.iter_vars) != 5:
+        return None
+    read = block.reads[0]  # the one read of a two-parameter function: its input
+    offsets = []
+    for axis, rng in enumerate(read.region):
+        var = block.iter_vars[axis].var
+        if rng.min.same_as(var):
+            offsets.append(0)
+        elif type(rng.min).__name__ == "Add" and rng.min.a.same_as(var):
+            if not isinstance(rng.min.b, tirx.IntImm):
+                return None
+            offsets.append(int(rng.min.b.value))
+        else:
+            return None
+        if int(rng.extent) != 1:
+            return None
+    if offsets[0] or any(offsets[2:]) or not 0 <= offsets[1] <= src_shape[1] - dst_shape[1]:
+        return None
+    return offsets[1], src_shape[1]
+
+
 def write_into_concat(mod: tvm.IRModule) -> tvm.IRModule:
     """Apply the rewrite to every concat of two blocked-conv kernels (see the module docstring)."""
     bb = relax.BlockBuilder(mod)
     made: dict[tuple, tvm.ir.GlobalVar] = {}
 
-    def kernel(callee: str, total: int, offset: int) -> tvm.ir.GlobalVar:
-        key = (callee, total, offset)
+    def kernel(callee: str, total: int, offset: int, inputs: tuple = ()) -> tvm.ir.GlobalVar:
+        """The view kernel; `inputs`: (parameter, first block, input blocks) read through views."""
+        key = (callee, total, offset, inputs)
         if key not in made:
             name = f"{INTO_PREFIX}{callee.removeprefix('fused_')}_{offset}of{total}"
-            made[key] = bb.add_func(into_view(mod[callee], name, total, offset), name)
+            func = into_view(mod[callee], name, total, offset)
+            for index, first, blocks in inputs:
+                func = _view(func, name, index, blocks, first, "Bypass")
+            made[key] = bb.add_func(func, name)
         return made[key]
+
+    def sliced(bindings, where, uses, args) -> tuple[list, tuple]:
+        """A conv kernel's arguments with each single-use block slice replaced by its source."""
+        args, inputs = list(args), []
+        for index, arg in enumerate(args):
+            if arg not in where or uses.get(arg, 0) != 1:
+                continue
+            value = bindings[where[arg]].value
+            callee = _callee(value)
+            if not (callee or "").startswith("strided_slice"):
+                continue
+            found = slice_blocks(mod[callee])
+            if found is None:
+                continue
+            args[index] = value.args[1].fields[0]
+            inputs.append((index, *found))
+        return args, tuple(inputs)
 
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            bb.update_func(gv, _rewrite_function(func, kernel))
+            bb.update_func(gv, _rewrite_function(func, kernel, sliced))
     return bb.get()
 
 
@@ -144,7 +217,7 @@ def _uses(func: relax.Function) -> dict:
     return counts
 
 
-def _rewrite_function(func: relax.Function, kernel) -> relax.Function:
+def _rewrite_function(func: relax.Function, kernel, sliced) -> relax.Function:
     uses = _uses(func)
     blocks = []
     for block in func.body.blocks:
@@ -167,12 +240,11 @@ def _rewrite_function(func: relax.Function, kernel) -> relax.Function:
             first, second = sorted(range(2), key=lambda j: where[parts[j]])
             tmp = relax.DataflowVar(f"{binding.var.name}_partial", out_ty)
             a, b = producers[first].value, producers[second].value
-            into_a = kernel(_callee(a), total, offsets[first])
-            into_b = kernel(_callee(b), total, offsets[second])
-            args_b = list(b.args[1].fields)
-            replace[where[parts[first]]] = relax.VarBinding(
-                tmp, relax.call_tir(into_a, relax.Tuple(list(a.args[1].fields)), out_ty)
-            )
+            args_a, views_a = sliced(bindings, where, uses, a.args[1].fields)
+            args_b, views_b = sliced(bindings, where, uses, b.args[1].fields)
+            into_a = kernel(_callee(a), total, offsets[first], views_a)
+            into_b = kernel(_callee(b), total, offsets[second], views_b)
+            replace[where[parts[first]]] = relax.VarBinding(tmp, relax.call_tir(into_a, relax.Tuple(args_a), out_ty))
             replace[where[parts[second]]] = relax.VarBinding(
                 binding.var, relax.call_tir_inplace(into_b, relax.Tuple(args_b + [tmp]), [len(args_b)], out_ty)
             )

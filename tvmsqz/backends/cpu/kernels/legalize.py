@@ -127,9 +127,11 @@ def blocked_layout_passes(
     when `winograd` is 2 or 4); with
     `classifier_pad`, a classifier whose outputs the block does not divide is first padded to a
     multiple of it (`tvmsqz.passes.pad_classes`: 1000 -> 1024, so it is blocked like every other conv);
+    a bypass added to a Fire concat is pushed into the expand convs' epilogues (`passes.bypass`);
     `int8_dot` (target data `int8.dot`) names the dot-product kernels of uint8 x int8 convs."""
     from tvm import relax
 
+    from ....passes.bypass import push_bypass_through_concat
     from ....passes.layout import blocked_layout_of
     from ....passes.pad_classes import PadClassifier
 
@@ -137,6 +139,8 @@ def blocked_layout_passes(
         *([PadClassifier(classifier_pad, block)] if classifier_pad else []),
         relax.transform.ConvertLayout({}, layout_cb=blocked_layout_of(block)),
         relax.transform.CanonicalizeBindings(),
+        # in blocks, so each slice of a bypass is whole channel blocks (concat_free views them)
+        push_bypass_through_concat(),
         relax.transform.LegalizeOps(
             customize_legalize_map={"relax.nn.conv2d": _legalizer(winograd, winograd_min_size, int8_dot)}
         ),

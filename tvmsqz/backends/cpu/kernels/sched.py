@@ -33,10 +33,18 @@ def sample_unroll(sch) -> None:
 
 
 def epilogue_at(sch, block, loop) -> None:
-    """Inline the elementwise chain after the conv, then compute its last block per register tile."""
+    """Inline the elementwise chain after the conv, then compute its last block per register tile.
+
+    A side input of the chain computed in the kernel (the channel-block slice of a Fire bypass,
+    `passes.bypass`) is inlined into its reader first: the epilogue reads the bypass in place.
+    Kernels without one get no extra instruction, so the shipped traces replay unchanged.
+    """
     consumers = sch.get_consumers(block)
     while consumers:
         (consumer,) = consumers[:1]
+        for side in sch.get_producers(consumer):
+            if not sch.get(side).same_as(sch.get(block)) and not sch.get_producers(side):
+                sch.compute_inline(side)
         nxt = sch.get_consumers(consumer)
         if not nxt:
             sch.reverse_compute_at(consumer, loop, preserve_unit_loops=True)
