@@ -293,6 +293,8 @@ class TVMPipeline:
             start = time.perf_counter()
             artifact.run(x)
             times.append(time.perf_counter() - start)
+        del artifact
+        so.unlink(missing_ok=True)  # the point's databases stay (resume, inspection); 29 artifacts would not
         return {
             "latency_ms": float(np.median(times) * 1e3),
             "latency_unit": "measured ms (median)",
