@@ -74,6 +74,26 @@ def test_three_point_exploration_on_x86_then_resume(tmp_path):
     assert [p["latency_ms"] for p in resumed["points"]] == [p["latency_ms"] for p in data["points"]]
 
 
+@pytest.mark.slow
+def test_three_point_exploration_on_the_vta_simulator(tmp_path):
+    """VTA points are simulated cycles (deterministic, no tuning); a network the VTA flow cannot
+    take (SqueezeNext's 3x1 convs) is one error line in its row, and the run goes on."""
+    out = tmp_path / "vta"
+    proc = run_cli("explore", "--target", "vta", "-o", str(out), "--points", "3", "--json", timeout=900)
+    data = json.loads(proc.stdout)
+    rows = {p["key"]: p for p in data["points"]}
+    assert list(rows) == [p.key for p in default_points()[:3]]
+    for key in (default_points()[0].key, "squeezenet1_1"):
+        row = rows[key]
+        assert row["simulated_cycles"] > 0 and row["mac_offload_share"] == 1.0, row
+        assert "simulated ms" in row["latency_unit"] and row["latency_ms"] > 0
+    # SqueezeNet 1.1 does less work than 1.0 on VTA too
+    assert rows["squeezenet1_1"]["simulated_cycles"] < rows[default_points()[0].key]["simulated_cycles"]
+    failed = rows["squeezenext_1_0_23"]
+    assert failed["latency_ms"] is None and "\n" not in failed["error"] and "padding" in failed["error"]
+    assert data["pareto"] == ["squeezenet1_1"]
+
+
 def test_explore_refuses_bad_input(tmp_path):
     not_a_results_file = tmp_path / "out"
     not_a_results_file.mkdir()

@@ -130,11 +130,11 @@ def run(
             row.update(sr=point.sr, pct3x3=point.pct3x3, base_e=point.base_e, incr_e=point.incr_e, freq=point.freq)
         elif point.kind == "squeezenext":
             row.update(width=point.width, depths=list(point.depths))
+        work_dir = output / "points" / point.key
         try:
+            work_dir.mkdir(parents=True, exist_ok=True)
             model = load_model(module, example_input=(1, 3, size, size), name=point.key)
-            row.update(
-                pipeline.measure(model, spec, backend, output / "points" / point.key, trials=trials, time_budget=budget)
-            )
+            row.update(pipeline.measure(model, spec, backend, work_dir, trials=trials, time_budget=budget))
         except TvmsqzError as exc:
             row.update(latency_ms=None, error=str(exc).splitlines()[0])
         row["seconds"] = round(time.perf_counter() - t0, 1)
