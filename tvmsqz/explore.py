@@ -44,7 +44,7 @@ def compressed_bytes(module) -> int:
     from .compress.sharing import share
     from .compress.writer import encode
 
-    tensors, rest = [], 0
+    tensors = []
     for name, layer in module.named_modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             weight = layer.weight.detach().numpy()

@@ -47,6 +47,18 @@ SIMPLE_BYPASS_FIRES = (3, 5, 7, 9)
 COMPLEX_BYPASS_FIRES = (2, 4, 6, 8)
 
 
+def init_weights(model: nn.Module, final_conv: nn.Conv2d) -> None:
+    """torchvision's SqueezeNet init: kaiming uniform convs, zero biases, N(0, 0.01) classifier."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            if m is final_conv:
+                init.normal_(m.weight, mean=0.0, std=0.01)
+            else:
+                init.kaiming_uniform_(m.weight)
+            if m.bias is not None:
+                init.constant_(m.bias, 0)
+
+
 class Fire(nn.Module):
     """torchvision's Fire module, with an optional bypass (`None`, `"identity"`, `"conv"`)."""
 
@@ -158,14 +170,7 @@ class SqueezeNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d((1, 1)),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                if m is final_conv:
-                    init.normal_(m.weight, mean=0.0, std=0.01)
-                else:
-                    init.kaiming_uniform_(m.weight)
-                if m.bias is not None:
-                    init.constant_(m.bias, 0)
+        init_weights(self, final_conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -207,13 +212,7 @@ class DesignSqueezeNet(nn.Module):
         self.features = nn.Sequential(*layers)
         final_conv = nn.Conv2d(cin, num_classes, kernel_size=1)
         self.classifier = nn.Sequential(nn.Dropout(p=0.5), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                if m is final_conv:
-                    init.normal_(m.weight, mean=0.0, std=0.01)
-                else:
-                    init.kaiming_uniform_(m.weight)
-                init.constant_(m.bias, 0)
+        init_weights(self, final_conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)

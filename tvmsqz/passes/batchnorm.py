@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rewrite import count_uses, mutator_pass
+
 
 def fold_batchnorm():
     """A module pass: `batch_norm(conv2d(x, W) [+ b], gamma, beta, mean, var)[0]` with constant
@@ -81,27 +83,4 @@ def fold_batchnorm():
             conv = relax.Call(conv2d, [producer.args[0], relax.const(folded_w.astype(dtype))], producer.attrs)
             return relax.op.add(conv, relax.const(folded_b.astype(dtype).reshape(1, cout, 1, 1)))
 
-    def count_uses(func) -> dict:
-        uses: dict = {}
-
-        def visit(expr) -> None:
-            if isinstance(expr, relax.Var):
-                uses[expr] = uses.get(expr, 0) + 1
-
-        relax.analysis.post_order_visit(func.body, visit)
-        return uses
-
-    def transform(mod, ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Fold(mod, count_uses(func)).visit_expr(func)
-        return mod
-
-    return tvm.transform.Sequential(
-        [
-            tvm.transform.module_pass(transform, opt_level=0, name="FoldBatchNorm"),
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.DeadCodeElimination(),
-        ],
-        name="FoldBatchNorm",
-    )
+    return mutator_pass("FoldBatchNorm", lambda mod, func: _Fold(mod, count_uses(func)))

@@ -14,6 +14,8 @@ convs write straight into the shared buffer and add the bypass in the same pass.
 
 from __future__ import annotations
 
+from .rewrite import count_uses, mutator_pass
+
 
 def _static_channels(expr) -> int | None:
     shape = getattr(getattr(expr, "ty", None), "shape", None)
@@ -80,27 +82,4 @@ def push_bypass_through_concat():
                 return relax.op.concat(summed, axis=1)
             return call
 
-    def count_uses(func) -> dict:
-        uses: dict = {}
-
-        def visit(expr) -> None:
-            if isinstance(expr, relax.Var):
-                uses[expr] = uses.get(expr, 0) + 1
-
-        relax.analysis.post_order_visit(func.body, visit)
-        return uses
-
-    def transform(mod, ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Push(mod, count_uses(func)).visit_expr(func)
-        return mod
-
-    return tvm.transform.Sequential(
-        [
-            tvm.transform.module_pass(transform, opt_level=0, name="PushBypassThroughConcat"),
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.DeadCodeElimination(),
-        ],
-        name="PushBypassThroughConcat",
-    )
+    return mutator_pass("PushBypassThroughConcat", lambda mod, func: _Push(mod, count_uses(func)))

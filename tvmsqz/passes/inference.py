@@ -9,6 +9,8 @@ is the input and the mask is all ones, so the call becomes that tuple and the bi
 
 from __future__ import annotations
 
+from .rewrite import mutator_pass
+
 
 def strip_dropout():
     """A module pass: every `R.nn.dropout(x)` -> `(x, ones_like(x))` (folded by the bindings
@@ -27,17 +29,4 @@ def strip_dropout():
                 return relax.Tuple([x, relax.op.ones_like(x)])
             return call
 
-    def transform(mod, ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Strip(mod).visit_expr(func)
-        return mod
-
-    return tvm.transform.Sequential(
-        [
-            tvm.transform.module_pass(transform, opt_level=0, name="StripDropout"),
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.DeadCodeElimination(),
-        ],
-        name="StripDropout",
-    )
+    return mutator_pass("StripDropout", lambda mod, func: _Strip(mod))
