@@ -47,6 +47,10 @@ def test_bench_json_has_documented_keys_and_consistent_values(tmp_path):
     names = [row["name"] for row in report["profile"]]
     assert len(names) >= 10 and all(row["time_us"] > 0 and row["calls"] >= 1 for row in report["profile"])
     assert report["fused"] is True
+    # No database: no tuner's estimate to set the in-graph time beside (test_tune checks the pair).
+    tuning = report["tuning"]
+    assert tuning["estimated_ms"] is None and tuning["in_graph_vs_estimate"] is None
+    assert tuning["in_graph_ms"] == lat["tvm"]["median"] and tuning["in_graph_ms_1thread"] == one["tvm"]["median"]
     assert "concatenate" not in " ".join(names)  # --fuse: concat-free Fire modules
     # x86 is channel-blocked: each expand conv writes its own channel blocks of the Fire module's one
     # output buffer, so SqueezeNet 1.1's 4 distinct Fire shapes give 2 x 4 kernels, named as such

@@ -52,6 +52,7 @@ from tvmsqz.frontend import import_onnx
 from tvmsqz.runtime import load as load_artifact
 from tvmsqz.targets import get_target
 from tvmsqz.tuning import Allocator, TaskState, default_batch, default_population, repair_tail, tune_model
+from tvmsqz.tuning.allocator import MINOR_TRIALS, WINDOW, is_minor
 from tvmsqz.tuning.budget import DEFAULT_TRIALS, UNBOUNDED_TRIALS, parse_duration, resolve_trials, sizing_trials
 from tvmsqz.tuning.records import SUMMARY_FILE, record_line, workload_line
 
@@ -152,11 +153,41 @@ def test_short_tune_writes_a_database_that_compile_applies(tiny, tuned, tmp_path
     convs = [k for k in report.kernels if "conv2d" in k]
     assert len(convs) == 2
     assert set(convs) <= set(report.tuned), (report.tuned, report.untuned)
+    # The compiler's estimate (the database's best record of each applied kernel x calls) is the
+    # tuner's own: computed apart, from the records on disk, it agrees with the summary.
+    assert report.estimate_kernels == 3 and report.estimated_ms == pytest.approx(summary["best_estimated_ms"], rel=1e-3)
+    assert all(t["allocation"] and t["why"] for t in summary["per_task"]) and summary["measure"] == "warm"
     executable.export_library(str(tmp_path / "tiny.so"))
     x = np.random.default_rng(1).standard_normal(input_spec.shape).astype("float32")
     got = load_artifact(tmp_path / "tiny.so").run(x)
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"data": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_flush_timing_and_the_in_graph_check_through_the_cli(tiny, tmp_path):
+    """`--measure flush` times candidates with the caches flushed; `--model-time` compiles the model
+    with the new database and times it in its own process beside the tuner's estimate."""
+    _, folder = tiny
+    db = tmp_path / "db"
+    env = {**_tune_env(tmp_path), "TVMSQZ_MODEL_TIME": "0"}
+    proc = run_cli(
+        "tune", str(folder / "tiny.onnx"), "--trials", "4", "--cold", "--measure", "flush", "--model-time",
+        "-o", str(db), env=env,
+    )  # fmt: skip
+    summary = json.loads((db / "tuning_summary.json").read_text())
+    graph = summary["in_graph"]
+    assert summary["measure"] == "flush" and "flush timing" in proc.stderr
+    # The compiler applies each kernel's record with the best mean (MetaSchedule's ranking), the
+    # tuner's best is the lowest median over all records: never above what the compiler sums.
+    assert summary["best_estimated_ms"] * 0.999 <= graph["estimated_ms"] <= 1.5 * summary["best_estimated_ms"]
+    assert graph["in_graph_ms"] > 0 and graph["ratio"] == pytest.approx(
+        graph["in_graph_ms"] / graph["estimated_ms"], rel=1e-2
+    )
+    assert "in the graph:" in proc.stderr and "estimated" in proc.stdout
+    assert "trials of this run:" in proc.stderr  # where the trials went, by reason
+    bad = run_cli("tune", str(folder / "tiny.onnx"), "--measure", "cold", "-o", str(tmp_path / "x"), check=False)
+    assert_one_line_error(bad, "--measure", "warm", "flush")
+    assert bad.returncode == 2 and not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- interruption
@@ -460,28 +491,53 @@ def test_repair_tail(tmp_path):
     assert repair_tail(path) is None and path.read_text() == "[0, [1]]\ngarbage\n"
 
 
-def _simulate(tasks: list[TaskState], budget: int, batch: int, latency: dict[str, float]) -> list[str]:
-    """Drive the allocator with fixed per-task latencies; returns the task picked per batch."""
+def _simulate(tasks: list[TaskState], budget: int, batch: int, latency: dict) -> list[str]:
+    """Drive the allocator; `latency[name]` is a run time (s) or a function of the task's trials
+    so far (a kernel whose search keeps finding faster schedules). Returns the task per batch."""
     alloc = Allocator(tasks, budget, batch)
     picks = []
     while (pick := alloc.next()) is not None:
         i, n = pick
         picks.append(tasks[i].name)
         for _ in range(n):
-            tasks[i].record(latency[tasks[i].name])
+            lat = latency[tasks[i].name]
+            tasks[i].record(lat(tasks[i].trials) if callable(lat) else lat)
         assert len(picks) < 1000
     return picks
 
 
-def test_allocator_covers_every_task_then_follows_model_time():
-    tasks = [TaskState("big_conv", 1, 170e6), TaskState("small_conv", 2, 6e6), TaskState("pool", 1, 1e6)]
-    latency = {"big_conv": 2e-3, "small_conv": 1e-4, "pool": 2e-5}
-    picks = _simulate(tasks, budget=96, batch=8, latency=latency)
-    assert picks[:3] == ["big_conv", "small_conv", "pool"]  # coverage first, heaviest prior first
-    assert all(t.covered for t in tasks)
-    assert sum(t.trials for t in tasks) == 96
-    big = tasks[0].trials
-    assert big > 0.8 * 96 and tasks[1].trials >= 8 and tasks[2].trials >= 1  # no flat per-task cap
+def test_allocator_covers_every_task_then_follows_expected_gain():
+    """Coverage first; then the improving classifier gets the budget, the conv that stopped improving
+    moves on once converged, the pool gets at most MINOR_TRIALS, and no budget is left unused."""
+    tasks = [TaskState("big_conv", 1, 170e6), TaskState("small_conv", 2, 6e6), TaskState("max_pool2d", 1, 1e6)]
+    latency = {"big_conv": lambda t: 2e-3 * (1 + 4 / (t + 4)), "small_conv": 1e-4, "max_pool2d": 2e-5}
+    picks = _simulate(tasks, budget=400, batch=8, latency=latency)
+    big, small, pool = tasks
+    assert picks[:3] == ["big_conv", "small_conv", "max_pool2d"]  # coverage first, heaviest prior first
+    assert all(t.covered for t in tasks) and sum(t.trials for t in tasks) == 400
+    assert pool.minor and not big.minor and pool.trials <= MINOR_TRIALS
+    assert small.converged and small.trials <= 1 + WINDOW + 8 and small.reason.startswith("converged")
+    assert big.trials > 300 and big.picks["expected gain"] > 100 and big.picks["coverage"] == 8
+
+
+def test_allocator_prefers_the_kernel_that_still_improves_and_spends_the_rest_by_time_share():
+    flat, better = TaskState("conv_a", 1, 50e6), TaskState("conv_b", 1, 50e6)
+    picks = _simulate(
+        [flat, better], budget=120, batch=4, latency={"conv_a": 1e-4, "conv_b": lambda t: 1e-4 * (1 + 8 / (t + 1))}
+    )
+    assert picks[:2] == ["conv_a", "conv_b"] and better.trials > 2 * flat.trials
+    # Nothing improves: every task converges, and the budget still goes where the model time is.
+    tasks = [TaskState("conv_big", 1, 100e6), TaskState("conv_small", 1, 10e6), TaskState("mean", 1, 1e5)]
+    _simulate(tasks, budget=300, batch=8, latency={"conv_big": 4e-4, "conv_small": 1e-4, "mean": 5e-6})
+    assert sum(t.trials for t in tasks) == 300 and tasks[2].trials <= MINOR_TRIALS
+    assert tasks[0].picks.get("time share (no gain expected)", 0) > tasks[1].picks.get(
+        "time share (no gain expected)", 0
+    )
+    assert (
+        is_minor("te_layout_transform1")
+        and is_minor("max_pool2d3")
+        and not is_minor("fire_expand_into_conv2d_nchwc_winograd_add2")
+    )
 
 
 def test_allocator_covers_past_a_tiny_budget_and_skips_exhausted_tasks():

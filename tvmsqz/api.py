@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import json
 import operator
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -343,17 +344,23 @@ def tune(
     calibrate: Any = None,
     calibration_method: str | None = None,
     fp32_layers: tuple[str, ...] | list[str] = (),
+    measure: str | None = None,
+    model_time: bool | None = None,
     log=None,
     **options: Any,
 ) -> dict:
     """Auto-tune every kernel of `model` for `target`; returns the run's summary (records,
-    kernels tuned, seconds, `database`: the folder written).
+    kernels tuned, seconds, `database`: the folder written, `in_graph`: the compiled model's
+    time here beside the tuner's estimate).
 
     `trials` and `time_budget` (seconds, or a duration such as "90s", "30m", "1.5h") bound the run,
     whichever comes first (default 64 trials when neither is given); `output` defaults to the user
     data folder, never the shipped schedules; `resume` continues a folder; `cold` skips the warm
     start from shipped records. `precision` and the calibration options as in `compile` (int8
     kernels are tuned into their own database: the int8 target differs from the fp32 one).
+    `measure`: "warm" or "flush" timing of candidates (default: the target's); `model_time`
+    (default on, `TVMSQZ_MODEL_TIME=0` turns the default off): time the compiled model after
+    tuning, on targets that run here.
     """
     from .tuning.budget import DEFAULT_TRIALS, parse_duration
 
@@ -376,9 +383,14 @@ def tune(
             ("fuse", fuse),
             ("rpc_tracker", rpc_tracker),
             ("rpc_key", rpc_key),
+            ("measure", measure),
         )
         if value is not None and not (key == "cold" and value is False)  # `fuse=False` is a choice
     }
+    if model_time is None:
+        model_time = os.environ.get("TVMSQZ_MODEL_TIME", "1") != "0"
+    if not model_time:
+        extra["model_time"] = False
     return pipe.tune(
         loaded,
         spec,

@@ -407,6 +407,7 @@ def _bench(
             "kernels": len(report.kernels),
             "tuned": report.tuned,
             "untuned": report.untuned,
+            **in_graph(report.estimated_ms, measured.get("tvm"), measured_1t.get("tvm"), comparable),
         },
         "compile_seconds": report.seconds,
         "artifact_sha256": manifest["artifact"]["sha256"],
@@ -420,6 +421,22 @@ def _bench(
             packed, so_path, plain_path, sources, inputs_path, repeat, thread_counts, got, bundle, tvm_mem, say
         )
     return result
+
+
+def in_graph(estimated_ms: float | None, latency: dict | None, latency_1t: dict | None, comparable: bool) -> dict:
+    """The tuner's estimate (sum of the database's kernel times x calls) beside the model's measured
+    median: their ratio is what the graph loses between kernels (cold caches, launches, copies).
+
+    The estimate's times are those of the machine the records were tuned on; the ratio means
+    most for a database tuned on this host (`tvmsqz tune` prints the same comparison)."""
+    median = latency.get("median") if latency and comparable else None
+    median_1t = latency_1t.get("median") if latency_1t and comparable else None
+    return {
+        "estimated_ms": estimated_ms,
+        "in_graph_ms": median,
+        "in_graph_ms_1thread": median_1t,
+        "in_graph_vs_estimate": round(median / estimated_ms, 3) if median and estimated_ms else None,
+    }
 
 
 def _compressed_artifact(loaded, spec, path: Path, database, fuse, backend, options: dict):
@@ -623,6 +640,7 @@ def _prebuilt(so_path: Path, spec: TargetSpec):
         database=manifest.get("database"),
         fused=manifest.get("fused", True),
         activation_bytes=manifest.get("activation_bytes"),
+        estimated_ms=manifest.get("tuner_estimate_ms"),
     )
     return manifest, report
 
@@ -692,13 +710,22 @@ def print_report(report: dict[str, Any], console) -> None:
             if peer and ratio is not None:
                 console.print(f"TVM int8 / {peer} (fastest int8 peer) at {label}: {ratio:.2f}")
     if report["profile"]:
-        prof = Table(title="slowest kernels (Relax VM instrumentation)")
+        prof = Table(
+            title="slowest kernels in the graph (Relax VM instrumentation: the Python call between kernels "
+            "adds tens of us to each parallel one; compare kernels, not sums)"
+        )
         for col in ("kernel", "calls", "us"):
             prof.add_column(col, justify="right" if col != "kernel" else "left")
         for row in report["profile"][:10]:
             prof.add_row(row["name"], str(row["calls"]), f"{row['time_us']:.0f}")
         console.print(prof)
     tuning = report["tuning"]
+    if tuning.get("in_graph_vs_estimate") is not None:
+        console.print(
+            f"in the graph: {tuning['in_graph_ms']:.3f} ms (TVM median, {report['threads']} threads) vs the tuner's "
+            f"estimate {tuning['estimated_ms']:.3f} ms (sum of the database's kernel times x calls, measured where it "
+            f"was tuned): {tuning['in_graph_vs_estimate']:.2f}x"
+        )
     console.print(
         f"tuning: {len(tuning['tuned'])}/{tuning['kernels']} kernels tuned"
         + (f" from {tuning['database']}" if tuning["database"] else " (no database)")

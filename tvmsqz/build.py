@@ -37,6 +37,11 @@ class BuildReport:
     constant_bytes: int = 0
     warnings: list[str] = field(default_factory=list)  # one line each, printed by the CLI
     layout_fallback: str | None = None  # the pass that declined the blocked layout, if one did
+    #: The tuner's estimate of the model latency: the database's run time of each applied record x
+    #: the kernel's calls, summed (ms; None without a database or when no kernel has a record).
+    #: Times are those of the machine the records were measured on, kernels measured alone.
+    estimated_ms: float | None = None
+    estimate_kernels: int = 0  # kernels (of `kernels`) the estimate covers
 
 
 def resolve_fuse(spec: TargetSpec, fuse: bool | None) -> bool:
@@ -154,6 +159,57 @@ def _is_scheduled(func) -> bool:
     return bool(func.attrs and "tirx.is_scheduled" in func.attrs and func.attrs["tirx.is_scheduled"])
 
 
+def kernel_calls(mod) -> dict[str, int]:
+    """How often the model calls each kernel (`call_tir` and `call_tir_inplace`, every function)."""
+    import tvm
+    from tvm import relax
+
+    ops = (tvm.ir.Op.get("relax.call_tir"), tvm.ir.Op.get("relax.call_tir_inplace"))
+    calls: dict[str, int] = {}
+
+    @relax.expr_functor.visitor
+    class _Calls(relax.PyExprVisitor):
+        def visit_call_(self, call) -> None:
+            if any(call.op.same_as(op) for op in ops) and isinstance(call.args[0], tvm.ir.GlobalVar):
+                calls[call.args[0].name_hint] = calls.get(call.args[0].name_hint, 0) + 1
+            super().visit_call_(call)
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            _Calls().visit_expr(func)
+    return calls
+
+
+def tuner_estimate(mod, spec: TargetSpec, database) -> tuple[float | None, int]:
+    """(ms, kernels): what the tuner predicts for `mod`, each kernel's best record x its calls.
+
+    The same lookup `MetaScheduleApplyDatabase` makes (the kernel as a one-function module, its
+    name as the workload name), so the estimate covers exactly the kernels that get a schedule.
+    Set beside the measured model latency, it says how much the graph loses between kernels
+    (`tvmsqz bench`, the summary of `tvmsqz tune`).
+    """
+    import tvm
+    from tvm import tirx as tir
+
+    total, covered = 0.0, 0
+    functions = {gv.name_hint: func for gv, func in mod.functions.items()}
+    for name, n in kernel_calls(mod).items():
+        func = functions.get(name)
+        if not isinstance(func, tir.PrimFunc):
+            continue
+        one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        try:
+            record = database.query_tuning_record(one, spec.target, name)
+        except Exception:  # noqa: BLE001 - a kernel the database cannot match is simply not covered
+            record = None
+        times = sorted(float(v) for v in record.run_secs) if record is not None else []
+        run_s = times[len(times) // 2] if times else None  # the median, as the tuner ranks them
+        if run_s is not None and 0 < run_s < 1e9:  # 1e10 marks a failed measurement
+            total += run_s * n
+            covered += 1
+    return (round(total * 1e3, 6) if covered else None), covered
+
+
 def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: BuildReport):
     """Replace every kernel that has a tuned record by its tuned schedule."""
     import tvm
@@ -163,6 +219,7 @@ def apply_database(mod, spec: TargetSpec, database_dir: Path | None, report: Bui
     if database_dir is not None:
         database_dir = Path(database_dir)
         database = load_database(database_dir, spec)
+        report.estimated_ms, report.estimate_kernels = tuner_estimate(mod, spec, database)
         with spec.target, database, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         report.database = str(database_dir)
@@ -303,6 +360,7 @@ def export_artifact(
             "layout_fallback": report.layout_fallback,
             "database": report.database,
             "kernels": {"total": len(report.kernels), "tuned": report.tuned, "untuned": report.untuned},
+            "tuner_estimate_ms": report.estimated_ms,
             "activation_bytes": report.activation_bytes,
             **(extra or {}),
         },

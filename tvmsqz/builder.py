@@ -248,23 +248,29 @@ def PersistentBuilder(**kwargs):  # noqa: N802 - a class to its users
     return _builder_class()(**kwargs)
 
 
-def make_local_runner(
-    num_threads: int | None, *, timeout_sec: float = 30.0, number: int = 3, repeat: int = 1, min_repeat_ms: int = 100
-):
+#: How a tuning candidate is timed. "warm": 3 runs back to back (>= 100 ms), caches hot as a
+#: micro-benchmark has them. "flush": the CPU caches flushed (every argument but the output,
+#: weights included) before each of 10 single runs, as in the compiled model, where each kernel
+#: finds its input in cache only as far as the previous kernel left it and its weights cold.
+MEASURE_MODES = ("warm", "flush")
+
+
+def make_local_runner(num_threads: int | None, *, timeout_sec: float = 30.0, measure: str = "warm"):
     """MetaSchedule's `LocalRunner` measuring with `num_threads` threads (the target's cores)."""
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
 
+    if measure == "flush":
+        config = EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
+    else:
+        config = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100, enable_cpu_cache_flush=False)
     return LocalRunner(
-        timeout_sec=timeout_sec,
-        evaluator_config=EvaluatorConfig(
-            number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, enable_cpu_cache_flush=False
-        ),
-        initializer=functools.partial(runner_init, num_threads),
+        timeout_sec=timeout_sec, evaluator_config=config, initializer=functools.partial(runner_init, num_threads)
     )
 
 
-def local_builder_runner(*, workers: int, measure_threads: int, f_export=None):
-    """(builder, runner) measuring on this host: one persistent builder pool, MetaSchedule's runner."""
+def local_builder_runner(*, workers: int, measure_threads: int, f_export=None, measure: str = "warm"):
+    """(builder, runner) measuring on this host: one persistent builder pool, MetaSchedule's runner
+    timing each candidate as `measure` says (`MEASURE_MODES`)."""
     builder = PersistentBuilder(max_workers=workers, timeout_sec=60.0, f_export=f_export)
     builder.warm_up()
-    return builder, make_local_runner(measure_threads)
+    return builder, make_local_runner(measure_threads, measure=measure)

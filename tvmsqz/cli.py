@@ -556,6 +556,17 @@ def tune_cmd(
     calibrate: Optional[Path] = CalibrateOpt,
     calibration_method: Optional[str] = CalibrationMethodOpt,
     fp32_layers: Optional[str] = Fp32LayersOpt,
+    measure: Optional[str] = typer.Option(
+        None,
+        "--measure",
+        help="How a candidate is timed on a CPU: 'warm' (runs back to back, the x86 default: its "
+        "estimate was the closer to the compiled model's time) or 'flush' (caches flushed before each run).",
+    ),
+    model_time: Optional[bool] = typer.Option(
+        None,
+        "--model-time/--no-model-time",
+        help="After tuning, compile the model and time it here beside the tuner's estimate (default: on).",
+    ),
 ) -> None:
     """Auto-tune every kernel of MODEL with MetaSchedule and its XGBoost cost model."""
     api = _api()
@@ -579,6 +590,8 @@ def tune_cmd(
         calibrate=calibrate,
         calibration_method=calibration_method,
         fp32_layers=_layers(fp32_layers),
+        measure=measure,
+        model_time=model_time,
         log=err_console,
     )
     console.print(_tune_line(summary), highlight=False, soft_wrap=True, markup=False)
@@ -642,9 +655,16 @@ def _tune_line(summary: dict) -> str:
     if "records" not in summary:  # a pipeline with a summary of its own shape (VTA's tilings)
         return json.dumps(summary, indent=1)
     stopped = "; stopped on the time budget" if summary.get("stopped") == "time budget" else ""
+    graph = summary.get("in_graph") or {}
+    in_graph = (
+        f"; model {graph['in_graph_ms']:.3f} ms in the graph vs {graph['estimated_ms']:.3f} ms estimated "
+        f"({graph['ratio']:.2f}x)"
+        if graph.get("ratio")
+        else ""
+    )
     return (
         f"database: {summary['database']} ({summary['records']} records, {summary['tuned_tasks']}/"
-        f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s{stopped})"
+        f"{summary['tasks']} kernels tuned, {summary['seconds']:.0f} s{stopped}){in_graph}"
     )
 
 

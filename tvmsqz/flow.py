@@ -64,6 +64,87 @@ def default_tuning_dir(spec: TargetSpec) -> Path:
     return user_tuning_dir(spec)
 
 
+#: Timed runs of the compiled model after a tune (after the worker's warm-up runs).
+MODEL_TIME_RUNS = 200
+
+
+def model_in_graph(model: Model, spec: TargetSpec, backend: ModuleType, database: Path, log=None) -> dict:
+    """Compile `model` with `database` and time it here in a fresh process (as `bench` times TVM):
+    `{in_graph_ms, estimated_ms, ratio, threads, runs}`; `ratio` is in-graph over the estimate
+    (the sum of the database's best kernel times x calls, the kernels timed alone)."""
+    import tempfile
+
+    import numpy as np
+
+    from . import peers
+    from .build import compile_module, export_artifact
+    from .frontend import random_input
+    from .spec import host_cores
+
+    if log is not None:
+        log.print("[dim]timing the compiled model with the new database (in-graph vs the tuner's estimate)[/dim]")
+    threads = int(spec.tvm_config.get("num-cores") or host_cores()) if spec.tvm_config else host_cores()
+    with tempfile.TemporaryDirectory(prefix="tvmsqz-model-time-") as tmp:
+        workdir = Path(tmp)
+        executable, report = compile_module(model.mod, spec, database=database, backend=backend)
+        so_path = workdir / "model.so"
+        export_artifact(
+            executable, spec, so_path, model=model.name, input_spec=model.input, report=report, backend=backend
+        )
+        inputs = workdir / "inputs.npy"
+        np.save(inputs, random_input(model.input)[None])
+        sources = peers.Sources(onnx=workdir / "none.onnx", workdir=workdir, artifact=so_path)
+        _wait_for_children()  # the tuner's builder and runner workers must not share the cores with the timing
+        got = peers.run_worker(
+            "tvm", peers.module("tvm").prepare(sources), inputs, threads, MODEL_TIME_RUNS, workdir / "tvm.json"
+        )
+    median = float(got["latency"]["median"])
+    est = report.estimated_ms
+    result = {
+        "in_graph_ms": round(median, 4),
+        "estimated_ms": est,
+        "ratio": round(median / est, 3) if est else None,
+        "threads": threads,
+        "runs": MODEL_TIME_RUNS,
+        "kernels_with_record": f"{report.estimate_kernels}/{len(report.kernels)}",
+    }
+    if log is not None:
+        log.print(
+            f"in the graph: {median:.3f} ms (median of {MODEL_TIME_RUNS} runs, {threads} threads, own process) vs the "
+            f"tuner's estimate {est if est is None else f'{est:.3f}'} ms (best kernel times x calls, "
+            f"{result['kernels_with_record']} kernels with a record)"
+            + (f": {result['ratio']:.2f}x" if result["ratio"] else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    return result
+
+
+def _wait_for_children(timeout: float = 10.0) -> None:
+    """Give this process's worker processes (the tuning pools, shut down without waiting) up to
+    `timeout` to exit, so they do not take cores from the model being timed. Nothing is killed:
+    in an API caller's process a child may be the caller's own."""
+    import psutil
+
+    psutil.wait_procs(psutil.Process().children(recursive=True), timeout=timeout)
+
+
+def _update_summary(folder: Path, in_graph: dict) -> None:
+    """Add the in-graph figures to the folder's `tuning_summary.json` (atomically; a report only)."""
+    import json
+
+    from .fsutil import atomic_write
+    from .tuning import SUMMARY_FILE
+
+    path = Path(folder) / SUMMARY_FILE
+    try:
+        data = json.loads(path.read_text())
+        data["in_graph"] = in_graph
+        atomic_write(path, json.dumps(data, indent=1) + "\n")
+    except (OSError, ValueError):
+        pass
+
+
 class TVMPipeline:
     """compile / bench / tune / load through TVM's Relax build, for a backend's hooks."""
 
@@ -219,13 +300,18 @@ class TVMPipeline:
         space: str | None = None,
         time_budget: float | None = None,
         cold: bool = False,
+        measure: str | None = None,
+        model_time: bool = True,
         log=None,
         **options: Any,
     ) -> dict:
         """MetaSchedule + XGBoost over every kernel of `model`; the run's summary.
 
         `time_budget` (s) and `trials` bound the run, whichever comes first; `cold` skips the warm
-        start from the shipped database (see `tune.session`).
+        start from the shipped database; `measure` how candidates are timed (see `tune.session`).
+        `model_time`: compile the model with the new database and time it here, in its own
+        process, beside the tuner's estimate (the summary's `in_graph`): the estimate sums kernels
+        timed alone, and only the model says what the graph loses between them.
         """
         from .tuning import tune_model as run_tuning
 
@@ -243,9 +329,13 @@ class TVMPipeline:
             space=space,
             time_budget=time_budget,
             warm=not cold,
+            measure=measure,
             log=log,
         )
         summary["database"] = str(out)
+        if model_time and rpc_tracker is None and backend.runs_on_host(spec):
+            summary["in_graph"] = model_in_graph(model, spec, backend, out, log)
+            _update_summary(out, summary["in_graph"])
         return summary
 
     def measure(
@@ -276,7 +366,9 @@ class TVMPipeline:
         from .database import WORKLOAD_FILE, merge_databases
 
         database = Path(work_dir) / "tuning"
-        summary = self.tune(model, spec, backend, trials=trials, output=database, time_budget=time_budget)
+        summary = self.tune(
+            model, spec, backend, trials=trials, output=database, time_budget=time_budget, model_time=False
+        )
         # A short tune re-measures or tunes only some kernels: the others keep the default
         # database's records (the shipped schedules), as a plain `compile` would apply them.
         applied = Path(work_dir) / "applied"

@@ -32,7 +32,7 @@ def cross_compiler(cc: str | None):
     return _cc.cross_compiler(cc)
 
 
-def export_cross(executable, path: str | Path, cc: str | None) -> Path:
+def export_cross(executable, path: str | Path, cc: str | None, options: list[str] | None = None) -> Path:
     """Export `executable` (from `tvm.compile`) as a shared library linked by `cc`, atomically.
 
     A failed or interrupted export leaves no file at `path` and no temporary file beside it.
@@ -41,7 +41,7 @@ def export_cross(executable, path: str | Path, cc: str | None) -> Path:
     path = Path(path)
     fcompile = cross_compiler(cc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    export_library(executable, path, fcompile=fcompile)
+    export_library(executable, path, fcompile=fcompile, **({"options": options} if options else {}))
     return path
 
 

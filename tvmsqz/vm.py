@@ -88,6 +88,31 @@ def check_input(
     return np.ascontiguousarray(x)
 
 
+def install_parallel_launch(path: str | Path) -> int | None:
+    """Point a loaded CPU artifact's parallel loops at its own chunk-claiming launcher.
+
+    CPU artifacts carry `tvmsqz_parallel_install` (tvmsqz/backends/cpu/parallel_launch.c): after TVM
+    loaded the library, this swaps TVM's static one-chunk-per-pinned-thread pool for threads that
+    claim chunks as they free up, so a slow or shared core does not hold up every kernel. Returns
+    the thread count, or None for an artifact without it or with `TVMSQZ_PARALLEL=static` (TVM's
+    own pool). The library must already be loaded (RTLD_NOLOAD: this never loads it a second time).
+    """
+    import ctypes
+    import os
+
+    if os.environ.get("TVMSQZ_PARALLEL", "claim") == "static":
+        return None
+    try:
+        # An absolute path: dlopen looks a bare name up in the library path, not here.
+        lib = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        install = lib.tvmsqz_parallel_install
+    except (OSError, AttributeError):  # not loaded here (another device), or built without it
+        return None
+    install.restype = ctypes.c_int
+    threads = int(install())
+    return threads or None
+
+
 def check_elf(path: Path) -> None:
     """Refuse a file that is not a whole ELF shared object before `dlopen` sees it.
 
@@ -201,6 +226,7 @@ class VMArtifact(ArtifactBase):
         try:
             with quiet_stderr():
                 lib = tvm.runtime.load_module(str(path))
+            install_parallel_launch(path)
             vm = VirtualMachine(lib, tvm.device(device_type, 0))
         except Exception as exc:  # noqa: BLE001 - TVM's loader raises many types for a foreign file
             raise TvmsqzError(f"cannot load {path} as a TVM artifact: {str(exc).strip().splitlines()[-1]}") from None

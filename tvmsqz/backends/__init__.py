@@ -22,7 +22,7 @@ TVM build hooks (the families TVM compiles: cpu, cuda; called by `build`, `tune`
     `device_type(spec)`, `device(spec)`, `layout_passes(spec)`, `pre_tuning_passes(spec)`,
     `post_database_passes(spec)`, `default_schedule(mod, spec)`, `space_generator(spec, mod, space)`,
     `pass_config(spec)`, `export(executable, spec, path)`,
-    `tuning_builder_runner(spec, rpc, *, workers, measure_threads)`
+    `tuning_builder_runner(spec, rpc, *, workers, measure_threads, measure)`
 
 A backend supplies hooks and imports none of the modules that call them (`api`, `flow`, `build`,
 `bench`, `tune`): import-linter checks it (pyproject.toml).

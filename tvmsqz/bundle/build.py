@@ -241,6 +241,7 @@ def build_runner(runtime: RuntimeSource, target: BundleTarget, log: Log | None =
             "-ltvm_ffi",
             "-ltvm_runtime",
             "-Wl,--as-needed",
+            "-ldl",  # dlopen/dlsym (in libc since glibc 2.34; older device toolchains need it)
             "-Wl,-rpath,$ORIGIN/../lib",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -30,6 +30,22 @@ import sys
 import time
 
 FORMAT = "tvmsqz-bundle/1"
+
+
+def install_parallel_launch(path: str) -> None:
+    """Point the loaded model's parallel loops at its chunk-claiming launcher (the same swap as
+    tvmsqz.vm.install_parallel_launch: TVMSQZ_PARALLEL=static keeps TVM's own thread pool)."""
+    if os.environ.get("TVMSQZ_PARALLEL", "claim") == "static":
+        return
+    try:
+        lib = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        install = lib.tvmsqz_parallel_install
+    except (OSError, AttributeError):
+        return
+    install.restype = ctypes.c_int
+    install()
+
+
 BUNDLE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POOLED_ALLOCATOR = 2  # tvm::runtime::memory::AllocatorType::kPooled
 KDL_CPU = 1
@@ -258,6 +274,7 @@ class Model:
         get = runtime.global_func("ffi.ModuleGetFunction")
         what = f"cannot load {path} as a TVM artifact"
         self.lib = runtime.call(runtime.global_func("ffi.ModuleLoadFromFile"), path, what=what)
+        install_parallel_launch(path)
         load_exec = runtime.call(get, self.lib, "vm_load_executable", True, what=what)
         if not load_exec.handle:
             raise Refusal(f"{what}: it has no Relax VM executable")

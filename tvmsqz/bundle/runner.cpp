@@ -21,6 +21,7 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
+#include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -679,6 +680,19 @@ void WriteNpy(const std::string& path, const DType& dtype, const std::vector<int
 }
 
 // The seeded input both runners generate: splitmix64, uniform in [-1, 1) (docs/bundle.md).
+// Point the loaded model's parallel loops at its chunk-claiming launcher (CPU artifacts carry
+// tvmsqz_parallel_install, from tvmsqz/backends/cpu/parallel_launch.c): the same swap as the Python
+// loaders; TVMSQZ_PARALLEL=static keeps TVM's own thread pool. RTLD_NOLOAD: never a second load.
+void InstallParallelLaunch(const std::string& model_path) {
+  const char* mode = std::getenv("TVMSQZ_PARALLEL");
+  if (mode != nullptr && std::string(mode) == "static") return;
+  void* handle = dlopen(model_path.c_str(), RTLD_NOLOAD | RTLD_LAZY);
+  if (handle == nullptr) return;
+  auto install = reinterpret_cast<int (*)()>(dlsym(handle, "tvmsqz_parallel_install"));
+  if (install != nullptr) install();
+  dlclose(handle);
+}
+
 void SeededInput(uint64_t seed, float* out, int64_t n) {
   uint64_t state = seed;
   for (int64_t i = 0; i < n; ++i) {
@@ -794,6 +808,7 @@ int Run(int argc, char** argv) {
   ffi::Function main_fn;
   try {
     lib = ffi::Module::LoadFromFile(ffi::String(model_path));
+    InstallParallelLaunch(model_path);
     vm = (*lib)->GetFunction("vm_load_executable", true).value()().cast<ffi::Module>();
     (*vm)->GetFunction("vm_initialization", false).value()(static_cast<int>(kDLCPU), 0, kAllocPooled);
     main_fn = (*vm)->GetFunction("main", false).value();

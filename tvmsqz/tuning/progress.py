@@ -12,6 +12,19 @@ import time
 from .allocator import TaskState, estimated_model_ms
 
 
+def allocation_line(tasks: list[TaskState]) -> str:
+    """Where this run's trials went, by reason: "trials of this run: 412 by expected gain, ..."."""
+    by_reason: dict[str, int] = {}
+    for task in tasks:
+        for reason, n in task.picks.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    if not by_reason:
+        return "trials of this run: none"
+    minor = sum(t.new_trials for t in tasks if t.minor)
+    parts = [f"{n} {reason}" for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1])]
+    return f"trials of this run: {', '.join(parts)}; {minor} on minor kernels (pools, means, transforms)"
+
+
 class Progress:
     """Progress on a rich console: a live table on a terminal, one line per batch otherwise."""
 
@@ -78,7 +91,7 @@ class Progress:
         elif self.console is not None and any(t.trials for t in self.tasks):
             self.status = ""
             width = self.console.width  # not a terminal: 80 columns would cut kernel names
-            self.console.width = max(width, 110)
+            self.console.width = max(width, 200)
             try:
                 self.console.print(self._render(), highlight=False)
             finally:
@@ -96,9 +109,11 @@ class Progress:
             ("calls", "right"),
             ("MFLOP", "right"),
             ("trials", "right"),
+            ("this run", "right"),
             ("best us", "right"),
             ("GFLOP/s", "right"),
             ("time share", "right"),
+            ("why (last allocation)", "left"),
         ):
             table.add_column(col, justify=justify, no_wrap=True)
         for task in self.tasks:
@@ -109,7 +124,17 @@ class Progress:
             else:
                 best = "failed" if task.exhausted else "-"
                 speed = share = "-"
-            table.add_row(task.name, str(task.calls), f"{task.flops / 1e6:.1f}", str(task.trials), best, speed, share)
+            table.add_row(
+                task.name,
+                str(task.calls),
+                f"{task.flops / 1e6:.1f}",
+                str(task.trials),
+                str(task.new_trials),
+                best,
+                speed,
+                share,
+                task.reason,
+            )
         spent = sum(t.trials for t in self.tasks)
         elapsed = time.perf_counter() - self.start
         line = (
@@ -119,4 +144,4 @@ class Progress:
         )
         if self.status:
             line += f"  |  {self.status}"
-        return Group(table, line)
+        return Group(table, line, allocation_line(self.tasks))

@@ -40,6 +40,7 @@ from ..fsutil import LOCK_NAME, folder_lock
 from ..spec import TargetSpec, host_cores
 from .allocator import (
     MIN_BATCH,
+    MINOR_TRIALS,
     Allocator,
     TaskState,
     default_batch,
@@ -62,6 +63,16 @@ WARM_START_RECORDS = 256
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def resolve_measure(spec: TargetSpec, measure: str | None) -> str:
+    """How candidates are timed: the caller's choice, else the target's `tuning.measure`, else warm."""
+    from ..builder import MEASURE_MODES
+
+    chosen = measure or (spec.data.get("tuning", {}) or {}).get("measure") or "warm"
+    if chosen not in MEASURE_MODES:
+        raise TvmsqzError(f"--measure must be one of {', '.join(MEASURE_MODES)}, not {chosen!r}")
+    return chosen
 
 
 def rpc_settings(spec: TargetSpec, tracker: str | None, key: str | None) -> dict | None:
@@ -148,6 +159,7 @@ def tune_model(
     space: str | None = None,
     time_budget: float | None = None,
     warm: bool = True,
+    measure: str | None = None,
 ) -> dict:
     """Tune every worthwhile kernel of `mod` for `spec`; records go to `work_dir`.
 
@@ -165,7 +177,9 @@ def tune_model(
     shipped warm start re-measured), `seconds`, `seconds_per_trial`, `best_estimated_ms`,
     `history` [(trials, estimated_ms, wall_s)], `per_task`, `interrupted`. `space` picks the
     design space per task through the backend ("blocked": the direct-conv space for blocked
-    convs, "generic": MetaSchedule's own; None: the target's choice).
+    convs, "generic": MetaSchedule's own; None: the target's choice). `measure` says how a
+    candidate is timed on a CPU ("warm" or "flush", `builder.MEASURE_MODES`; None: the target's
+    `tuning.measure`, else warm).
     """
     start = time.perf_counter()
     work_dir = Path(work_dir)
@@ -180,6 +194,7 @@ def tune_model(
     check_folder_path(work_dir)
     if batch is None:
         batch = _batch_from_env()
+    measure = resolve_measure(spec, measure)
 
     def waiting() -> None:
         if log is not None:
@@ -204,6 +219,7 @@ def tune_model(
             time_budget=time_budget,
             warm=warm,
             start=start,
+            measure=measure,
         )
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
@@ -239,6 +255,7 @@ def _tune_locked(
     time_budget,
     warm,
     start,
+    measure,
 ) -> dict:
     """The run itself, holding the folder lock (see `tune_model`)."""
     with folder_lock(work_dir, on_wait=waiting):
@@ -249,6 +266,7 @@ def _tune_locked(
         state.time_budget = time_budget
         state.deadline = None if time_budget is None else time.perf_counter() + time_budget
         state.warm = warm and folder.records == 0  # a folder with records resumes from its own
+        state.measure = measure
         for repair in folder.repairs:
             state.say(f"[yellow]repaired database: {repair}[/yellow]")
         failed = True
@@ -325,6 +343,7 @@ class Session:
         self.warm_start: dict | None = previous.get("warm_start")  # the summary's record of it
         self.sizing = 0  # the trial count batches and the warm start are sized for
         self.stopped: str | None = None
+        self.measure = "warm"  # how candidates are timed (`builder.MEASURE_MODES`)
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -373,7 +392,7 @@ class Session:
         # runs. A batch of 4 builds in ~1 s on one worker; a second would only cost start-up CPU.
         workers = 1 if self.batch <= MIN_BATCH else host_threads
         self.builder, self.runner = self.backend.tuning_builder_runner(
-            self.spec, rpc, workers=workers, measure_threads=measure_threads
+            self.spec, rpc, workers=workers, measure_threads=measure_threads, measure=self.measure
         )
         self.device_type = self.backend.device_type(self.spec)
         self.database = ms.database.MemoryDatabase()
@@ -405,7 +424,8 @@ class Session:
         where = f"devices {rpc['key']} at {rpc['tracker']}" if rpc else f"this host, {measure_threads} threads"
         self.say(
             f"tuning {len(self.tasks)} kernels for {self.spec.name} on {where}: {self._limits(trials)}, "
-            f"{self.batch} per search round (population {self.population}), XGBoost cost model; "
+            f"{self.batch} per search round (population {self.population}), XGBoost cost model, "
+            f"{self.measure} timing; "
             f"database {self.folder.path}"
         )
         if self.skipped:
@@ -494,7 +514,13 @@ class Session:
                 return
             pick = self.allocator.next()
             if pick is None:
-                self.stopped = "exhausted" if all(t.exhausted for t in self.tasks) else "trials"
+                done = all(t.exhausted or t.capped for t in self.tasks) and self.allocator.remaining > 0
+                self.stopped = "exhausted" if done else "trials"
+                if done:
+                    self.say(
+                        "every kernel's search space is used up (pools, means and transforms had their "
+                        f"{MINOR_TRIALS} trials): tuning is done"
+                    )
                 return
             index, n = pick
             try:
@@ -507,6 +533,7 @@ class Session:
                 # One kernel whose search or build machinery breaks must not end the whole run.
                 task = self.tasks[index]
                 task.exhausted = True
+                task.reason = "failed (search or build error)"
                 lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
                 self.say(
                     f"[red]{task.name}: tuning failed ({type(exc).__name__}: "
@@ -638,6 +665,7 @@ class Session:
             times.append(item.shipped_s)
         if not candidates:
             return
+        task.reason = "warm start"  # its trials count under it
         run_s = self._measure_and_commit(index, candidates, traces=traces)
         valid = [s for s in run_s if s is not None]
         self.warm_start["per_task"].append(
@@ -727,12 +755,14 @@ class Session:
         self.timings["search"] += time.perf_counter() - batch_start
         if candidates is None:
             task.exhausted = True
+            task.reason = "search space exhausted"
             self.say(f"[dim]{task.name}: search space exhausted after {task.trials} trials[/dim]")
             return
         if not candidates:
             task.empty_batches += 1
             if task.empty_batches >= MAX_EMPTY_BATCHES:
                 task.exhausted = True
+                task.reason = f"exhausted (no new candidate in {MAX_EMPTY_BATCHES} searches)"
                 self.say(f"[dim]{task.name}: no new candidates, done after {task.trials} trials[/dim]")
             return
         task.empty_batches = 0
@@ -797,6 +827,7 @@ class Session:
             task.failed_batches += 1
             if task.failed_batches >= MAX_FAILED_BATCHES:
                 task.exhausted = True
+                task.reason = "failed (no valid measurement)"
                 reason = next((r.error_msg for r in results if r.error_msg), "no run time")
                 self.say(
                     f"[red]{task.name}: {MAX_FAILED_BATCHES} batches without one valid measurement; "
@@ -848,6 +879,10 @@ class Session:
                 "calls": t.calls,
                 "flops": t.flops,
                 "trials": t.trials,
+                "new_trials": t.new_trials,
+                "minor": t.minor,
+                "allocation": dict(t.picks),
+                "why": t.reason,
                 "valid": t.valid,
                 "best_us": None if t.best_s is None else round(t.best_s * 1e6, 3),
                 "gflops": None if t.best_s is None or not t.flops else round(t.flops / t.best_s / 1e9, 2),
@@ -870,6 +905,7 @@ class Session:
             "warm_start": self.warm_start,
             "batch": self.batch,
             "population": self.population,
+            "measure": self.measure,
             "seconds": seconds,
             "seconds_total": self.wall(),
             "seconds_per_trial": seconds / new_trials if new_trials else None,

@@ -136,24 +136,38 @@ def pass_config(spec: TargetSpec) -> dict:
     return {}
 
 
+#: The chunk-claiming parallel launcher (see its header), linked into every CPU artifact.
+PARALLEL_LAUNCH_SOURCE = Path(__file__).with_name("parallel_launch.c")
+
+
 def export(executable, spec: TargetSpec, path: Path) -> None:
-    """Write the shared library atomically: a partial file never appears at `path`."""
+    """Write the shared library atomically: a partial file never appears at `path`.
+
+    The library carries `parallel_launch.c`: its kernels' parallel loops run on threads that claim
+    chunks as they free up (installed at load by the runtime, `vm.install_parallel_launch`), so a
+    slow or shared core no longer holds up every kernel as TVM's static split does.
+    """
+    # The linker may be a C++ driver (TVM uses g++): "-x c" compiles the source as the C it is.
+    options = ["-x", "c", str(PARALLEL_LAUNCH_SOURCE), "-x", "none", "-O2", "-pthread"]
     if spec.cc:  # cross-linked: the device needs no compiler
         from ...toolchain import export_cross
 
-        export_cross(executable, path, spec.cc)
+        export_cross(executable, path, spec.cc, options=options)
         return
     from ...fsutil import export_library
 
-    export_library(executable, path)
+    export_library(executable, path, options=options)
 
 
-def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int):
-    """Local builds and measurements on this host, or cross builds measured on RPC devices."""
+def tuning_builder_runner(
+    spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int, measure: str = "warm"
+):
+    """Local builds and measurements on this host (`measure`: warm or cache-flushed timing, see
+    `builder.MEASURE_MODES`), or cross builds measured on RPC devices (warm)."""
     if rpc is None:
         from ...builder import local_builder_runner
 
-        return local_builder_runner(workers=workers, measure_threads=measure_threads)
+        return local_builder_runner(workers=workers, measure_threads=measure_threads, measure=measure)
     from ...device import make_rpc_runner_builder
 
     return make_rpc_runner_builder(rpc["tracker"], rpc["key"], spec.cc)

@@ -222,8 +222,12 @@ def candidate_export(spec: TargetSpec) -> Callable[[Any], str]:
     return functools.partial(_export_candidate, spec_arch(spec))
 
 
-def tuning_builder_runner(spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int):
+def tuning_builder_runner(
+    spec: TargetSpec, rpc: dict | None, *, workers: int, measure_threads: int, measure: str = "warm"
+):
     """Build and measure on this machine's GPU, or build here and measure on RPC GPUs.
+
+    `measure` is a CPU cache setting: GPU kernels are always timed warm.
 
     Locally TVM compiles the candidates itself (a GPU is present); over RPC the builder host may
     have none, so `candidate_export` gives them nvcc-compiled device code.
