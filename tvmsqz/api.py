@@ -359,7 +359,7 @@ def tune(
     start from shipped records. `precision` and the calibration options as in `compile` (int8
     kernels are tuned into their own database: the int8 target differs from the fp32 one).
     `measure`: "warm" or "flush" timing of candidates (default: the target's); `model_time`
-    (default on, `TVMSQZ_MODEL_TIME=0` turns the default off): time the compiled model after
+    (default on, `TVMSQZ_MODEL_TIME=0`/false/no/off turns the default off): time the compiled model after
     tuning, on targets that run here.
     """
     from .tuning.budget import DEFAULT_TRIALS, parse_duration
@@ -388,7 +388,7 @@ def tune(
         if value is not None and not (key == "cold" and value is False)  # `fuse=False` is a choice
     }
     if model_time is None:
-        model_time = os.environ.get("TVMSQZ_MODEL_TIME", "1") != "0"
+        model_time = os.environ.get("TVMSQZ_MODEL_TIME", "1").strip().lower() not in ("0", "false", "no", "off")
     if not model_time:
         extra["model_time"] = False
     return pipe.tune(

@@ -249,9 +249,9 @@ def PersistentBuilder(**kwargs):  # noqa: N802 - a class to its users
 
 
 #: How a tuning candidate is timed. "warm": 3 runs back to back (>= 100 ms), caches hot as a
-#: micro-benchmark has them. "flush": the CPU caches flushed (every argument but the output,
-#: weights included) before each of 10 single runs, as in the compiled model, where each kernel
-#: finds its input in cache only as far as the previous kernel left it and its weights cold.
+#: micro-benchmark has them. "flush": every argument but the first (weights, bias, output; the
+#: first is the input the previous kernel just wrote) flushed from the caches before each of 10
+#: single runs (MetaSchedule's `cache_flush_cpu_non_first_arg`), the weights as cold as in a big model.
 MEASURE_MODES = ("warm", "flush")
 
 

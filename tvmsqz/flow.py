@@ -68,10 +68,20 @@ def default_tuning_dir(spec: TargetSpec) -> Path:
 MODEL_TIME_RUNS = 200
 
 
-def model_in_graph(model: Model, spec: TargetSpec, backend: ModuleType, database: Path, log=None) -> dict:
-    """Compile `model` with `database` and time it here in a fresh process (as `bench` times TVM):
-    `{in_graph_ms, estimated_ms, ratio, threads, runs}`; `ratio` is in-graph over the estimate
-    (the sum of the database's best kernel times x calls, the kernels timed alone)."""
+def model_in_graph(
+    model: Model,
+    spec: TargetSpec,
+    backend: ModuleType,
+    database: Path,
+    log=None,
+    *,
+    fuse: bool | None = None,
+    since: float | None = None,
+) -> dict:
+    """Compile `model` with `database` (and the tune's `fuse`) and time it here in a fresh process
+    (as `bench` times TVM): `{in_graph_ms, estimated_ms, ratio, threads, runs}`; `ratio` is
+    in-graph over the estimate (the sum of the database's best kernel times x calls, the kernels
+    timed alone). `since`: when the tune started; its worker processes are waited for first."""
     import tempfile
 
     import numpy as np
@@ -86,7 +96,7 @@ def model_in_graph(model: Model, spec: TargetSpec, backend: ModuleType, database
     threads = int(spec.tvm_config.get("num-cores") or host_cores()) if spec.tvm_config else host_cores()
     with tempfile.TemporaryDirectory(prefix="tvmsqz-model-time-") as tmp:
         workdir = Path(tmp)
-        executable, report = compile_module(model.mod, spec, database=database, backend=backend)
+        executable, report = compile_module(model.mod, spec, database=database, fuse=fuse, backend=backend)
         so_path = workdir / "model.so"
         export_artifact(
             executable, spec, so_path, model=model.name, input_spec=model.input, report=report, backend=backend
@@ -94,7 +104,8 @@ def model_in_graph(model: Model, spec: TargetSpec, backend: ModuleType, database
         inputs = workdir / "inputs.npy"
         np.save(inputs, random_input(model.input)[None])
         sources = peers.Sources(onnx=workdir / "none.onnx", workdir=workdir, artifact=so_path)
-        _wait_for_children()  # the tuner's builder and runner workers must not share the cores with the timing
+        if since is not None:  # the tuner's builder and runner workers must not share the cores with the timing
+            _wait_for_children(since)
         got = peers.run_worker(
             "tvm", peers.module("tvm").prepare(sources), inputs, threads, MODEL_TIME_RUNS, workdir / "tvm.json"
         )
@@ -120,13 +131,20 @@ def model_in_graph(model: Model, spec: TargetSpec, backend: ModuleType, database
     return result
 
 
-def _wait_for_children(timeout: float = 10.0) -> None:
-    """Give this process's worker processes (the tuning pools, shut down without waiting) up to
-    `timeout` to exit, so they do not take cores from the model being timed. Nothing is killed:
-    in an API caller's process a child may be the caller's own."""
+def _wait_for_children(since: float, timeout: float = 10.0) -> None:
+    """Give the worker processes the tune started (children created since `since`; its pools are
+    shut down without waiting) up to `timeout` to exit, so they do not take cores from the model
+    being timed. Nothing is killed, and an API caller's older children are not waited for."""
     import psutil
 
-    psutil.wait_procs(psutil.Process().children(recursive=True), timeout=timeout)
+    mine = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.create_time() >= since - 1.0:
+                mine.append(child)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(mine, timeout=timeout)
 
 
 def _update_summary(folder: Path, in_graph: dict) -> None:
@@ -141,7 +159,7 @@ def _update_summary(folder: Path, in_graph: dict) -> None:
         data = json.loads(path.read_text())
         data["in_graph"] = in_graph
         atomic_write(path, json.dumps(data, indent=1) + "\n")
-    except (OSError, ValueError):
+    except (OSError, ValueError, TvmsqzError):
         pass
 
 
@@ -313,9 +331,12 @@ class TVMPipeline:
         process, beside the tuner's estimate (the summary's `in_graph`): the estimate sums kernels
         timed alone, and only the model says what the graph loses between them.
         """
+        import time
+
         from .tuning import tune_model as run_tuning
 
         _no_options(spec, options)
+        started = time.time()
         out = Path(output) if output is not None else default_tuning_dir(spec)
         summary = run_tuning(
             model.mod,
@@ -334,7 +355,14 @@ class TVMPipeline:
         )
         summary["database"] = str(out)
         if model_time and rpc_tracker is None and backend.runs_on_host(spec):
-            summary["in_graph"] = model_in_graph(model, spec, backend, out, log)
+            try:
+                summary["in_graph"] = model_in_graph(model, spec, backend, out, log, fuse=fuse, since=started)
+            except Exception as exc:  # noqa: BLE001 - a report after the tuning: the records are safe
+                lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+                why = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+                summary["in_graph"] = {"error": why}
+                if log is not None:
+                    log.print(f"[yellow]warning: the model could not be timed after tuning ({escape(why)})[/yellow]")
             _update_summary(out, summary["in_graph"])
         return summary
 

@@ -258,10 +258,12 @@ class VTAPipeline:
         resume: bool = False,
         log=None,
         cold: bool = False,
+        model_time: bool = True,
         **options: Any,
     ) -> dict:
         """Search tilings of every VTA layer (simulated cycles) into a tiling database; the summary
-        has "database": the file written. Without `output`, the user's tuning folder
+        has "database": the file written (`model_time` means nothing here: the search's cycles
+        are the simulated model's own). Without `output`, the user's tuning folder
         (`database.user_tuning_dir`), never the shipped schedules. Records already in the file
         seed the search and are kept (so `resume` is what it always does; `cold` too: nothing is
         taken from the shipped database)."""

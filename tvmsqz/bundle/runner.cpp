@@ -679,7 +679,6 @@ void WriteNpy(const std::string& path, const DType& dtype, const std::vector<int
   }
 }
 
-// The seeded input both runners generate: splitmix64, uniform in [-1, 1) (docs/bundle.md).
 // Point the loaded model's parallel loops at its chunk-claiming launcher (CPU artifacts carry
 // tvmsqz_parallel_install, from tvmsqz/backends/cpu/parallel_launch.c): the same swap as the Python
 // loaders; TVMSQZ_PARALLEL=static keeps TVM's own thread pool. RTLD_NOLOAD: never a second load.
@@ -693,6 +692,7 @@ void InstallParallelLaunch(const std::string& model_path) {
   dlclose(handle);
 }
 
+// The seeded input both runners generate: splitmix64, uniform in [-1, 1) (docs/bundle.md).
 void SeededInput(uint64_t seed, float* out, int64_t n) {
   uint64_t state = seed;
   for (int64_t i = 0; i < n; ++i) {

@@ -3,10 +3,11 @@
 Ansor's gradient task scheduler (Zheng et al., OSDI 2020, section 6) adapted to one database and
 one model: after every task has a record, a batch goes to the task whose model time is expected
 to drop the most per trial, calls x (ALPHA x its recent improvement rate + (1 - ALPHA) x an
-optimistic forward estimate bounded by how far it is from the fastest similar kernel's
-throughput). A task that stopped improving (converged) or whose search space is used up
-(exhausted) gets nothing more while another can still gain; pools, means and layout transforms
-(minor kernels) get at most `MINOR_TRIALS`. Only when no task is expected to gain does the
+optimistic forward estimate: the larger of its average improvement per trial so far and
+its distance to BETA x the time at the fastest similar kernel's throughput). A task that
+stopped improving (converged) or whose search space is used up (exhausted) gets nothing more
+while another can still gain; pools, means and layout transforms (minor kernels) get at most
+`MINOR_TRIALS`. Only when no task is expected to gain does the
 budget go by model-time share, so no budget is left unused while a kernel may still improve; a
 run whose kernels are all exhausted (or minor and capped) ends there instead of spending the
 rest of its time budget on pools.
@@ -26,6 +27,8 @@ MIN_BATCH = 4
 PRIOR_FLOPS_PER_S = 50e9
 #: Weight of the measured (backward) improvement rate against the optimistic forward one (Ansor: 0.2).
 ALPHA = 0.2
+#: Slack on the fastest similar kernel's throughput in the forward estimate (Ansor: 2).
+BETA = 2.0
 #: Trials over which a task's recent improvement is measured, and after which no improvement of
 #: at least `CONVERGED_GAIN` (relative) means it has converged.
 WINDOW = 48
@@ -169,8 +172,8 @@ class Allocator:
         """Model seconds a trial of this task is expected to save (0: expect nothing).
 
         backward: the best run time's drop over the last `WINDOW` trials, per trial. forward
-        (optimistic): the average drop per trial so far (best / trials, Ansor's g/t), but no
-        more than the distance to the fastest similar kernel's throughput.
+        (optimistic, Ansor's): the larger of the average drop per trial so far (best / trials) and
+        the distance to BETA x the time at the fastest similar kernel's throughput.
         """
         if task.exhausted or not task.covered or task.capped or task.converged:
             return 0.0
@@ -178,9 +181,14 @@ class Allocator:
         then = task.best_before(window) if window > 0 else None
         backward = (then - task.best_s) / window if then is not None else 0.0
         peak = self._peak_flops(task.minor)
-        headroom = task.best_s - task.flops / peak if peak > 0 and task.flops else task.best_s
-        forward = min(task.best_s / max(1, task.trials), max(0.0, headroom))
+        headroom = task.best_s - BETA * task.flops / peak if peak > 0 and task.flops else 0.0
+        forward = max(task.best_s / max(1, task.trials), headroom)
         return task.calls * (ALPHA * backward + (1 - ALPHA) * forward)
+
+    def _capped(self, i: int, n: int) -> int:
+        """A batch of `n`, cut for a minor task so it ends at MINOR_TRIALS (at least 1)."""
+        task = self.tasks[i]
+        return max(1, min(n, MINOR_TRIALS - task.trials)) if task.minor else n
 
     def _pick(self, i: int, n: int, reason: str) -> tuple[int, int]:
         self.tasks[i].reason = reason  # the batch's trials count under it (`TaskState.record`)
@@ -193,7 +201,7 @@ class Allocator:
         if uncovered:
             i = max(uncovered, key=lambda k: self.tasks[k].prior_s)
             share = self.remaining // len(uncovered)
-            return self._pick(i, max(1, min(self.batch, share)), "coverage")
+            return self._pick(i, self._capped(i, max(1, min(self.batch, share))), "coverage")
         if self.remaining <= 0 or not active:
             return None
         n = min(self.batch, self.remaining)
@@ -206,9 +214,7 @@ class Allocator:
                 task.reason = f"converged (<{CONVERGED_GAIN:.0%} in {WINDOW} trials)"
         best = max(active, key=lambda k: gains[k])
         if gains[best] > 0:
-            if self.tasks[best].minor:  # a handful means MINOR_TRIALS, not the next batch's worth
-                n = max(1, min(n, MINOR_TRIALS - self.tasks[best].trials))
-            return self._pick(best, n, "expected gain")
+            return self._pick(best, self._capped(best, n), "expected gain")
         eligible = [i for i in active if not self.tasks[i].capped]
         if not eligible:  # every kernel is exhausted, and the minor ones have had their handful
             return None
@@ -219,7 +225,8 @@ class Allocator:
             task = self.tasks[i]
             return task.model_s / total_time * total_trials - task.trials
 
-        return self._pick(max(eligible, key=lag), n, "time share (no gain expected)")
+        i = max(eligible, key=lag)
+        return self._pick(i, self._capped(i, n), "time share (no gain expected)")
 
 
 def default_batch(trials: int, n_tasks: int) -> int:

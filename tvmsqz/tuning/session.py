@@ -490,6 +490,10 @@ class Session:
                         args_info=rec.args_info,
                     )
                 )
+            # The earlier records count as trials, but their order says nothing about recent
+            # progress: the task's improvement curve starts from their best (converged means
+            # `WINDOW` trials of this run without gain).
+            self.tasks[i].curve = [self.tasks[i].best_s]
             top = self.database.get_top_k(workload, WARM_START_RECORDS)
             candidates, results = [], []
             for rec in top:

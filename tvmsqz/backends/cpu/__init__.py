@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...errors import TvmsqzError
 from ...spec import TargetSpec, host_cpu_flags
 
 DEVICE_TYPE = "cpu"
@@ -168,6 +169,8 @@ def tuning_builder_runner(
         from ...builder import local_builder_runner
 
         return local_builder_runner(workers=workers, measure_threads=measure_threads, measure=measure)
+    if measure != "warm":
+        raise TvmsqzError("--measure flush times candidates on this host; RPC devices time them warm")
     from ...device import make_rpc_runner_builder
 
     return make_rpc_runner_builder(rpc["tracker"], rpc["key"], spec.cc)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...errors import TvmsqzError
 from ...spec import TargetSpec
 from .blob import artifact_device_code, pack_imports_for
 from .detect import DEFAULT_ARCH, KNOWN_ARCHS, arch_number, check_arch, detect_gpu_arch, gpu_runs_arch, spec_arch
@@ -227,11 +228,13 @@ def tuning_builder_runner(
 ):
     """Build and measure on this machine's GPU, or build here and measure on RPC GPUs.
 
-    `measure` is a CPU cache setting: GPU kernels are always timed warm.
+    `measure` is a CPU cache setting: GPU kernels are always timed warm (flush is refused).
 
     Locally TVM compiles the candidates itself (a GPU is present); over RPC the builder host may
     have none, so `candidate_export` gives them nvcc-compiled device code.
     """
+    if measure != "warm":
+        raise TvmsqzError("--measure flush is a CPU cache setting: GPU kernels are timed warm")
     if rpc is None:
         from ...builder import local_builder_runner
 
