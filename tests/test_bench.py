@@ -136,7 +136,10 @@ def test_bench_compress_reports_the_weight_file_against_the_plain_artifact(tmp_p
     assert c["bits"] == 6 and c["lossless"] is False
     assert c["entropy_bound_bytes"] <= c["weight_file_bytes"] < c["plain_artifact_bytes"]
     assert c["code_bytes"] < c["plain_artifact_bytes"]
-    assert 0 < c["decode_ms_1thread"] <= c["load_ms_1thread"]
+    # The load decodes the file again (now in the page cache) and binds it: it takes about the
+    # decode's time or more, but the two are separate medians of separate timings (CI saw 52.0
+    # vs 51.5 ms under load), so a little slack; a decode far slower than the load still fails.
+    assert 0 < c["decode_ms_1thread"] <= 1.25 * c["load_ms_1thread"]
     assert c["ratio_vs_plain"] > 0 and c["ratio_vs_plain_1thread"] > 0
     assert 0.0 <= c["agreement_with_uncompressed"]["top1_agreement"] <= 1.0
     assert c["outputs_bit_identical_to_plain"] is False  # 6-bit sharing changes the weights
