@@ -159,12 +159,13 @@ def _is_scheduled(func) -> bool:
     return bool(func.attrs and "tirx.is_scheduled" in func.attrs and func.attrs["tirx.is_scheduled"])
 
 
-def kernel_calls(mod) -> dict[str, int]:
-    """How often the model calls each kernel (`call_tir` and `call_tir_inplace`, every function)."""
+def kernel_calls(mod, ops: tuple[str, ...] = ("relax.call_tir", "relax.call_tir_inplace")) -> dict[str, int]:
+    """How often the model calls each kernel through `ops` (by default `call_tir` and
+    `call_tir_inplace`), over every Relax function of `mod`."""
     import tvm
     from tvm import relax
 
-    ops = (tvm.ir.Op.get("relax.call_tir"), tvm.ir.Op.get("relax.call_tir_inplace"))
+    ops = tuple(tvm.ir.Op.get(op) for op in ops)
     calls: dict[str, int] = {}
 
     @relax.expr_functor.visitor
@@ -191,6 +192,8 @@ def tuner_estimate(mod, spec: TargetSpec, database) -> tuple[float | None, int]:
     import tvm
     from tvm import tirx as tir
 
+    from .database import median_run_s
+
     total, covered = 0.0, 0
     functions = {gv.name_hint: func for gv, func in mod.functions.items()}
     for name, n in kernel_calls(mod).items():
@@ -202,9 +205,8 @@ def tuner_estimate(mod, spec: TargetSpec, database) -> tuple[float | None, int]:
             record = database.query_tuning_record(one, spec.target, name)
         except Exception:  # noqa: BLE001 - a kernel the database cannot match is simply not covered
             record = None
-        times = sorted(float(v) for v in record.run_secs) if record is not None else []
-        run_s = times[len(times) // 2] if times else None  # the median, as the tuner ranks them
-        if run_s is not None and 0 < run_s < 1e9:  # 1e10 marks a failed measurement
+        run_s = median_run_s([float(v) for v in record.run_secs]) if record is not None else None
+        if run_s is not None:  # the median, as the tuner ranks them; None for a failed measurement
             total += run_s * n
             covered += 1
     return (round(total * 1e3, 6) if covered else None), covered

@@ -41,6 +41,15 @@ RECORD_FILE = "database_tuning_record.json"
 _IDENTITY_KEYS = ("kind", "mcpu", "mtriple", "arch", "mattr", "mfloat-abi")
 
 
+def median_run_s(values) -> float | None:
+    """Median of a measurement's run times (s); None for none, or MetaSchedule's 1e10 failure marker."""
+    values = sorted(float(v) for v in values or [])
+    if not values:
+        return None
+    median = values[len(values) // 2]
+    return median if 0 < median < 1e9 else None
+
+
 def target_identity(config: dict) -> dict:
     """The part of a target that a schedule depends on."""
     return {k: config[k] for k in _IDENTITY_KEYS if k in config and config[k] not in (None, "", [])}

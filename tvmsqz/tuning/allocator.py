@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..database import median_run_s  # noqa: F401 - re-exported: the tuner's name for it
+
 #: Largest batch of candidates measured per search round (the search costs the same for 4 or 32).
 MAX_BATCH = 32
 MIN_BATCH = 4
@@ -114,15 +116,6 @@ class TaskState:
     @property
     def capped(self) -> bool:
         return self.minor and self.trials >= MINOR_TRIALS
-
-
-def median_run_s(values) -> float | None:
-    """Median of a measurement's run times (s); None for none, or MetaSchedule's 1e10 failure marker."""
-    values = sorted(float(v) for v in values or [])
-    if not values:
-        return None
-    median = values[len(values) // 2]
-    return median if 0 < median < 1e9 else None
 
 
 def estimated_model_ms(tasks: list[TaskState]) -> float | None:

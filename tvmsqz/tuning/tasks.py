@@ -48,22 +48,11 @@ def inplace_tasks(prepared, spec: TargetSpec) -> list:
     the heaviest convolutions would never be tuned. The database lookup at compile time covers
     every PrimFunc, so these records apply like any other."""
     import tvm
-    from tvm import relax
     from tvm.s_tir.meta_schedule import ExtractedTask
 
-    inplace = tvm.ir.Op.get("relax.call_tir_inplace")
-    calls: dict[str, int] = {}
+    from ..build import kernel_calls
 
-    @relax.expr_functor.visitor
-    class _Calls(relax.PyExprVisitor):
-        def visit_call_(self, call) -> None:
-            if call.op.same_as(inplace):
-                calls[call.args[0].name_hint] = calls.get(call.args[0].name_hint, 0) + 1
-            super().visit_call_(call)
-
-    for _, func in prepared.functions.items():
-        if isinstance(func, relax.Function):
-            _Calls().visit_expr(func)
+    calls = kernel_calls(prepared, ops=("relax.call_tir_inplace",))
     tasks = []
     for name, weight in sorted(calls.items()):
         task_mod = tvm.IRModule({"main": prepared[name].with_attr("global_symbol", "main")})
